@@ -1,0 +1,141 @@
+"""Conversation actors: one per mesh node, spawned on demand and reaped when idle.
+
+Rules:
+- The router owns the table of node actors; nobody else touches it. It receives stored messages
+  (``dispatch``) and idle notices from node actors on ONE bounded channel, in order.
+- A node actor hands its node's messages to the MQTT actor one at a time, in creation order,
+  and reports ``queued`` to the ledger once the broker acknowledged (PUBACK). While the broker is
+  unreachable it retries the same message with backoff, so order holds across reconnects.
+- A message id already waiting in a node actor is not queued twice (the outbox may hand out a
+  message again while it still waits); a message published twice by two processes is fine:
+  consumers dedupe by ``message_id``.
+- Reaping: after ``idle`` seconds without work a node actor tells the router; the router closes
+  its channel only if nothing was sent to it meanwhile, so no message is ever stranded.
+- A node record (its channel and the ids waiting in it) belongs to the router and to the one
+  node task the router spawned for it, as its child; both run in the Trio thread and update it
+  without an await in between, so no lock is needed and no other actor sees it.
+- Supervision: a node actor contains and logs its own failure (the router forgets it and the
+  outbox hands its messages out again); the router itself failing brings the gateway down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import trio
+
+from actors.mqtt import MqttUnavailable
+from kosmo.clock import utcnow
+from kosmo.delivery import Report, Status
+from kosmo.ledger_store import NewMessage, StatusReport
+from kosmo.wire import outbound_payload, outbound_topic
+
+log = logging.getLogger(__name__)
+
+NODE_QUEUE = 64
+
+
+@dataclass(frozen=True)
+class _Idle:
+    node_id: str
+    generation: int
+
+
+@dataclass
+class _Node:
+    send: trio.MemorySendChannel[NewMessage]
+    generation: int
+    waiting: set[object] = field(default_factory=set)
+
+
+class Conversations:
+    def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]],
+                 report: Callable[[StatusReport], Awaitable[object]], topic_root: str,
+                 idle: float = 300.0, backoff_max: float = 5.0,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self._publish = publish
+        self._report = report
+        self._root = topic_root
+        self._idle = idle
+        self._backoff_max = backoff_max
+        self._clock = clock
+        self._send, self._receive = trio.open_memory_channel[NewMessage | _Idle](NODE_QUEUE)
+        self._nodes: dict[str, _Node] = {}
+        self._generation = 0
+        self.published = 0
+
+    async def dispatch(self, message: NewMessage) -> None:
+        await self._send.send(message)
+
+    def active_nodes(self) -> int:
+        return len(self._nodes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async with self._receive:
+                async for item in self._receive:
+                    if isinstance(item, _Idle):
+                        self._reap(item)
+                    else:
+                        await self._route(nursery, item)
+            nursery.cancel_scope.cancel()
+
+    async def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:
+        node = self._nodes.get(message.node_id)
+        if node is None:
+            self._generation += 1
+            send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
+            node = self._nodes[message.node_id] = _Node(send, self._generation)
+            nursery.start_soon(self._node_actor, message.node_id, node, receive)
+        if message.message_id in node.waiting:
+            return
+        node.waiting.add(message.message_id)
+        await node.send.send(message)
+
+    def _reap(self, idle: _Idle) -> None:
+        node = self._nodes.get(idle.node_id)
+        if node is not None and node.generation == idle.generation and not node.waiting:
+            del self._nodes[idle.node_id]
+            node.send.close()
+
+    async def _node_actor(self, node_id: str, node: _Node,
+                          receive: trio.MemoryReceiveChannel[NewMessage]) -> None:
+        try:
+            async with receive:
+                while True:
+                    with trio.move_on_after(self._idle) as idle:
+                        try:
+                            message = await receive.receive()
+                        except trio.EndOfChannel:
+                            return
+                    if idle.cancelled_caught:
+                        await self._send.send(_Idle(node_id, node.generation))
+                        continue
+                    await self._deliver(message)
+                    node.waiting.discard(message.message_id)
+        except Exception:
+            log.exception("conversation actor for node %s failed", node_id)
+            if self._nodes.get(node_id) is node:
+                del self._nodes[node_id]
+
+    async def _deliver(self, message: NewMessage) -> None:
+        topic = outbound_topic(self._root, message.node_id)
+        payload = outbound_payload(message)
+        delay = 0.05
+        while True:
+            try:
+                await self._publish(topic, payload)
+                break
+            except MqttUnavailable as exc:
+                log.info("message %s to node %s waits for the broker: %s",
+                         message.message_id, message.node_id, exc)
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._backoff_max)
+        self.published += 1
+        log.debug("message %s published to node %s", message.message_id, message.node_id)
+        await self._report(StatusReport(message.message_id, Report(Status.QUEUED), self._clock()))

@@ -1,0 +1,55 @@
+"""Outbox recovery: messages stored but never acknowledged by the broker are handed out again.
+
+Rules:
+- At start, every ``pending`` message is dispatched again (a crash between the commit and the
+  publish loses nothing); the actor reports ready only after that first pass was handed over.
+- Then, every ``interval`` seconds, messages ``pending`` for longer than ``interval`` are
+  dispatched again (a publish that was lost with a failed node actor or a dropped report).
+- Dispatching twice is harmless: conversation actors skip ids already waiting, and consumers
+  dedupe by ``message_id``.
+- A database outage skips a pass (logged as a warning); the next pass retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import trio
+
+from kosmo.clock import utcnow
+from kosmo.db import Database, DatabaseUnavailable
+from kosmo.ledger_store import NewMessage, pending_messages
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    def __init__(self, db: Database, *, dispatch: Callable[[NewMessage], Awaitable[None]],
+                 interval: float = 30.0, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._dispatch = dispatch
+        self._interval = interval
+        self._clock = clock
+        self.recovered = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.recover(self._clock())
+        task_status.started()
+        while True:
+            await trio.sleep(self._interval)
+            await self.recover(self._clock() - timedelta(seconds=self._interval))
+
+    async def recover(self, created_before: datetime) -> int:
+        try:
+            messages = await self._db.run(pending_messages, created_before)
+        except DatabaseUnavailable as exc:
+            log.warning("outbox pass skipped, database unavailable: %s", exc)
+            return 0
+        for message in messages:
+            await self._dispatch(message)
+        if messages:
+            log.info("outbox handed out %d pending messages again", len(messages))
+        self.recovered += len(messages)
+        return len(messages)

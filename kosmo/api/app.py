@@ -1,0 +1,224 @@
+"""The HTTP API (Quart on quart-trio). Handlers only translate: HTTP in, actor request, HTTP out.
+
+Rules:
+- Sends go to the quota ledger actor; reads go to the database through ``kosmo.reads``.
+- A send is checked in this order, and the first failure answers: 413 body too large (from the
+  bytes actually read) -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields ->
+  403 plan -> 429 quota. A refused request never debits the quota.
+- Every error is RFC 9457 problem+json (``kosmo.api.problems``). No input yields a 500: an
+  unexpected exception is logged and answered as a problem, and a database outage is a 503 with
+  ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from quart import Response, request
+from quart_schema import QuartSchema, document_querystring, document_request, document_response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors.ledger import Ledger
+from kosmo import reads
+from kosmo.api import schemas
+from kosmo.api.auth import authenticate
+from kosmo.api.problems import Problem, for_status
+from kosmo.clock import utcnow
+from kosmo.config import Settings
+from kosmo.db import Database, DatabaseUnavailable
+from kosmo.domain import Refusal, parse_node_id, parse_uuid, text_problem
+from kosmo.ledger_store import Accepted
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024
+RETRY_AFTER_DB = "5"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the HTTP front talks to; owned by the gateway supervisor."""
+
+    db: Database
+    ledger: Ledger
+    broker_connected: Callable[[], bool]
+
+
+def create_app(settings: Settings, services: Services) -> QuartTrio:
+    app = QuartTrio("kosmo")
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, BODY_TIMEOUT=10, JSON_SORT_KEYS=False)
+    QuartSchema(app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
+                swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway",
+                                               "version": "1"})
+
+    def caller(query: bool = False) -> UUID:
+        return authenticate(settings.auth_mode, settings.jwt_secret, request.headers,
+                            request.args if query else None)
+
+    async def db_call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await services.db.run(fn, *args)
+
+    @app.errorhandler(Problem)
+    async def on_problem(problem: Problem) -> Response:
+        return problem.to_response()
+
+    @app.errorhandler(HTTPException)
+    async def on_http(error: HTTPException) -> Response:
+        return for_status(error.code or 400, _http_detail(error)).to_response()
+
+    @app.errorhandler(DatabaseUnavailable)
+    async def on_db_down(error: DatabaseUnavailable) -> Response:
+        log.warning("database unavailable: %s", error)
+        return Problem(503, "service-unavailable", "the database is unreachable; retry later",
+                       headers={"Retry-After": RETRY_AFTER_DB}).to_response()
+
+    @app.errorhandler(Exception)
+    async def on_error(error: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        return Problem(500, "internal-error").to_response()
+
+    @app.post("/api/v1/messages")
+    @document_request(schemas.SendMessage)
+    @document_response(schemas.MessageCreated, 201)
+    @document_response(schemas.ProblemOut, 422)
+    async def send_message() -> Response:
+        body = await request.get_data(cache=False)
+        user = caller()
+        if request.mimetype != "application/json":
+            raise Problem(415, "unsupported-media-type",
+                          f"Content-Type is {request.mimetype or 'missing'!r}")
+        fields = _parse_json(body)
+        node_id, text = _validate_send(fields, settings.max_text_bytes)
+        result = await services.ledger.send(user, node_id, text)
+        if not isinstance(result, Accepted):
+            raise _refusal_problem(result.refusal, result.quota)
+        message = result.message
+        log.info("message %s accepted for node %s (user %s)", message.message_id, node_id, user)
+        out = reads.message_json((message.message_id, "outbound", node_id, text, "pending", None,
+                                  message.created_at, message.created_at))
+        out["quota"] = result.quota.to_json()
+        response = Response(json.dumps(out), status=201, mimetype="application/json")
+        response.headers["Location"] = f"/api/v1/messages/{message.message_id}"
+        return response
+
+    @app.get("/api/v1/messages/conversations")
+    @document_querystring(schemas.Page)
+    @document_response(schemas.ConversationList)
+    async def list_conversations() -> dict[str, Any]:
+        user = caller()
+        limit, cursor = _page()
+        return await _reads(db_call, reads.conversations, user, limit, cursor)  # type: ignore[no-any-return]
+
+    @app.get("/api/v1/messages/conversations/<node_id>")
+    @document_querystring(schemas.Page)
+    @document_response(schemas.ConversationMessages)
+    async def get_conversation(node_id: str) -> dict[str, Any]:
+        user = caller()
+        node = parse_node_id(node_id)
+        if node is None:
+            raise Problem(404, "not-found", "no such node id")
+        limit, cursor = _page()
+        return await _reads(db_call, reads.conversation, user, node, limit, cursor)  # type: ignore[no-any-return]
+
+    @app.get("/api/v1/messages/<message_id>")
+    @document_response(schemas.MessageDetail)
+    async def get_message(message_id: str) -> dict[str, Any]:
+        user = caller()
+        wanted = parse_uuid(message_id)
+        found = await db_call(reads.message, user, wanted) if wanted else None
+        if found is None:
+            raise Problem(404, "not-found", "no such message")
+        return found  # type: ignore[no-any-return]
+
+    @app.get("/healthz")
+    @document_response(schemas.Health)
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    @document_response(schemas.Health)
+    async def readyz() -> Response:
+        checks = {"database": "ok", "broker": "ok" if services.broker_connected() else "down"}
+        try:
+            await db_call(reads.ping)
+        except DatabaseUnavailable:
+            checks["database"] = "down"
+        ready = all(v == "ok" for v in checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return Response(json.dumps(body), status=200 if ready else 503,
+                        mimetype="application/json")
+
+    return app
+
+
+def _http_detail(error: HTTPException) -> str | None:
+    if error.code == 413:
+        return f"the body is limited to {MAX_BODY} bytes"
+    if error.code == 405:
+        return f"{request.method} is not allowed here"
+    return None
+
+
+def _parse_json(body: str | bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Problem(400, "invalid-json", "the body is not valid UTF-8 JSON") from None
+
+
+def _validate_send(fields: Any, max_bytes: int) -> tuple[str, str]:
+    if not isinstance(fields, dict):
+        raise Problem(422, "invalid-fields", "the body must be a JSON object",
+                      errors=[{"field": "", "detail": "must be an object"}])
+    errors = []
+    node_id = parse_node_id(fields.get("target_node_id"))
+    if node_id is None:
+        errors.append({"field": "target_node_id",
+                       "detail": "must be a node id: ! followed by 8 hex digits"})
+    text = fields.get("text")
+    if not isinstance(text, str):
+        errors.append({"field": "text", "detail": "must be a string"})
+    elif (why := text_problem(text, max_bytes)) is not None:
+        errors.append({"field": "text", "detail": why})
+    if errors:
+        raise Problem(422, "invalid-fields", "; ".join(f"{e['field']} {e['detail']}"
+                                                      for e in errors), errors=errors)
+    return node_id, text  # type: ignore[return-value]
+
+
+def _refusal_problem(refusal: Refusal, quota: Any) -> Problem:
+    if refusal is Refusal.QUOTA_EXCEEDED:
+        seconds = max(1, int((quota.resets_at - utcnow()).total_seconds()) + 1)
+        return Problem(429, refusal.value, f"the quota resets at {quota.to_json()['resets_at']}",
+                       headers={"Retry-After": str(seconds)}, quota=quota.to_json())
+    details = {
+        Refusal.SUBSCRIPTION_INACTIVE: "the account has no active subscription",
+        Refusal.RECEIVE_ONLY: "the free plan can receive replies but not send",
+        Refusal.NODE_NOT_WHITELISTED: "this node is not on the plan's whitelist",
+    }
+    return Problem(403, refusal.value, details[refusal])
+
+
+def _page() -> tuple[int, str | None]:
+    raw = request.args.get("limit")
+    limit = reads.DEFAULT_LIMIT
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= reads.MAX_LIMIT:
+            raise Problem(422, "invalid-fields", f"limit must be 1..{reads.MAX_LIMIT}",
+                          errors=[{"field": "limit", "detail": f"must be 1..{reads.MAX_LIMIT}"}])
+        limit = int(raw)
+    return limit, request.args.get("cursor") or None
+
+
+async def _reads(call: Callable[..., Awaitable[Any]], fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return await call(fn, *args)
+    except reads.BadCursor as exc:
+        raise Problem(422, "invalid-fields", str(exc),
+                      errors=[{"field": "cursor", "detail": str(exc)}]) from None

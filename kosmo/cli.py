@@ -1,0 +1,150 @@
+"""The ``kosmo`` command: migrate, seed, gateway, up.
+
+Rules:
+- A bad or missing setting prints one line (``kosmo: error: ...``) and exits 2; a service that
+  cannot be reached at start prints one line and exits 1. No traceback for either.
+- Ctrl-C or SIGTERM stops cleanly: the HTTP front finishes requests in progress, actors stop,
+  embedded services (``kosmo up``) are shut down. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from kosmo import config, migrate
+from kosmo.config import ConfigError, Settings
+from kosmo.db import DatabaseUnavailable
+
+log = logging.getLogger("kosmo")
+T = TypeVar("T")
+
+DESCRIPTION = """\
+KosmoConnect Gateway: lets people on the web message nodes of a Meshtastic mesh.
+
+Every option can also be set in the environment (KOSMO_*); a command-line flag wins.
+Start here:  kosmo up   (the whole stack on embedded defaults, data in ./.kosmo)
+"""
+
+GATEWAY_OPTIONS = list(config.OPTIONS)
+DB_OPTIONS = ["database_url"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kosmo", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default=os.environ.get("KOSMO_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log verbosity (default INFO) [env KOSMO_LOG_LEVEL]")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
+    config.add_arguments(sub, DB_OPTIONS)
+    sub = commands.add_parser("seed", help="load the demo users, plans and whitelist")
+    config.add_arguments(sub, DB_OPTIONS)
+    sub = commands.add_parser("gateway", help="serve the HTTP API and the MQTT actors")
+    config.add_arguments(sub, GATEWAY_OPTIONS)
+    sub = commands.add_parser(
+        "up", help="run the whole stack on embedded defaults (PostgreSQL, MQTT broker, gateway)",
+        description="Start an embedded PostgreSQL and an MQTT broker (mosquitto if installed, "
+                    "else amqtt), migrate, seed the demo data and serve the gateway in header "
+                    "auth mode. Data is kept in --data-dir. Ctrl-C stops everything.")
+    sub.add_argument("--data-dir", type=Path, default=Path(".kosmo"),
+                     help="where the embedded services keep their data (default ./.kosmo)")
+    config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"kosmo: error: {exc}", file=sys.stderr)
+        code = 2
+    except DatabaseUnavailable as exc:
+        print(f"kosmo: error: cannot reach the database: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ, args)
+    applied = _db_call(migrate.migrate, settings.database_url)
+    print(f"applied {len(applied)} migrations: {', '.join(applied)}" if applied
+          else "database schema is up to date")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ, args)
+    _db_call(migrate.seed, settings.database_url)
+    print("demo data loaded (users 1111..., 2222..., 3333..., 4444..., 5555...)")
+    return 0
+
+
+def _db_call(fn: Callable[[str], T], url: str) -> T:
+    import psycopg
+
+    try:
+        return fn(url)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(str(exc).strip().splitlines()[0]) from None
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ, args, serving=True)
+    log.info("settings: %s", settings.describe())
+    return trio.run(_until_signal, lambda shutdown: _serve(settings, shutdown))
+
+
+async def _serve(settings: Settings, shutdown: trio.Event) -> None:
+    from kosmo.gateway import run_gateway
+
+    await run_gateway(settings, shutdown)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from kosmo.up import run_up
+
+    environ = {k: v for k, v in os.environ.items() if k.startswith("KOSMO_")}
+    environ["KOSMO_AUTH_MODE"] = "header"
+    return trio.run(_until_signal, lambda shutdown: run_up(args, environ, shutdown))
+
+
+async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> int:
+    """Run ``body(shutdown)``; the first SIGINT/SIGTERM sets ``shutdown``, a second cancels."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    if shutdown.is_set():
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s received: shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+
+            nursery.start_soon(watch)
+            await body(shutdown)
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "migrate": cmd_migrate, "seed": cmd_seed, "gateway": cmd_gateway, "up": cmd_up,
+}

@@ -1,0 +1,207 @@
+"""Configuration: one frozen ``Settings`` built from the environment, then CLI flags.
+
+Rules:
+- Every setting has an environment variable ``KOSMO_*`` and a matching ``--flag``; a flag wins.
+- A missing or invalid setting raises ``ConfigError`` with one line naming the variable; the CLI
+  prints that line and exits 2. Nothing here prints or logs.
+- Secrets (the JWT secret, the broker password) never appear in ``describe()``.
+- Durations accept plain seconds or a suffix: ``90s``, ``10m``, ``10h``, ``7d``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from actors.mqtt import MqttEndpoint
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; ``str()`` is the one line to show."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (use seconds or 90s, 10m, 10h, 7d)")
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_database_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"{redact_url(text)!r} is not a postgresql:// URL")
+    return text
+
+
+def parse_auth_mode(text: str) -> str:
+    if text not in ("header", "jwt"):
+        raise ValueError(f"{text!r} is not one of: header, jwt")
+    return text
+
+
+def parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def parse_topic_root(text: str) -> str:
+    if not text or any(c in text for c in "+#\0") or text.startswith("/") or text.endswith("/"):
+        raise ValueError(f"{text!r} is not a plain MQTT topic prefix")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its environment variable, flag, parser, default and help line."""
+
+    env: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+OPTIONS: dict[str, Option] = {
+    "database_url": Option(
+        "KOSMO_DATABASE_URL", parse_database_url, None,
+        "PostgreSQL URL, e.g. postgresql://kosmo@127.0.0.1:5432/kosmo (required)", secret=True),
+    "mqtt_url": Option(
+        "KOSMO_MQTT_URL", MqttEndpoint.from_url, "mqtt://127.0.0.1:1883",
+        "broker URL: mqtt://user:pass@host:port, or mqtts:// for TLS", secret=True),
+    "mqtt_topic_root": Option(
+        "KOSMO_MQTT_TOPIC_ROOT", parse_topic_root, "kosmo",
+        "first level of every MQTT topic (kosmo/mesh/outbound/{node_id} ...)"),
+    "mqtt_client_id": Option(
+        "KOSMO_MQTT_CLIENT_ID", str, "kosmo-gateway",
+        "MQTT client id; it names the persistent session, so keep it stable per process"),
+    "http_bind": Option(
+        "KOSMO_HTTP_BIND", parse_bind, "127.0.0.1:8003", "HOST:PORT the HTTP API listens on"),
+    "auth_mode": Option(
+        "KOSMO_AUTH_MODE", parse_auth_mode, "jwt",
+        "jwt (Authorization: Bearer HS256) or header (X-User-ID, development only)"),
+    "jwt_secret": Option(
+        "KOSMO_JWT_SECRET", str, None, "HS256 secret for jwt auth mode (required there)",
+        secret=True),
+    "max_text_bytes": Option(
+        "KOSMO_MAX_TEXT_BYTES", parse_positive_int, "200",
+        "longest message text in UTF-8 bytes"),
+    "message_ttl": Option(
+        "KOSMO_MESSAGE_TTL", parse_duration, "10h",
+        "a message not transmitted within this time expires and is refunded"),
+    "thread_window": Option(
+        "KOSMO_THREAD_WINDOW", parse_duration, "7d",
+        "how long after a user's last message a node's reply is threaded to that user"),
+    "db_pool_size": Option(
+        "KOSMO_DB_POOL_SIZE", parse_positive_int, "8", "most database connections held"),
+    "conversation_idle": Option(
+        "KOSMO_CONVERSATION_IDLE", parse_duration, "5m",
+        "a node's conversation actor stops after this long without work"),
+    "outbox_interval": Option(
+        "KOSMO_OUTBOX_INTERVAL", parse_duration, "30s",
+        "how often messages still pending are handed out again"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    mqtt_url: MqttEndpoint = field(default_factory=lambda: MqttEndpoint("127.0.0.1", 1883))
+    mqtt_topic_root: str = "kosmo"
+    mqtt_client_id: str = "kosmo-gateway"
+    http_bind: tuple[str, int] = ("127.0.0.1", 8003)
+    auth_mode: str = "jwt"
+    jwt_secret: str | None = None
+    max_text_bytes: int = 200
+    message_ttl: float = 36000.0
+    thread_window: float = 7 * 86400.0
+    db_pool_size: int = 8
+    conversation_idle: float = 300.0
+    outbox_interval: float = 30.0
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Settings for a start-up log line, secrets redacted."""
+        out: dict[str, str] = {}
+        for name, option in OPTIONS.items():
+            value = getattr(self, name)
+            if name == "jwt_secret":
+                out[name] = "set" if value else "unset"
+            elif isinstance(value, MqttEndpoint):
+                out[name] = value.redacted()
+            elif name == "database_url":
+                out[name] = redact_url(value)
+            elif not option.secret:
+                out[name] = str(value)
+        return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add a ``--flag`` for each named setting (all by default)."""
+    for name in names or list(OPTIONS):
+        option = OPTIONS[name]
+        default = f" (default {option.default})" if option.default is not None else ""
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
+            help=f"{option.help}{default} [env {option.env}]")
+
+
+def load(environ: Mapping[str, str], args: argparse.Namespace | None = None,
+         *, require: tuple[str, ...] = ("database_url",), serving: bool = False) -> Settings:
+    """Build Settings from the environment, overridden by parsed CLI flags.
+
+    ``serving`` adds the checks that only matter to a process serving the HTTP API.
+    """
+    values: dict[str, Any] = {}
+    for name, option in OPTIONS.items():
+        raw = getattr(args, name, None) if args is not None else None
+        source = "--" + name.replace("_", "-")
+        if raw is None:
+            raw, source = environ.get(option.env), option.env
+        if raw is None or raw == "":
+            if name in require:
+                raise ConfigError(f"{option.env} is not set: {option.help}")
+            if option.default is None:
+                continue
+            raw, source = option.default, option.env
+        try:
+            values[name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source} is invalid: {exc}") from None
+    values.setdefault("database_url", "")
+    settings = Settings(**values)
+    if serving and settings.auth_mode == "jwt" and not settings.jwt_secret:
+        raise ConfigError("KOSMO_JWT_SECRET is not set: jwt auth mode needs a secret "
+                          "(or set KOSMO_AUTH_MODE=header for development)")
+    return settings

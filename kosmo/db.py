@@ -1,0 +1,65 @@
+"""Database access: a psycopg 3 connection pool driven from Trio through worker threads.
+
+Rules:
+- psycopg's async API is asyncio-only, so the gateway uses its sync API in worker threads:
+  ``await db.run(fn, *args)`` calls ``fn(conn, *args)`` in a thread with a pooled connection,
+  inside one transaction that commits when ``fn`` returns and rolls back when it raises.
+- A ``trio.CapacityLimiter`` as large as the pool bounds the threads, so no thread ever waits
+  for a connection while holding a limiter slot that another task needs.
+- Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
+  rollback) before the caller sees the cancellation.
+- Connection failures surface as ``DatabaseUnavailable`` (the HTTP front answers 503).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or the connection broke mid-transaction."""
+
+
+class Database:
+    def __init__(self, url: str, *, size: int = 8, connect_timeout: float = 5.0,
+                 name: str = "kosmo") -> None:
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=size, open=False, timeout=connect_timeout, name=name,
+            kwargs={"connect_timeout": max(1, int(connect_timeout)),
+                    "application_name": name})
+        self._limiter = trio.CapacityLimiter(size)
+
+    async def open(self, *, within: float = 30.0) -> None:
+        """Open the pool; raise DatabaseUnavailable if no connection comes ``within`` seconds."""
+        try:
+            await trio.to_thread.run_sync(self._pool.open, True, within)
+        except psycopg_pool.PoolTimeout as exc:
+            await trio.to_thread.run_sync(self._pool.close)
+            raise DatabaseUnavailable(f"no database connection within {within:.0f} s") from exc
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._pool.close, 5.0)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
+        return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            with self._pool.connection() as conn:
+                return fn(conn, *args)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise DatabaseUnavailable(str(exc).strip().splitlines()[0]) from exc
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self._pool.get_stats())

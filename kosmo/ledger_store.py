@@ -1,0 +1,218 @@
+"""The ledger's SQL: check, debit and store sends; apply delivery reports and refunds.
+
+Rules:
+- Everything here runs inside the caller's transaction (``Database.run``): a batch of sends and
+  reports commits together or not at all, so a message is never stored without its debit nor
+  debited without its row.
+- The debit is a conditional upsert on ``quota_usage`` (``used < limit``). PostgreSQL re-checks
+  the condition on the locked row, so the rule stays exact when several gateway processes share
+  one database: no check-then-write in process memory.
+- A refund is guarded by ``messages.charged``: the flag is cleared and the usage decremented in
+  one statement pair, so no message is refunded twice, whatever the reports.
+- Subscription and plan rules live in ``kosmo.domain``; state transitions in ``kosmo.delivery``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+
+from kosmo import delivery
+from kosmo.delivery import Report, Status
+from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    message_id: UUID
+    user_id: UUID
+    node_id: str
+    text: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message: NewMessage
+    quota: Quota
+
+
+@dataclass(frozen=True)
+class Refused:
+    refusal: Refusal
+    quota: Quota | None = None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    message_id: UUID
+    report: Report
+    at: datetime
+    packet_id: int | None = None
+    bridge_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a report did. ``message`` is None when the message id is unknown."""
+
+    report: StatusReport
+    transition: delivery.Transition | None
+    user_id: UUID | None = None
+    node_id: str | None = None
+
+
+_SUBSCRIPTIONS = """
+SELECT DISTINCT ON (s.user_id)
+       s.user_id, p.code, p.scope, s.status, s.current_period_start, s.current_period_end,
+       COALESCE(s.quota_override, p.monthly_quota)
+FROM subscriptions s JOIN plans p ON p.code = s.plan_code
+WHERE s.user_id = ANY(%(users)s)
+ORDER BY s.user_id,
+         (s.status IN ('active', 'trialing')
+          AND s.current_period_start <= %(now)s AND %(now)s < s.current_period_end) DESC,
+         s.current_period_end DESC
+"""
+
+_DEBIT = """
+INSERT INTO quota_usage AS q (user_id, period_start, period_end, used)
+VALUES (%(user)s, %(start)s, %(end)s, 1)
+ON CONFLICT (user_id, period_start) DO UPDATE SET used = q.used + 1
+WHERE %(limit)s::integer IS NULL OR q.used < %(limit)s::integer
+RETURNING used
+"""
+
+_INSERT_MESSAGE = """
+INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at, updated_at,
+                      expires_at, debit_period_start, charged)
+VALUES (%s, 'outbound', %s, %s, %s, 'pending', %s, %s, %s, %s, true)
+"""
+
+_INSERT_HISTORY = """
+INSERT INTO message_status_history (message_id, status, reason, note, at)
+VALUES (%s, %s, %s, %s, %s)
+"""
+
+
+def _subscriptions(conn: psycopg.Connection, users: list[UUID],
+                   now: datetime) -> dict[UUID, Subscription]:
+    rows = conn.execute(_SUBSCRIPTIONS, {"users": users, "now": now}).fetchall()
+    return {
+        row[0]: Subscription(user_id=row[0], plan=row[1], scope=Scope(row[2]), status=row[3],
+                             period_start=row[4], period_end=row[5], quota_limit=row[6])
+        for row in rows
+    }
+
+
+def _whitelist(conn: psycopg.Connection, pairs: set[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
+    if not pairs:
+        return set()
+    users, nodes = zip(*pairs, strict=True)
+    rows = conn.execute(
+        "SELECT user_id, node_id FROM node_whitelist"
+        " WHERE (user_id, node_id) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))",
+        (list(users), list(nodes))).fetchall()
+    return {(row[0], row[1]) for row in rows}
+
+
+def _used(conn: psycopg.Connection, sub: Subscription) -> int:
+    row = conn.execute("SELECT used FROM quota_usage WHERE user_id = %s AND period_start = %s",
+                       (sub.user_id, sub.period_start)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
+                 now: datetime) -> list[Accepted | Refused]:
+    """Check, debit and store each send, in order; one result per send."""
+    if not sends:
+        return []
+    subs = _subscriptions(conn, list({s.user_id for s in sends}), now)
+    guarded = {(s.user_id, s.node_id) for s in sends
+               if (sub := subs.get(s.user_id)) and sub.scope is Scope.WHITELIST}
+    whitelisted = _whitelist(conn, guarded)
+    results: list[Accepted | Refused] = []
+    stored: list[NewMessage] = []
+    for send in sends:
+        sub = subs.get(send.user_id)
+        refusal = check_scope(sub, (send.user_id, send.node_id) in whitelisted, now)
+        if refusal is not None or sub is None:
+            results.append(Refused(refusal or Refusal.SUBSCRIPTION_INACTIVE))
+            continue
+        row = conn.execute(_DEBIT, {"user": send.user_id, "start": sub.period_start,
+                                    "end": sub.period_end, "limit": sub.quota_limit}).fetchone()
+        if row is None:
+            quota = Quota(_used(conn, sub), sub.quota_limit, sub.period_end)
+            results.append(Refused(Refusal.QUOTA_EXCEEDED, quota))
+            continue
+        results.append(Accepted(send, Quota(int(row[0]), sub.quota_limit, sub.period_end)))
+        stored.append(send)
+    if stored:
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT_MESSAGE, [
+                (m.message_id, m.user_id, m.node_id, m.text, m.created_at, m.created_at,
+                 m.expires_at, subs[m.user_id].period_start) for m in stored])
+            cur.executemany(_INSERT_HISTORY, [
+                (m.message_id, Status.PENDING.value, None, False, m.created_at) for m in stored])
+    return results
+
+
+def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]) -> list[Applied]:
+    """Run each report through the delivery state machine; refund where it says so."""
+    if not reports:
+        return []
+    ids = list({r.message_id for r in reports})
+    rows = conn.execute(
+        "SELECT id, status, user_id, node_id FROM messages"
+        " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
+        (ids,)).fetchall()
+    current = {row[0]: (Status(row[1]), row[2], row[3]) for row in rows}
+    applied: list[Applied] = []
+    history: list[tuple[object, ...]] = []
+    for item in reports:
+        found = current.get(item.message_id)
+        if found is None:
+            applied.append(Applied(item, None))
+            continue
+        status, user_id, node_id = found
+        transition = delivery.apply(status, item.report)
+        history.extend((item.message_id, e.status.value, e.reason, e.note, item.at)
+                       for e in transition.history)
+        if transition.changed:
+            final_reason = transition.history[-1].reason
+            conn.execute(
+                "UPDATE messages SET status = %s, reason = %s, updated_at = %s,"
+                " packet_id = COALESCE(%s, packet_id), bridge_id = COALESCE(%s, bridge_id)"
+                " WHERE id = %s",
+                (transition.after.value, final_reason, item.at, item.packet_id, item.bridge_id,
+                 item.message_id))
+            current[item.message_id] = (transition.after, user_id, node_id)
+        if transition.refund:
+            _refund(conn, item.message_id)
+        applied.append(Applied(item, transition, user_id, node_id))
+    if history:
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT_HISTORY, history)
+    return applied
+
+
+def _refund(conn: psycopg.Connection, message_id: UUID) -> None:
+    row = conn.execute(
+        "UPDATE messages SET charged = false WHERE id = %s AND charged"
+        " RETURNING user_id, debit_period_start", (message_id,)).fetchone()
+    if row is not None:
+        conn.execute("UPDATE quota_usage SET used = used - 1"
+                     " WHERE user_id = %s AND period_start = %s", (row[0], row[1]))
+
+
+def pending_messages(conn: psycopg.Connection, created_before: datetime,
+                     limit: int = 10_000) -> list[NewMessage]:
+    """Outbound messages still ``pending`` (stored, not yet acknowledged by the broker)."""
+    rows = conn.execute(
+        "SELECT id, user_id, node_id, text, created_at, expires_at FROM messages"
+        " WHERE status = 'pending' AND created_at < %s ORDER BY created_at, id LIMIT %s",
+        (created_before, limit)).fetchall()
+    return [NewMessage(*row) for row in rows]

@@ -1,0 +1,69 @@
+"""Schema migrations: numbered SQL files ``NNNN_name.sql`` shipped inside the package.
+
+Rules:
+- Files are applied in version order, each in its own transaction together with its row in
+  ``schema_migrations``; an applied version is never applied again (idempotent).
+- A session advisory lock serialises concurrent runs (two ``kosmo migrate`` at once are safe:
+  the second waits, then finds nothing to do).
+- The demo seed (``seed_demo.sql``) is data, not a migration; ``seed()`` loads it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_LOCK_KEY = 0x6B6F736D6F  # "kosmo"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("kosmo.sql").iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations; return the names applied by this call."""
+    applied_now: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY, name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())""")
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in migrations():
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())  # bytes: no parameter parsing
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                 (migration.version, migration.name))
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now
+
+
+def seed_sql() -> str:
+    return resources.files("kosmo.sql").joinpath("seed_demo.sql").read_text("utf-8")
+
+
+def seed(url: str) -> None:
+    """Load the demo users, subscriptions and whitelist (idempotent)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(seed_sql().encode())
