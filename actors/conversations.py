@@ -54,10 +54,12 @@ class _Node:
 
 class Conversations:
     def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]],
+                 broker_ready: Callable[[], Awaitable[None]],
                  report: Callable[[StatusReport], Awaitable[object]], topic_root: str,
                  idle: float = 300.0, backoff_max: float = 5.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._publish = publish
+        self._broker_ready = broker_ready
         self._report = report
         self._root = topic_root
         self._idle = idle
@@ -134,7 +136,10 @@ class Conversations:
             except MqttUnavailable as exc:
                 log.info("message %s to node %s waits for the broker: %s",
                          message.message_id, message.node_id, exc)
-                await trio.sleep(delay * (0.5 + random.random()))
+                # Wait for the connection, then a short jittered pause so that many node
+                # actors do not retry in lockstep; the pause grows if publishing keeps failing.
+                await self._broker_ready()
+                await trio.sleep(delay * random.random())
                 delay = min(delay * 2, self._backoff_max)
         self.published += 1
         log.debug("message %s published to node %s", message.message_id, message.node_id)

@@ -47,9 +47,16 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def parse_database_url(text: str) -> str:
-    scheme = urlsplit(text).scheme
-    if scheme not in ("postgresql", "postgres"):
+    """A postgresql:// URL (or a libpq ``key=value`` string), checked by libpq's own parser."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "://" in text and urlsplit(text).scheme not in ("postgresql", "postgres"):
         raise ValueError(f"{redact_url(text)!r} is not a postgresql:// URL")
+    try:
+        conninfo_to_dict(text)
+    except psycopg.Error:
+        raise ValueError(f"{redact_url(text)!r} is not a PostgreSQL connection URL") from None
     return text
 
 

@@ -58,6 +58,7 @@ class Report:
     reason: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
         if self.status not in REPORTS:
             raise InvalidReport(f"{self.status!r} is not a delivery report")
 
@@ -89,6 +90,7 @@ def _unchanged(status: Status, *history: Entry) -> Transition:
 
 def apply(status: Status, report: Report) -> Transition:
     """What ``report`` does to a message whose status is ``status``."""
+    status = Status(status)
     if status not in _RANK and status not in FINAL:
         raise InvalidReport(f"a message in status {status!r} takes no delivery reports")
     target, reason = report.status, report.reason

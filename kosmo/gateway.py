@@ -60,7 +60,7 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
                 return await ledger.report(item)
 
             conversations = Conversations(
-                publish=mqtt.publish, report=report, topic_root=settings.mqtt_topic_root,
+                publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report, topic_root=settings.mqtt_topic_root,
                 idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import paho.mqtt.client as paho
@@ -37,9 +38,8 @@ CANCELED = uuid.UUID("55555555-5555-5555-5555-555555555555")
 
 def _with_db(url: str, name: str) -> str:
     """The same server URL pointing at database ``name``."""
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +129,10 @@ class Subscriber:
 
         endpoint = MqttEndpoint.from_url(url)
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        # A persistent session: what is published while it reconnects is kept for it.
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                   client_id=f"sub-{uuid.uuid4().hex[:8]}")
+                                   client_id=f"sub-{uuid.uuid4().hex[:8]}", clean_session=False)
+        self._client.reconnect_delay_set(0.05, 0.5)
         subscribed = trio.Event()
         token = trio.lowlevel.current_trio_token()
 

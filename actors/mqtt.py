@@ -1,0 +1,422 @@
+"""The MQTT I/O actor: one paho-mqtt client, driven from the Trio thread.
+
+Rules
+- Threading. paho runs no thread of its own (no loop_start/loop_forever). Only the blocking
+  `connect()` (DNS, TCP, TLS handshake, queueing CONNECT) runs in a worker thread; every paho
+  callback is installed after it returns, so all of them run in the Trio thread, inside
+  `loop_read`/`loop_write`/`loop_misc` or `publish`/`ack`/`disconnect` calls made from Trio.
+- Ownership. Each connection attempt gets a NEW `Client` (a `_Link`, numbered by `epoch`), so
+  paho never re-sends its old out-queue behind our back: callers of `publish()` see
+  MqttUnavailable and re-publish themselves; consumers dedupe by message id. The session is
+  persistent (MQTT 3.1.1, clean_session=False, fixed client id) and inbound QoS 1 messages are
+  acked by hand, only once the consumer has stored them: unacked ones come back after a reconnect.
+- publish() calls paho directly rather than over a channel to the actor task: paho's publish is
+  non-blocking (it queues the packet and asks us, via on_socket_register_write, to wait for
+  writability), and between the `connected` check, `client.publish()` and registering the PUBACK
+  waiter there is no await, so Trio's single thread is the lock and no PUBACK can be missed.
+- Inbound policy. `on_message` runs inside `loop_read` and cannot await, so it puts the message in
+  a bounded pending channel and the reader goes on: the reader never waits for the consumer, so
+  the PUBACKs of a consumer that publishes while handling a message are always processed. A
+  separate task moves pending messages into `inbound` with `await send` (backpressure). The
+  pending channel stays small because the broker sends no more unacked QoS 1 messages than its
+  in-flight window; if it does fill up, a QoS 0 message is dropped (at most once anyway) and
+  for QoS 1 we drop the connection so the broker redelivers later.
+- Failure policy. Connection failures are retried forever with exponential backoff and jitter,
+  one WARNING per attempt; a broker refusing our credentials or subscriptions is an ERROR (it
+  will not heal by itself) and is retried too. Bugs (exceptions in callbacks) crash run().
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import trio
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, error_string
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+_PENDING_MAX = 1000  # received messages not yet taken by the consumer
+_HANDSHAKE_TIMEOUT = 10.0  # socket open -> CONNACK (+ SUBACK)
+_CLOSE_TIMEOUT = 1.0  # flushing DISCONNECT on the way out
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttEndpoint:
+        shown = re.sub(r"(//[^:@/]*):[^/]*@", r"\1:***@", url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"bad MQTT URL {shown!r}: expected mqtt[s]://[user[:pass]@]host[:port]")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port if port is not None else (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=tls,
+        )
+
+    def redacted(self) -> str:
+        user = ""
+        if self.username is not None:
+            user = self.username + (":***" if self.password is not None else "") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MqttInbound:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class MqttStatistics:
+    connected: bool
+    epoch: int
+    publishes_in_flight: int
+    published: int
+    received: int
+    reconnects: int
+
+
+class MqttUnavailable(Exception):
+    """Not connected, or the connection was lost before the broker acknowledged."""
+
+
+class _Link:
+    """One connection attempt: a fresh paho Client and what the Trio side knows about it."""
+
+    def __init__(self, client: Client, epoch: int) -> None:
+        self.client = client
+        self.epoch = epoch
+        self.sock: Any = None  # paho's SocketLike, until on_socket_close
+        self.want_write = False
+        self.writable = trio.lowlevel.ParkingLot()
+        self.ready = trio.Event()  # CONNACK and SUBACK received
+        self.lost = False
+        self.reason: str | None = None
+        self.scope = trio.CancelScope()  # cancelled when the connection is lost
+        # mid -> publish() awaiting its PUBACK. on_publish removes the entry and wakes the
+        # waiter; a lost connection only wakes it, so an entry left behind means "not acked".
+        self.waiters: dict[int, trio.Event] = {}
+        self.sub_mid: int | None = None
+        self.lock = threading.Lock()  # hands the socket over from the connect thread
+        self.abandoned = self.handed_over = False
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    # paho does not close the socket when the TLS handshake fails (ResourceWarning, fd leak).
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def _tls_context() -> ssl.SSLContext:
+    # What client.tls_set() builds (system CAs, verified host name), with the socket class above.
+    context = ssl.create_default_context()
+    context.sslsocket_class = _ClosingSSLSocket
+    return context
+
+
+class MqttActor:
+    def __init__(self, endpoint: MqttEndpoint, *, client_id: str,
+                 subscriptions: Sequence[tuple[str, int]] = (),
+                 inbound: trio.MemorySendChannel[MqttInbound] | None = None,
+                 will: tuple[str, bytes, int, bool] | None = None,
+                 keepalive: float = 30, backoff_min: float = 0.2,
+                 backoff_max: float = 10.0) -> None:
+        if not client_id:
+            raise ValueError("a persistent MQTT session needs a fixed, non-empty client id")
+        self._endpoint, self._client_id = endpoint, client_id
+        self._subscriptions, self._inbound, self._will = list(subscriptions), inbound, will
+        self._keepalive, self._backoff = max(1, round(keepalive)), (backoff_min, backoff_max)
+        self._where = f"{endpoint.redacted()} as {client_id!r}"
+        self._pending_send, self._pending_recv = trio.open_memory_channel[MqttInbound](_PENDING_MAX)
+        self._link: _Link | None = None  # the current connection, from socket open until lost
+        self._connected, self._up = False, trio.Event()
+        self._epoch = self._ready_count = self._in_flight = self._published = self._received = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+
+    def statistics(self) -> MqttStatistics:
+        return MqttStatistics(self._connected, self._epoch, self._in_flight, self._published,
+                              self._received, max(0, self._ready_count - 1))
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> None:
+        await trio.lowlevel.checkpoint()
+        link = self._link
+        if link is None or not self._connected:
+            raise MqttUnavailable(f"not connected to {self._where}")
+        info = link.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttUnavailable(f"publish to {self._where} failed: {error_string(info.rc)}")
+        acked = link.waiters[info.mid] = trio.Event()
+        self._in_flight += 1
+        try:
+            await acked.wait()
+        finally:
+            self._in_flight -= 1
+            unacked = link.waiters.pop(info.mid, None) is not None
+        if unacked:
+            raise MqttUnavailable(f"connection to {self._where} lost before the PUBACK")
+        self._published += 1
+
+    async def ack(self, message: MqttInbound) -> None:
+        await trio.lowlevel.checkpoint()
+        link = self._link
+        if message.qos and link is not None and not link.lost and link.epoch == message.epoch:
+            link.client.ack(message.mid, message.qos)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        failures = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._inbound is not None:
+                    nursery.start_soon(self._deliver, self._inbound)
+                while True:
+                    link = self._new_link()
+                    try:
+                        await self._open(link)
+                    except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError)
+                        link.reason = str(exc) or type(exc).__name__
+                    else:
+                        await self._serve(link, task_status)
+                    if link.ready.is_set():
+                        failures = 0
+                        log.warning("lost MQTT connection to %s: %s", self._where, link.reason)
+                    else:
+                        failures += 1
+                    delay = min(self._backoff[1], self._backoff[0] * 2.0 ** min(failures, 30))
+                    delay *= random.uniform(0.5, 1.0)
+                    if failures:
+                        log.warning("MQTT connect to %s failed (attempt %d): %s; retrying in %.1fs",
+                                    self._where, failures, link.reason, delay)
+                    await trio.sleep(delay)
+        finally:
+            if self._inbound is not None:
+                self._inbound.close()
+
+    async def _deliver(self, inbound: trio.MemorySendChannel[MqttInbound]) -> None:
+        async for message in self._pending_recv:
+            await inbound.send(message)
+
+    def _new_link(self) -> _Link:
+        self._epoch += 1
+        client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
+                        clean_session=False, protocol=MQTTProtocolVersion.MQTTv311, manual_ack=True)
+        link = _Link(client, self._epoch)
+        client.user_data_set(link)
+        if self._endpoint.username is not None:
+            client.username_pw_set(self._endpoint.username, self._endpoint.password)
+        if self._endpoint.tls:
+            client.tls_set_context(_tls_context())
+        if self._will is not None:
+            client.will_set(*self._will)
+        return link
+
+    def _connect_blocking(self, link: _Link) -> None:
+        # No callbacks are installed yet, so paho writes CONNECT itself, here.
+        link.client.connect(self._endpoint.host, self._endpoint.port, self._keepalive)
+        with link.lock:
+            if not link.abandoned:
+                link.handed_over = True
+                return
+        link.client.disconnect()  # run() was cancelled meanwhile: close it from here
+
+    async def _open(self, link: _Link) -> None:
+        try:
+            await trio.to_thread.run_sync(self._connect_blocking, link, abandon_on_cancel=True)
+        except trio.Cancelled:
+            with link.lock:
+                link.abandoned = True
+                if link.handed_over:
+                    link.client.disconnect()
+            raise
+        client = link.client
+        client.on_connect, client.on_subscribe = self._on_connect, self._on_subscribe
+        client.on_publish, client.on_message = self._on_publish, self._on_message
+        client.on_disconnect, client.on_socket_close = self._on_disconnect, self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        link.sock, link.want_write = client.socket(), client.want_write()
+        # paho leaves Nagle on: a PUBACK written right after a PUBLISH would wait ~40 ms.
+        link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._link = link
+
+    async def _serve(self, link: _Link, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with link.scope:
+                async with trio.open_nursery() as nursery:
+                    for loop in (self._read_loop, self._write_loop, self._misc_loop):
+                        nursery.start_soon(loop, link)
+                    with trio.move_on_after(_HANDSHAKE_TIMEOUT):
+                        await link.ready.wait()
+                    if not link.ready.is_set():
+                        self._lose(link, f"no CONNACK/SUBACK within {_HANDSHAKE_TIMEOUT:g}s")
+                        return
+                    self._connected, self._ready_count = True, self._ready_count + 1
+                    self._up.set()
+                    log.info("MQTT connected to %s (epoch %d)", self._where, link.epoch)
+                    if self._ready_count == 1:
+                        task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._lose(link, "shutting down")
+            if link.sock is not None:  # polite close keeps the session and discards the will
+                link.client.disconnect()
+                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                    while link.sock is not None and link.client.want_write():
+                        await trio.lowlevel.wait_writable(link.sock)
+                        link.client.loop_write()
+                if link.sock is not None:  # could not flush: close it hard
+                    sock, link.sock = link.sock, None
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+
+    async def _read_loop(self, link: _Link) -> None:
+        sock = link.sock
+        try:
+            while not link.lost:
+                await trio.lowlevel.wait_readable(sock)
+                while not link.lost:
+                    self._check(link, link.client.loop_read())
+                    # TLS may hold decrypted bytes that the selector cannot see.
+                    if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                        break
+        except trio.ClosedResourceError:
+            pass
+
+    async def _write_loop(self, link: _Link) -> None:
+        sock = link.sock
+        try:
+            while not link.lost:
+                if not link.want_write:
+                    await link.writable.park()
+                    continue
+                await trio.lowlevel.wait_writable(sock)
+                self._check(link, link.client.loop_write())
+        except trio.ClosedResourceError:
+            pass
+
+    async def _misc_loop(self, link: _Link) -> None:
+        while not link.lost:
+            await trio.sleep(1)
+            self._check(link, link.client.loop_misc())
+
+    def _check(self, link: _Link, rc: MQTTErrorCode) -> None:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lose(link, error_string(rc))
+
+    def _lose(self, link: _Link, reason: str | None) -> None:
+        if link.reason is None:
+            link.reason = reason
+        if link.lost:
+            return
+        link.lost = True
+        link.scope.cancel()
+        for waiter in link.waiters.values():
+            waiter.set()
+        if self._link is link:
+            self._link, self._connected = None, False
+            if self._up.is_set():
+                self._up = trio.Event()
+
+    # paho callbacks: all run in the Trio thread (see the header), `userdata` is the _Link.
+
+    def _on_socket_close(self, client: Client, link: _Link, sock: Any) -> None:
+        if link.sock is sock:
+            link.sock = None
+            trio.lowlevel.notify_closing(sock)  # wakes our wait_readable/wait_writable
+        self._lose(link, None)
+
+    def _on_register_write(self, client: Client, link: _Link, sock: Any) -> None:
+        link.want_write = True
+        link.writable.unpark_all()
+
+    def _on_unregister_write(self, client: Client, link: _Link, sock: Any) -> None:
+        link.want_write = False
+
+    def _on_disconnect(self, client: Client, link: _Link, flags: DisconnectFlags,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        self._lose(link, None)  # the rc that loop_*() returns says more than `reason`
+
+    def _on_connect(self, client: Client, link: _Link, flags: ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:  # paho closes the socket next
+            link.reason = f"broker refused the connection: {reason}"
+            log.error("MQTT broker %s refused the connection: %s", self._where, reason)
+        elif not self._subscriptions:
+            link.ready.set()
+        else:
+            _rc, link.sub_mid = client.subscribe(self._subscriptions)
+
+    def _on_subscribe(self, client: Client, link: _Link, mid: int, reasons: list[ReasonCode],
+                      properties: Properties | None) -> None:
+        if mid != link.sub_mid:
+            return
+        pairs = zip(self._subscriptions, reasons, strict=False)
+        refused = [topic for (topic, _qos), rc in pairs if rc.is_failure]
+        if refused:
+            log.error("MQTT broker %s refused subscriptions %s", self._where, refused)
+            self._lose(link, f"subscriptions refused: {refused}")
+        else:
+            link.ready.set()
+
+    def _on_publish(self, client: Client, link: _Link, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        waiter = link.waiters.pop(mid, None)
+        if waiter is not None:
+            waiter.set()
+
+    def _on_message(self, client: Client, link: _Link, msg: MQTTMessage) -> None:
+        self._received += 1
+        if self._inbound is None:  # nobody consumes: acknowledge and forget
+            client.ack(msg.mid, msg.qos)
+            return
+        try:
+            self._pending_send.send_nowait(
+                MqttInbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, link.epoch))
+        except trio.WouldBlock:
+            if msg.qos == 0:
+                log.warning("MQTT inbound queue full on %s: dropped a QoS 0 message on %s",
+                            self._where, msg.topic)
+            else:
+                self._lose(link, "inbound queue full; the broker will redeliver")

@@ -1,0 +1,3 @@
+from kosmo.cli import main
+
+main()

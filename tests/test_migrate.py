@@ -1,0 +1,96 @@
+"""Migrations: idempotent, recorded, safe when two run at once, shipped inside the wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from kosmo import migrate
+from tests.conftest import _with_db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def empty_db(pg_admin_url: str):
+    name = f"kosmo_m_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_db(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_two_concurrent_migrations_apply_each_version_once(empty_db: str):
+    results: list[list[str]] = []
+
+    async def run() -> None:
+        results.append(await trio.to_thread.run_sync(migrate.migrate, empty_db))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        nursery.start_soon(run)
+    names = [m.name for m in migrate.migrations()]
+    assert sorted(results, key=len) == [[], names]
+    assert migrate.migrate(empty_db) == []
+    with psycopg.connect(empty_db) as conn:
+        rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1").fetchall()
+    assert [r[1] for r in rows] == names
+
+
+def test_seed_is_idempotent_and_loads_the_demo_users(empty_db: str):
+    migrate.migrate(empty_db)
+    migrate.seed(empty_db)
+    migrate.seed(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        plans = dict(conn.execute(
+            "SELECT u.id::text, s.plan_code || '/' || s.status FROM users u"
+            " JOIN subscriptions s ON s.user_id = u.id").fetchall())
+        whitelist = conn.execute("SELECT user_id::text, node_id FROM node_whitelist").fetchall()
+    assert plans == {
+        "11111111-1111-1111-1111-111111111111": "wanderer/active",
+        "22222222-2222-2222-2222-222222222222": "guardian/active",
+        "33333333-3333-3333-3333-333333333333": "sanctuary/active",
+        "44444444-4444-4444-4444-444444444444": "free/active",
+        "55555555-5555-5555-5555-555555555555": "wanderer/canceled",
+    }
+    assert whitelist == [("22222222-2222-2222-2222-222222222222", "!a1b2c3d4")]
+
+
+def test_status_history_is_append_only(empty_db: str):
+    migrate.migrate(empty_db)
+    migrate.seed(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("""INSERT INTO messages (id, direction, user_id, node_id, text, status,
+                        created_at, updated_at) VALUES (gen_random_uuid(), 'outbound',
+                        '11111111-1111-1111-1111-111111111111', '!a1b2c3d4', 'x', 'pending',
+                        now(), now())""")
+        conn.execute("INSERT INTO message_status_history (message_id, status, at)"
+                     " SELECT id, 'pending', now() FROM messages")
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute("UPDATE message_status_history SET status = 'queued'")
+
+
+def test_migrate_runs_from_a_built_wheel(empty_db: str, tmp_path: Path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    [wheel] = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "kosmo/sql/0001_core.sql" in names
+    assert "kosmo/sql/seed_demo.sql" in names
+    # Import kosmo from the wheel itself (zipimport), not from the source tree.
+    env = {**os.environ, "PYTHONPATH": str(wheel), "KOSMO_DATABASE_URL": empty_db}
+    result = subprocess.run(
+        [sys.executable, "-c", "import kosmo, sys; assert '.whl' in kosmo.__file__, kosmo.__file__;"
+         "from kosmo.cli import main; main(['migrate'])"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "applied 1 migrations" in result.stdout

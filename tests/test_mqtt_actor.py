@@ -1,0 +1,331 @@
+"""The MQTT actor against a real broker: delivery, acks, sessions, reconnects, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.mqtt import MqttActor, MqttEndpoint, MqttInbound, MqttUnavailable
+from kosmo.embedded import Broker, free_port
+
+WATCHDOG = 10.0
+
+
+def unique(kind: str) -> str:
+    return f"kosmo/test/{kind}/{uuid.uuid4().hex[:12]}"
+
+
+def make_actor(url: str, client_id: str, subscriptions: Sequence[tuple[str, int]] = (),
+               **options: Any) -> tuple[MqttActor, trio.MemoryReceiveChannel[MqttInbound]]:
+    send, receive = trio.open_memory_channel[MqttInbound](options.pop("buffer", 0))
+    actor = MqttActor(MqttEndpoint.from_url(url), client_id=client_id,
+                      subscriptions=subscriptions, inbound=send,
+                      backoff_min=0.02, backoff_max=0.2, **options)
+    return actor, receive
+
+
+async def start_actor(nursery: trio.Nursery, url: str, client_id: str,
+                      subscriptions: Sequence[tuple[str, int]] = (),
+                      **options: Any) -> tuple[MqttActor, trio.MemoryReceiveChannel[MqttInbound]]:
+    actor, receive = make_actor(url, client_id, subscriptions, **options)
+    await nursery.start(actor.run)
+    return actor, receive
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll a condition the actor exposes no event for (the test's watchdog bounds it)."""
+    while not condition():  # noqa: ASYNC110 - state of another component, no event to wait on
+        await trio.sleep(0.01)
+
+
+async def receive_until(receive: trio.MemoryReceiveChannel[MqttInbound],
+                        last: bytes) -> list[bytes]:
+    payloads: list[bytes] = []
+    while not payloads or payloads[-1] != last:
+        payloads.append((await receive.receive()).payload)
+    return payloads
+
+
+def open_sockets() -> set[str]:
+    """File descriptors of this process that are sockets (Linux)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(fd)
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            pass
+    return found
+
+
+# -- endpoint ------------------------------------------------------------------------------
+
+
+def test_endpoint_from_url_and_redacted() -> None:
+    plain = MqttEndpoint.from_url("mqtt://broker.local")
+    assert plain == MqttEndpoint("broker.local", 1883)
+    assert plain.redacted() == "mqtt://broker.local:1883"
+    secure = MqttEndpoint.from_url("mqtts://gw%40site:p%3Ass@10.0.0.5:9883/")
+    assert secure == MqttEndpoint("10.0.0.5", 9883, "gw@site", "p:ss", tls=True)
+    assert secure.redacted() == "mqtts://gw@site:***@10.0.0.5:9883"
+    assert MqttEndpoint.from_url("mqtts://[::1]").redacted() == "mqtts://[::1]:8883"
+    MqttActor(secure, client_id="kosmo-test")  # TLS settings are applied per connection
+
+
+@pytest.mark.parametrize("url", [
+    "http://u:hunter2@host", "mqtt://u:hunter2@host:99999", "mqtt://u:hunter2@:1883",
+    "mqtt://u:hunter2@host/topic", "mqtt://u:hunt@er2@host/topic", "broker:1883",
+])
+def test_endpoint_rejects_bad_urls_without_leaking_the_password(url: str) -> None:
+    with pytest.raises(ValueError, match="bad MQTT URL") as info:
+        MqttEndpoint.from_url(url)
+    assert "hunter2" not in str(info.value)
+    assert "er2" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+
+async def test_publish_and_receive_qos1(mqtt_url: str) -> None:
+    topic = unique("roundtrip")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            sub, inbox = await start_actor(nursery, mqtt_url, unique("sub"), [(topic, 1)])
+            pub, _ = await start_actor(nursery, mqtt_url, unique("pub"))
+            for i in range(3):
+                await pub.publish(topic, b"hello %d" % i)
+            for i in range(3):
+                message = await inbox.receive()
+                assert (message.topic, message.payload, message.qos) == (topic, b"hello %d" % i, 1)
+                assert message.epoch == sub.statistics().epoch == 1
+                await sub.ack(message)
+            assert pub.statistics().published == 3
+            assert pub.statistics().publishes_in_flight == 0
+            assert sub.statistics().received == 3
+            await pub.publish(topic, b"fire and forget", qos=0)
+            assert (await inbox.receive()).payload == b"fire and forget"
+            nursery.cancel_scope.cancel()
+
+
+async def test_consumer_that_publishes_does_not_stall_the_reader(private_broker: Broker) -> None:
+    """The consumer awaits its own PUBACKs while more messages arrive on an unbuffered channel."""
+    inbound, outbound = unique("in"), unique("out")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            worker, inbox = await start_actor(nursery, private_broker.url, unique("worker"),
+                                              [(inbound, 1)], buffer=0)
+            feeder, _ = await start_actor(nursery, private_broker.url, unique("feeder"))
+
+            async def feed() -> None:
+                for i in range(100):
+                    await feeder.publish(inbound, b"%d" % i)
+
+            nursery.start_soon(feed)
+            for i in range(100):
+                message = await inbox.receive()
+                assert message.payload == b"%d" % i
+                await worker.publish(outbound, message.payload)
+                await worker.ack(message)
+            nursery.cancel_scope.cancel()
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+async def test_refused_connection_retries_with_warnings_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = MqttEndpoint("127.0.0.1", free_port(), "gateway", "hunter2")
+    actor = MqttActor(endpoint, client_id=unique("refused"), backoff_min=0.01, backoff_max=0.02)
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor.run)
+            await until(lambda: actor.statistics().epoch >= 4)
+            with trio.fail_after(0.5), pytest.raises(MqttUnavailable):
+                await actor.publish("kosmo/test/refused", b"x")
+            nursery.cancel_scope.cancel()
+    records = [r for r in caplog.records if r.name == "actors.mqtt"]
+    assert len(records) >= 3
+    assert {r.levelno for r in records} == {logging.WARNING}
+    assert "mqtt://gateway:***@127.0.0.1" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+async def test_tls_against_a_plain_listener_fails_and_retries(
+        private_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    actor = MqttActor(MqttEndpoint("127.0.0.1", private_broker.port, tls=True),
+                      client_id=unique("tls"), backoff_min=0.01, backoff_max=0.02)
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor.run)
+            await until(lambda: actor.statistics().epoch >= 3)
+            assert not actor.connected
+            nursery.cancel_scope.cancel()
+    assert {r.levelno for r in caplog.records if r.name == "actors.mqtt"} == {logging.WARNING}
+
+
+async def test_publish_fails_promptly_when_the_broker_goes_away(private_broker: Broker) -> None:
+    topic = unique("down")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            actor, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            await actor.publish(topic, b"up")
+            # Publish while the broker stops: whether the actor has noticed yet or not,
+            # publish() must fail (at once, or when the connection drops before the PUBACK).
+            async def publish_forever() -> None:
+                while True:
+                    await actor.publish(topic, b"racing")
+
+            async with trio.open_nursery() as racing:
+                racing.start_soon(trio.to_thread.run_sync, private_broker.stop)
+                with trio.fail_after(3), pytest.raises(MqttUnavailable):
+                    await publish_forever()
+            with trio.fail_after(0.5), pytest.raises(MqttUnavailable, match="not connected"):
+                await actor.publish(topic, b"down")
+            assert actor.statistics().publishes_in_flight == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_reconnects_after_broker_restart(private_broker: Broker) -> None:
+    topic = unique("restart")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            actor, inbox = await start_actor(nursery, private_broker.url, unique("sub"),
+                                              [(topic, 1)])
+            await actor.publish(topic, b"before")
+            before = await inbox.receive()  # deliberately not acked
+            await trio.to_thread.run_sync(private_broker.stop)
+            await until(lambda: not actor.connected)
+            await trio.to_thread.run_sync(private_broker.start)
+            await actor.wait_connected()
+            await actor.publish(topic, b"after")
+            payloads = await receive_until(inbox, b"after")
+            if private_broker.durable:  # the session, with the unacked message, survived
+                assert payloads == [b"before", b"after"]
+            stats = actor.statistics()
+            assert stats.connected
+            assert stats.reconnects == 1
+            assert stats.epoch > before.epoch
+            await actor.ack(before)  # from an old connection: dropped, the broker redelivered it
+            nursery.cancel_scope.cancel()
+
+
+# -- sessions and acknowledgements -----------------------------------------------------------
+
+
+async def test_message_published_while_away_is_delivered_on_return(
+        private_broker: Broker) -> None:
+    topic, client_id = unique("away"), unique("sub")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            async with trio.open_nursery() as visit:
+                await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                visit.cancel_scope.cancel()
+            await pub.publish(topic, b"while you were away")
+            async with trio.open_nursery() as visit:
+                sub, inbox = await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                message = await inbox.receive()
+                assert message.payload == b"while you were away"
+                await sub.ack(message)
+                visit.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+async def test_unacked_message_is_redelivered_and_acked_one_is_not(
+        private_broker: Broker) -> None:
+    topic, client_id = unique("ack"), unique("sub")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            async with trio.open_nursery() as visit:
+                sub, inbox = await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                await pub.publish(topic, b"stored")
+                await pub.publish(topic, b"not stored")
+                stored, not_stored = await inbox.receive(), await inbox.receive()
+                assert (stored.payload, not_stored.payload) == (b"stored", b"not stored")
+                await sub.ack(stored)
+                visit.cancel_scope.cancel()
+            async with trio.open_nursery() as visit:
+                sub, inbox = await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                await pub.publish(topic, b"marker")
+                assert await receive_until(inbox, b"marker") == [b"not stored", b"marker"]
+                visit.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+async def test_cancel_closes_the_socket_politely_and_the_inbound_channel(mqtt_url: str) -> None:
+    will_topic = unique("will")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            watcher, wills = await start_actor(nursery, mqtt_url, unique("watch"),
+                                               [(will_topic, 1)])
+            sockets_before = open_sockets()
+            async with trio.open_nursery() as life:
+                actor, inbox = await start_actor(life, mqtt_url, unique("mortal"),
+                                                 will=(will_topic, b"died", 1, False))
+                assert open_sockets() > sockets_before
+                life.cancel_scope.cancel()
+            assert open_sockets() == sockets_before
+            assert not actor.connected
+            with pytest.raises(trio.EndOfChannel):
+                await inbox.receive()
+            # A clean DISCONNECT discards the will: the watcher sees only its own marker.
+            await watcher.publish(will_topic, b"marker")
+            assert await receive_until(wills, b"marker") == [b"marker"]
+            nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def silent_listener(*, backlog_full: bool) -> Iterator[int]:
+    """A local port that completes TCP handshakes but never speaks MQTT; with `backlog_full`
+    it does not even complete the handshake, so connect() itself hangs."""
+    with socket.socket() as listener, ExitStack() as fillers:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        for _ in range(3 if backlog_full else 0):
+            filler = fillers.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        yield listener.getsockname()[1]
+
+
+async def test_cancel_during_a_hanging_connect_returns_at_once() -> None:
+    with silent_listener(backlog_full=True) as port:
+        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique("hang"))
+        with trio.fail_after(WATCHDOG):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(actor.run)
+                await trio.testing.wait_all_tasks_blocked()  # run() waits for connect()
+                cancelled_at = trio.current_time()
+                nursery.cancel_scope.cancel()
+        assert trio.current_time() - cancelled_at < 0.5  # paho's connect timeout is 5 s
+        with pytest.raises(trio.EndOfChannel):
+            await inbox.receive()
+
+
+async def test_cancel_while_waiting_for_connack_closes_the_socket() -> None:
+    with silent_listener(backlog_full=False) as port:
+        sockets_before = open_sockets()
+        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique("mute"))
+        with trio.fail_after(WATCHDOG):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(actor.run)
+                await until(lambda: open_sockets() > sockets_before)
+                assert not actor.connected
+                nursery.cancel_scope.cancel()
+        assert open_sockets() == sockets_before
+        with pytest.raises(trio.EndOfChannel):
+            await inbox.receive()
