@@ -2,13 +2,16 @@
 
 Each fixture prefers a service the environment names, then one already running on its
 standard local port, and only then starts an embedded one (see kosmo/embedded.py) for the
-session. The `find_*` helpers are plain functions so CI scripts can reuse them.
+session. ``KOSMO_TEST_SERVICES=embedded`` skips the first two and always starts embedded ones. The `find_*` helpers are plain functions so CI scripts can reuse them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -32,8 +35,14 @@ def postgres_can_create_databases(url: str) -> bool:
     return row is not None and bool(row[0])
 
 
+def _embedded_only() -> bool:
+    return os.environ.get("KOSMO_TEST_SERVICES") == "embedded"
+
+
 def find_postgres() -> str | None:
     """$KOSMO_TEST_DATABASE_URL, else the local server on 5432 if usable, else None."""
+    if _embedded_only():
+        return None
     if url := os.environ.get("KOSMO_TEST_DATABASE_URL"):
         return url
     return LOCAL_POSTGRES_URL if postgres_can_create_databases(LOCAL_POSTGRES_URL) else None
@@ -41,6 +50,8 @@ def find_postgres() -> str | None:
 
 def find_mqtt() -> str | None:
     """$KOSMO_TEST_MQTT_URL, else the local broker on 1883 if it answers, else None."""
+    if _embedded_only():
+        return None
     if url := os.environ.get("KOSMO_TEST_MQTT_URL"):
         return url
     if mqtt_accepts("127.0.0.1", LOCAL_MQTT_PORT, timeout=0.5):
@@ -54,11 +65,15 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := find_postgres():
         yield url
         return
-    server = start_postgres(tmp_path_factory.mktemp("postgres") / "data")
+    # Outside pytest's temp tree: pytest resets it to mode 0700 at every session start, and the
+    # embedded server may run as another system user that must traverse the path.
+    root = Path(tempfile.mkdtemp(prefix="kosmo-test-pg-"))
+    server = start_postgres(root / "data")
     try:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
