@@ -20,7 +20,11 @@ Rules
   separate task moves pending messages into `inbound` with `await send` (backpressure). The
   pending channel stays small because the broker sends no more unacked QoS 1 messages than its
   in-flight window; if it does fill up, a QoS 0 message is dropped (at most once anyway) and
-  for QoS 1 we drop the connection so the broker redelivers later.
+  for QoS 1 we drop the connection so the broker redelivers later. Messages still pending from
+  a lost connection are delivered anyway; their acks are dropped and the broker redelivers them.
+- Shutdown. Cancelling run() abandons a connect() in progress (the thread closes what it opened),
+  sends DISCONNECT (the session stays, the will is discarded) within a shielded 1 s, closes the
+  socket and closes `inbound`.
 - Failure policy. Connection failures are retried forever with exponential backoff and jitter,
   one WARNING per attempt; a broker refusing our credentials or subscriptions is an ERROR (it
   will not heal by itself) and is retried too. Bugs (exceptions in callbacks) crash run().
@@ -181,6 +185,11 @@ class MqttActor:
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
                       retain: bool = False) -> None:
+        """Return once the broker has the message (PUBACK; QoS 0: once written).
+
+        Raises MqttUnavailable at once when not connected, or when the connection is lost
+        before the PUBACK (the message may or may not have arrived: publish it again).
+        """
         await trio.lowlevel.checkpoint()
         link = self._link
         if link is None or not self._connected:
@@ -200,12 +209,14 @@ class MqttActor:
         self._published += 1
 
     async def ack(self, message: MqttInbound) -> None:
+        """Acknowledge a stored message; one from an earlier connection is dropped silently."""
         await trio.lowlevel.checkpoint()
         link = self._link
         if message.qos and link is not None and not link.lost and link.epoch == message.epoch:
             link.client.ack(message.mid, message.qos)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep one connection up, forever; started() after the first CONNACK and SUBACK."""
         failures = 0
         try:
             async with trio.open_nursery() as nursery:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from paho.mqtt.client import Client
+from paho.mqtt.enums import CallbackAPIVersion
 
 from actors.mqtt import MqttActor, MqttEndpoint, MqttInbound, MqttUnavailable
 from kosmo.embedded import Broker, free_port
@@ -21,7 +23,13 @@ WATCHDOG = 10.0
 
 
 def unique(kind: str) -> str:
+    """A topic no other test (or earlier run) uses."""
     return f"kosmo/test/{kind}/{uuid.uuid4().hex[:12]}"
+
+
+def unique_id(kind: str) -> str:
+    """A client id, so a fresh persistent session."""
+    return f"kosmo-test-{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def make_actor(url: str, client_id: str, subscriptions: Sequence[tuple[str, int]] = (),
@@ -39,6 +47,24 @@ async def start_actor(nursery: trio.Nursery, url: str, client_id: str,
     actor, receive = make_actor(url, client_id, subscriptions, **options)
     await nursery.start(actor.run)
     return actor, receive
+
+
+@pytest.fixture
+def shared_ids(mqtt_url: str) -> Iterator[Callable[[str], str]]:
+    """Client ids for the shared broker; their persistent sessions are removed afterwards."""
+    made: list[str] = []
+
+    def make(kind: str) -> str:
+        made.append(unique_id(kind))
+        return made[-1]
+
+    yield make
+    endpoint = MqttEndpoint.from_url(mqtt_url)
+    for client_id in made:  # CONNECT with clean_session=True discards the stored session
+        client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        client.username_pw_set(endpoint.username, endpoint.password)
+        client.connect(endpoint.host, endpoint.port)  # no event loop: paho writes at once
+        client.disconnect()
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -96,12 +122,13 @@ def test_endpoint_rejects_bad_urls_without_leaking_the_password(url: str) -> Non
 # -- delivery ------------------------------------------------------------------------------
 
 
-async def test_publish_and_receive_qos1(mqtt_url: str) -> None:
+async def test_publish_and_receive_qos1(
+        mqtt_url: str, shared_ids: Callable[[str], str]) -> None:
     topic = unique("roundtrip")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            sub, inbox = await start_actor(nursery, mqtt_url, unique("sub"), [(topic, 1)])
-            pub, _ = await start_actor(nursery, mqtt_url, unique("pub"))
+            sub, inbox = await start_actor(nursery, mqtt_url, shared_ids("sub"), [(topic, 1)])
+            pub, _ = await start_actor(nursery, mqtt_url, shared_ids("pub"))
             for i in range(3):
                 await pub.publish(topic, b"hello %d" % i)
             for i in range(3):
@@ -122,20 +149,25 @@ async def test_consumer_that_publishes_does_not_stall_the_reader(private_broker:
     inbound, outbound = unique("in"), unique("out")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            worker, inbox = await start_actor(nursery, private_broker.url, unique("worker"),
+            worker, inbox = await start_actor(nursery, private_broker.url, unique_id("worker"),
                                               [(inbound, 1)], buffer=0)
-            feeder, _ = await start_actor(nursery, private_broker.url, unique("feeder"))
+            feeder, _ = await start_actor(nursery, private_broker.url, unique_id("feeder"))
+
+            async def answer_all(count: int) -> None:
+                for i in range(count):
+                    message = await inbox.receive()
+                    assert message.payload == b"%d" % i
+                    await worker.publish(outbound, message.payload)
+                    await worker.ack(message)
 
             async def feed() -> None:
                 for i in range(100):
                     await feeder.publish(inbound, b"%d" % i)
 
             nursery.start_soon(feed)
-            for i in range(100):
-                message = await inbox.receive()
-                assert message.payload == b"%d" % i
-                await worker.publish(outbound, message.payload)
-                await worker.ack(message)
+            # Generous, but catches Nagle's algorithm left on (~40 ms per round trip).
+            with trio.fail_after(2.5):
+                await answer_all(100)
             nursery.cancel_scope.cancel()
 
 
@@ -145,7 +177,7 @@ async def test_consumer_that_publishes_does_not_stall_the_reader(private_broker:
 async def test_refused_connection_retries_with_warnings_only(
         caplog: pytest.LogCaptureFixture) -> None:
     endpoint = MqttEndpoint("127.0.0.1", free_port(), "gateway", "hunter2")
-    actor = MqttActor(endpoint, client_id=unique("refused"), backoff_min=0.01, backoff_max=0.02)
+    actor = MqttActor(endpoint, client_id=unique_id("refused"), backoff_min=0.01, backoff_max=0.02)
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(actor.run)
@@ -163,7 +195,7 @@ async def test_refused_connection_retries_with_warnings_only(
 async def test_tls_against_a_plain_listener_fails_and_retries(
         private_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     actor = MqttActor(MqttEndpoint("127.0.0.1", private_broker.port, tls=True),
-                      client_id=unique("tls"), backoff_min=0.01, backoff_max=0.02)
+                      client_id=unique_id("tls"), backoff_min=0.01, backoff_max=0.02)
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(actor.run)
@@ -177,7 +209,7 @@ async def test_publish_fails_promptly_when_the_broker_goes_away(private_broker: 
     topic = unique("down")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            actor, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            actor, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
             await actor.publish(topic, b"up")
             # Publish while the broker stops: whether the actor has noticed yet or not,
             # publish() must fail (at once, or when the connection drops before the PUBACK).
@@ -185,8 +217,11 @@ async def test_publish_fails_promptly_when_the_broker_goes_away(private_broker: 
                 while True:
                     await actor.publish(topic, b"racing")
 
+            async def stop_broker() -> None:
+                await trio.to_thread.run_sync(private_broker.stop)
+
             async with trio.open_nursery() as racing:
-                racing.start_soon(trio.to_thread.run_sync, private_broker.stop)
+                racing.start_soon(stop_broker)
                 with trio.fail_after(3), pytest.raises(MqttUnavailable):
                     await publish_forever()
             with trio.fail_after(0.5), pytest.raises(MqttUnavailable, match="not connected"):
@@ -199,7 +234,7 @@ async def test_reconnects_after_broker_restart(private_broker: Broker) -> None:
     topic = unique("restart")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            actor, inbox = await start_actor(nursery, private_broker.url, unique("sub"),
+            actor, inbox = await start_actor(nursery, private_broker.url, unique_id("sub"),
                                               [(topic, 1)])
             await actor.publish(topic, b"before")
             before = await inbox.receive()  # deliberately not acked
@@ -224,10 +259,10 @@ async def test_reconnects_after_broker_restart(private_broker: Broker) -> None:
 
 async def test_message_published_while_away_is_delivered_on_return(
         private_broker: Broker) -> None:
-    topic, client_id = unique("away"), unique("sub")
+    topic, client_id = unique("away"), unique_id("sub")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            pub, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
             async with trio.open_nursery() as visit:
                 await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
                 visit.cancel_scope.cancel()
@@ -243,10 +278,10 @@ async def test_message_published_while_away_is_delivered_on_return(
 
 async def test_unacked_message_is_redelivered_and_acked_one_is_not(
         private_broker: Broker) -> None:
-    topic, client_id = unique("ack"), unique("sub")
+    topic, client_id = unique("ack"), unique_id("sub")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            pub, _ = await start_actor(nursery, private_broker.url, unique("pub"))
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
             async with trio.open_nursery() as visit:
                 sub, inbox = await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
                 await pub.publish(topic, b"stored")
@@ -266,15 +301,16 @@ async def test_unacked_message_is_redelivered_and_acked_one_is_not(
 # -- shutdown --------------------------------------------------------------------------------
 
 
-async def test_cancel_closes_the_socket_politely_and_the_inbound_channel(mqtt_url: str) -> None:
+async def test_cancel_closes_the_socket_politely_and_the_inbound_channel(
+        mqtt_url: str, shared_ids: Callable[[str], str]) -> None:
     will_topic = unique("will")
     with trio.fail_after(WATCHDOG):
         async with trio.open_nursery() as nursery:
-            watcher, wills = await start_actor(nursery, mqtt_url, unique("watch"),
+            watcher, wills = await start_actor(nursery, mqtt_url, shared_ids("watch"),
                                                [(will_topic, 1)])
             sockets_before = open_sockets()
             async with trio.open_nursery() as life:
-                actor, inbox = await start_actor(life, mqtt_url, unique("mortal"),
+                actor, inbox = await start_actor(life, mqtt_url, shared_ids("mortal"),
                                                  will=(will_topic, b"died", 1, False))
                 assert open_sockets() > sockets_before
                 life.cancel_scope.cancel()
@@ -304,7 +340,7 @@ def silent_listener(*, backlog_full: bool) -> Iterator[int]:
 
 async def test_cancel_during_a_hanging_connect_returns_at_once() -> None:
     with silent_listener(backlog_full=True) as port:
-        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique("hang"))
+        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique_id("hang"))
         with trio.fail_after(WATCHDOG):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(actor.run)
@@ -319,7 +355,7 @@ async def test_cancel_during_a_hanging_connect_returns_at_once() -> None:
 async def test_cancel_while_waiting_for_connack_closes_the_socket() -> None:
     with silent_listener(backlog_full=False) as port:
         sockets_before = open_sockets()
-        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique("mute"))
+        actor, inbox = make_actor(f"mqtt://127.0.0.1:{port}", unique_id("mute"))
         with trio.fail_after(WATCHDOG):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(actor.run)
