@@ -1,10 +1,12 @@
 """The quota ledger actor: the only writer of quota usage and of message status.
 
 Rules:
-- Requests (sends from the HTTP front, delivery reports from the conversation and MQTT paths)
-  arrive on one bounded channel. The actor takes everything waiting, up to ``max_batch``, and
-  applies it in ONE transaction (group commit): throughput is not bounded by one commit per
-  request, and while a batch commits the next one gathers.
+- Requests arrive on two bounded channels, one lane each: sends (from the HTTP front) and
+  delivery reports (from the conversation and MQTT paths). Each lane takes everything waiting,
+  up to ``max_batch``, and applies it in ONE transaction (group commit): throughput is not
+  bounded by one commit per request, and while a batch commits the next one gathers.
+- The lanes run concurrently; PostgreSQL row locks keep them exact (the debit is a conditional
+  upsert, a refund is guarded by ``messages.charged``).
 - Replies are set only after the commit, so a 201 always means "stored and debited".
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -40,6 +42,8 @@ from kosmo.ledger_store import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R", "Send", "Report")
 
 
 @dataclass(frozen=True)
@@ -69,73 +73,91 @@ class Ledger:
         self._max_batch = max_batch
         self._clock = clock
         self._last_created = datetime.min.replace(tzinfo=clock().tzinfo)
-        self._send, self._receive = trio.open_memory_channel[Request](max_batch)
+        self._sends = trio.open_memory_channel[Send](max_batch)
+        self._reports = trio.open_memory_channel[Report](max_batch)
         self.batches = 0
 
     async def send(self, user_id: UUID, node_id: str, text: str) -> Accepted | Refused:
         """Check, debit and store one outbound message; the reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
-        await self._send.send(Send(user_id, node_id, text, reply))
+        await self._sends[0].send(Send(user_id, node_id, text, reply))
         return await reply.wait()
 
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
         """Apply a delivery report; with ``wait``, return what it did once committed."""
         reply: Reply[Applied] | None = Reply() if wait else None
-        await self._send.send(Report(report, reply))
+        await self._reports[0].send(Report(report, reply))
         return await reply.wait() if reply is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async with self._receive:
-            async for first in self._receive:
+        # Two lanes, each a group-commit loop of its own. Sends wait on the conversations
+        # actor after their commit (backpressure); reports must never wait behind that, since
+        # conversation actors report ``queued`` here: one lane would close a cycle
+        # ledger -> conversations -> ledger that deadlocks under load.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._lane, self._sends[1], self._process_sends)
+            nursery.start_soon(self._lane, self._reports[1], self._process_reports)
+            task_status.started()
+
+    async def _lane(self, receive: trio.MemoryReceiveChannel[R],
+                    process: Callable[[list[R]], Awaitable[None]]) -> None:
+        async with receive:
+            async for first in receive:
                 batch = [first]
                 while len(batch) < self._max_batch:
                     try:
-                        batch.append(self._receive.receive_nowait())
+                        batch.append(receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await self._process(batch)
+                await process(batch)
 
-    async def _process(self, batch: list[Request]) -> None:
-        sends = [r for r in batch if isinstance(r, Send)]
-        reports = [r for r in batch if isinstance(r, Report)]
-        new = [self._new_message(s) for s in sends]
+    async def _process_sends(self, batch: list[Send]) -> None:
+        new = [self._new_message(s) for s in batch]
+        results = await self._commit(batch, accept_sends, new, self._clock())
+        if results is None:
+            return
+        for send, result in zip(batch, results, strict=True):
+            send.reply.set(result)
+        for result in results:
+            if isinstance(result, Accepted):
+                await self._dispatch(result.message)
+
+    async def _process_reports(self, batch: list[Report]) -> None:
+        results = await self._commit(batch, apply_reports, [r.report for r in batch])
+        for report, outcome in zip(batch, results or (), strict=False):
+            if report.reply is not None:
+                report.reply.set(outcome)
+
+    async def _commit(self, batch: Sequence[Request], fn: Callable[..., list[T]],
+                      *args: Any) -> list[T] | None:
+        """Run ``fn`` over the batch in one transaction; on failure, fail the batch's replies
+        (database down) or retry its requests one by one (any other database error)."""
         try:
-            accepted, applied = await self._db.run(
-                _apply, new, [r.report for r in reports], self._clock())
+            results = await self._db.run(fn, *args)
         except DatabaseUnavailable as exc:
             log.warning("database unavailable; %d requests refused: %s", len(batch), exc)
             for request in batch:
                 _fail(request, exc)
-            return
+            return None
         except psycopg.Error:
             if len(batch) == 1:
                 log.exception("ledger request failed: %r", batch[0])
                 _fail(batch[0], DatabaseUnavailable("the request could not be stored"))
-                return
+                return None
             for request in batch:
-                await self._process([request])
-            return
+                if isinstance(request, Send):
+                    await self._process_sends([request])
+                else:
+                    await self._process_reports([request])
+            return None
         self.batches += 1
-        for send, result in zip(sends, accepted, strict=True):
-            send.reply.set(result)
-        for report, outcome in zip(reports, applied, strict=True):
-            if report.reply is not None:
-                report.reply.set(outcome)
-        for result in accepted:
-            if isinstance(result, Accepted):
-                await self._dispatch(result.message)
+        return results
 
     def _new_message(self, send: Send) -> NewMessage:
         created = max(self._clock(), self._last_created + timedelta(microseconds=1))
         self._last_created = created
         return NewMessage(uuid.uuid4(), send.user_id, send.node_id, send.text, created,
                           created + self._ttl)
-
-
-def _apply(conn: psycopg.Connection[Any], sends: list[NewMessage], reports: list[StatusReport],
-           now: datetime) -> tuple[list[Accepted | Refused], list[Applied]]:
-    return accept_sends(conn, sends, now), apply_reports(conn, reports)
 
 
 def _fail(request: Request, error: Exception) -> None:

@@ -60,8 +60,8 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
                 return await ledger.report(item)
 
             conversations = Conversations(
-                publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report, topic_root=settings.mqtt_topic_root,
-                idle=settings.conversation_idle)
+                publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report,
+                topic_root=settings.mqtt_topic_root,                idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl)
             await infra.start(ledger.run)

@@ -7,7 +7,7 @@ import trio
 from actors.ledger import Ledger
 from kosmo.db import Database
 from kosmo.ledger_store import Accepted, Refused
-from tests.conftest import WANDERER, Gateway, db_value
+from tests.conftest import SANCTUARY, WANDERER, Gateway, db_value
 
 
 async def test_500_concurrent_sends_with_50_left_succeed_exactly_50_times(gateway: Gateway, sql):
@@ -59,3 +59,22 @@ async def test_two_ledgers_sharing_one_database_stay_exact(database_url: str, sq
     assert sum(isinstance(r, Accepted) for r in results) == 37
     assert db_value(sql, "SELECT used FROM quota_usage WHERE user_id = %s", WANDERER) == 37
     assert db_value(sql, "SELECT count(*) FROM messages") == 37
+
+
+async def test_a_burst_larger_than_every_queue_does_not_stall(gateway: Gateway, sql):
+    # More sends than the ledger's, the router's and a node's queues hold together, all for
+    # one node: conversation actors report ``queued`` back to the ledger while the ledger
+    # waits for them to take more work. Nothing may wait in a circle.
+    ledger = gateway.running.ledger
+    results: list[object] = []
+
+    async def one() -> None:
+        results.append(await ledger.send(SANCTUARY, "!a1b2c3d4", "burst"))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(1500):
+                nursery.start_soon(one)
+        while db_value(sql, "SELECT count(*) FROM messages WHERE status = 'queued'") < 1500:
+            await trio.sleep(0.05)
+    assert sum(isinstance(r, Accepted) for r in results) == 1500

@@ -28,7 +28,8 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(mode: str, secret: str | None, headers: Lookup, query: Lookup | None = None) -> UUID:
+def authenticate(mode: str, secret: str | None, headers: Lookup,
+                 query: Lookup | None = None) -> UUID:
     if mode == "header":
         raw = headers.get("X-User-ID") or (query.get("user_id") if query else None)
         if not raw:
