@@ -1,0 +1,114 @@
+"""Conversation actors: per-node order, retry while the broker is away, idle reaping."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import trio
+
+from actors.conversations import Conversations
+from actors.mqtt import MqttUnavailable
+from kosmo.ledger_store import NewMessage, StatusReport
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def message(node: str, text: str) -> NewMessage:
+    return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, T0, T0)
+
+
+class Publisher:
+    """The MQTT actor's publish() as seen by the router, so its timing runs on the autojump
+    clock; the real broker path is covered by test_send.py and test_recovery.py."""
+
+    def __init__(self) -> None:
+        self.up = trio.Event()
+        self.up.set()
+        self.published: list[tuple[str, bytes]] = []
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        if not self.up.is_set():
+            raise MqttUnavailable("down")
+        await trio.sleep(0.001)
+        self.published.append((topic, payload))
+
+    async def wait_up(self) -> None:
+        await self.up.wait()
+
+
+async def start(nursery: trio.Nursery, broker: Publisher, reports: list[StatusReport],
+                idle: float = 300.0) -> Conversations:
+    async def report(item: StatusReport) -> None:
+        reports.append(item)
+
+    conversations = Conversations(publish=broker.publish, broker_ready=broker.wait_up,
+                                  report=report, topic_root="k", idle=idle)
+    await nursery.start(conversations.run)
+    return conversations
+
+
+def published_ids(broker: Publisher, node: str) -> list[str]:
+    return [json.loads(p)["message_id"] for t, p in broker.published
+            if t == f"k/mesh/outbound/{node}"]
+
+
+async def test_each_node_gets_its_messages_in_order(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    conversations = await start(nursery, broker, reports)
+    sent = [message(f"!0000000{i % 3}", f"m{i}") for i in range(30)]
+    for m in sent:
+        await conversations.dispatch(m)
+    await trio.sleep(5)
+    for node in ["!00000000", "!00000001", "!00000002"]:
+        assert published_ids(broker, node) == [str(m.message_id) for m in sent
+                                               if m.node_id == node]
+    assert sorted(r.message_id for r in reports) == sorted(m.message_id for m in sent)
+    assert {r.report.status for r in reports} == {"queued"}
+
+
+async def test_broker_outage_holds_order_and_loses_nothing(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    broker.up = trio.Event()  # down from the start
+    conversations = await start(nursery, broker, reports)
+    sent = [message("!a1b2c3d4", f"m{i}") for i in range(5)]
+    for m in sent:
+        await conversations.dispatch(m)
+    await trio.sleep(30)
+    assert broker.published == []
+    broker.up.set()
+    await trio.sleep(30)
+    assert published_ids(broker, "!a1b2c3d4") == [str(m.message_id) for m in sent]
+
+
+async def test_a_message_handed_out_twice_while_waiting_is_queued_once(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    broker.up = trio.Event()
+    conversations = await start(nursery, broker, reports)
+    m = message("!a1b2c3d4", "once")
+    await conversations.dispatch(m)
+    await conversations.dispatch(m)  # the outbox found it still pending
+    await trio.sleep(1)
+    broker.up.set()
+    await trio.sleep(10)
+    assert len(broker.published) == 1
+
+
+async def test_idle_node_actors_are_reaped_and_respawned(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    conversations = await start(nursery, broker, reports, idle=60)
+    await conversations.dispatch(message("!00000001", "a"))
+    await conversations.dispatch(message("!00000002", "b"))
+    await trio.sleep(1)
+    assert conversations.active_nodes() == 2
+    await trio.sleep(30)
+    await conversations.dispatch(message("!00000002", "c"))  # keeps node 2 busy
+    await trio.sleep(45)
+    assert conversations.active_nodes() == 1  # node 1 idle for 75 s, node 2 for 45 s
+    await trio.sleep(30)
+    assert conversations.active_nodes() == 0
+    await conversations.dispatch(message("!00000001", "again"))
+    await trio.sleep(1)
+    assert conversations.active_nodes() == 1
+    assert len(broker.published) == 4
