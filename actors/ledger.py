@@ -11,7 +11,8 @@ Rules:
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
   bad request never takes its neighbours down with it.
-- After the commit, accepted messages go to the conversations actor (``dispatch``), in
+- After the commit, the batch's events go to the event bus (live stream), and accepted
+  messages go to the conversations actor (``dispatch``), in
   creation order. ``created_at`` is strictly increasing within this process.
 """
 
@@ -31,6 +32,7 @@ import trio
 from actors.reply import Reply
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
+from kosmo.events import Event
 from kosmo.ledger_store import (
     Accepted,
     Applied,
@@ -61,14 +63,17 @@ class Report:
 
 
 Request = Send | Report
+EventSink = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class Ledger:
     def __init__(self, db: Database, *, dispatch: Callable[[NewMessage], Awaitable[None]],
-                 message_ttl: float, max_batch: int = 256,
+                 message_ttl: float, publish_events: EventSink | None = None,
+                 max_batch: int = 256,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
         self._dispatch = dispatch
+        self._publish_events = publish_events
         self._ttl = timedelta(seconds=message_ttl)
         self._max_batch = max_batch
         self._clock = clock
@@ -113,23 +118,33 @@ class Ledger:
 
     async def _process_sends(self, batch: list[Send]) -> None:
         new = [self._new_message(s) for s in batch]
-        results = await self._commit(batch, accept_sends, new, self._clock())
-        if results is None:
+        committed = await self._commit(batch, accept_sends, new, self._clock())
+        if committed is None:
             return
+        results, events = committed
         for send, result in zip(batch, results, strict=True):
             send.reply.set(result)
+        await self._events(events)
         for result in results:
             if isinstance(result, Accepted):
                 await self._dispatch(result.message)
 
     async def _process_reports(self, batch: list[Report]) -> None:
-        results = await self._commit(batch, apply_reports, [r.report for r in batch])
-        for report, outcome in zip(batch, results or (), strict=False):
+        committed = await self._commit(batch, apply_reports, [r.report for r in batch])
+        if committed is None:
+            return
+        results, events = committed
+        for report, outcome in zip(batch, results, strict=True):
             if report.reply is not None:
                 report.reply.set(outcome)
+        await self._events(events)
 
-    async def _commit(self, batch: Sequence[Request], fn: Callable[..., list[T]],
-                      *args: Any) -> list[T] | None:
+    async def _events(self, events: list[Event]) -> None:
+        if self._publish_events is not None and events:
+            await self._publish_events(events)
+
+    async def _commit(self, batch: Sequence[Request], fn: Callable[..., T],
+                      *args: Any) -> T | None:
         """Run ``fn`` over the batch in one transaction; on failure, fail the batch's replies
         (database down) or retry its requests one by one (any other database error)."""
         try:

@@ -1,7 +1,8 @@
 """The gateway daemon: one Trio nursery supervising its actors.
 
 Supervision policy:
-- Start order is dependency order: database pool, MQTT, ledger, conversations, outbox, HTTP.
+- Start order is dependency order: database pool, MQTT, event bus, ledger, conversations,
+  outbox, HTTP.
   Each actor is started with ``nursery.start`` and the next starts only once it is ready.
 - Infrastructure actors (MQTT, ledger, conversations router, outbox) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from actors.conversations import Conversations
+from actors.events import EventBus
 from actors.http import HttpFront
 from actors.ledger import Ledger
 from actors.mqtt import MqttActor
@@ -42,6 +44,7 @@ class Running:
     ledger: Ledger
     conversations: Conversations
     outbox: Outbox
+    events: EventBus
 
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,
@@ -55,6 +58,8 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
         async with trio.open_nursery() as infra:
             mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id)
             await infra.start(mqtt.run)
+            events = EventBus()
+            await infra.start(events.run)
 
             async def report(item: StatusReport) -> object:
                 return await ledger.report(item)
@@ -63,19 +68,20 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
                 publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report,
                 topic_root=settings.mqtt_topic_root,                idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
-                            message_ttl=settings.message_ttl)
+                            message_ttl=settings.message_ttl, publish_events=events.publish)
             await infra.start(ledger.run)
             await infra.start(conversations.run)
             outbox = Outbox(db, dispatch=conversations.dispatch,
                             interval=settings.outbox_interval)
             await infra.start(outbox.run)
 
-            app = create_app(settings, Services(db, ledger, lambda: mqtt.connected))
+            app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
+                                                shutdown))
             front = HttpFront(app, settings.http_bind, shutdown=shutdown)
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
-                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox))
+                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox, events))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

@@ -23,6 +23,7 @@ import psycopg
 from kosmo import delivery
 from kosmo.delivery import Report, Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
+from kosmo.events import Event, lock_event_order, make_event
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,46 @@ VALUES (%s, 'outbound', %s, %s, %s, 'pending', %s, %s, %s, %s, true)
 """
 
 _INSERT_HISTORY = """
-INSERT INTO message_status_history (message_id, status, reason, note, at)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO message_status_history (message_id, user_id, status, reason, note, at)
+VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
 """
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One status-history line to write, with what its event needs to say."""
+
+    message_id: UUID
+    user_id: UUID | None
+    direction: str
+    node_id: str
+    text: str
+    created_at: datetime
+    status: str
+    reason: str | None
+    at: datetime
+    note: bool = False
+
+
+def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Event]:
+    """Append history rows (ids in commit order); return the events of those a user sees."""
+    if not rows:
+        return []
+    lock_event_order(conn)
+    events: list[Event] = []
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_HISTORY, [
+            (r.message_id, r.user_id, r.status, r.reason, r.note, r.at) for r in rows],
+            returning=True)
+        for row in rows:
+            history_id = cur.fetchone()[0]  # type: ignore[index]
+            cur.nextset()
+            if row.user_id is not None and not row.note:
+                events.append(make_event(
+                    history_id, row.user_id, message_id=row.message_id,
+                    direction=row.direction, node_id=row.node_id, text=row.text,
+                    created_at=row.created_at, status=row.status, reason=row.reason, at=row.at))
+    return events
 
 
 def _subscriptions(conn: psycopg.Connection, users: list[UUID],
@@ -126,10 +164,10 @@ def _used(conn: psycopg.Connection, sub: Subscription) -> int:
 
 
 def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
-                 now: datetime) -> list[Accepted | Refused]:
-    """Check, debit and store each send, in order; one result per send."""
+                 now: datetime) -> tuple[list[Accepted | Refused], list[Event]]:
+    """Check, debit and store each send, in order; one result per send, and the events."""
     if not sends:
-        return []
+        return [], []
     subs = _subscriptions(conn, list({s.user_id for s in sends}), now)
     guarded = {(s.user_id, s.node_id) for s in sends
                if (sub := subs.get(s.user_id)) and sub.scope is Scope.WHITELIST}
@@ -155,27 +193,30 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
             cur.executemany(_INSERT_MESSAGE, [
                 (m.message_id, m.user_id, m.node_id, m.text, m.created_at, m.created_at,
                  m.expires_at, subs[m.user_id].period_start) for m in stored])
-            cur.executemany(_INSERT_HISTORY, [
-                (m.message_id, Status.PENDING.value, None, False, m.created_at) for m in stored])
-    return results
+    events = record_history(conn, [
+        HistoryRow(m.message_id, m.user_id, "outbound", m.node_id, m.text, m.created_at,
+                   Status.PENDING.value, None, m.created_at) for m in stored])
+    return results, events
 
 
-def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]) -> list[Applied]:
+def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
+                  ) -> tuple[list[Applied], list[Event]]:
     """Run each report through the delivery state machine; refund where it says so."""
     if not reports:
-        return []
+        return [], []
     if all(r.report.status is Status.QUEUED for r in reports):
         # Losing a ``queued`` mark in a crash is harmless (the outbox publishes the message
         # again and consumers dedupe), so these commits need not wait for the disk.
         conn.execute("SET LOCAL synchronous_commit = off")
     ids = list({r.message_id for r in reports})
     rows = conn.execute(
-        "SELECT id, status, user_id, node_id FROM messages"
+        "SELECT id, status, user_id, node_id, text, created_at FROM messages"
         " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
         (ids,)).fetchall()
     current = {row[0]: (Status(row[1]), row[2], row[3]) for row in rows}
+    texts = {row[0]: (row[4], row[5]) for row in rows}
     applied: list[Applied] = []
-    history: list[tuple[object, ...]] = []
+    history: list[HistoryRow] = []
     refunds: list[UUID] = []
     for item in reports:
         found = current.get(item.message_id)
@@ -184,7 +225,9 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]) -> list
             continue
         status, user_id, node_id = found
         transition = delivery.apply(status, item.report)
-        history.extend((item.message_id, e.status.value, e.reason, e.note, item.at)
+        text, created_at = texts[item.message_id]
+        history.extend(HistoryRow(item.message_id, user_id, "outbound", node_id, text,
+                                  created_at, e.status.value, e.reason, item.at, e.note)
                        for e in transition.history)
         if transition.changed:
             final_reason = transition.history[-1].reason
@@ -198,12 +241,9 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]) -> list
         if transition.refund:
             refunds.append(item.message_id)
         applied.append(Applied(item, transition, user_id, node_id))
-    if history:
-        with conn.cursor() as cur:
-            cur.executemany(_INSERT_HISTORY, history)
     if refunds:
         _refund(conn, refunds)
-    return applied
+    return applied, record_history(conn, history)
 
 
 def _refund(conn: psycopg.Connection, message_ids: list[UUID]) -> None:

@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import trio
 from quart import Response, request
 from quart_schema import QuartSchema, document_querystring, document_request, document_response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors.events import EventBus
 from actors.ledger import Ledger
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.auth import authenticate
 from kosmo.api.problems import Problem, for_status
+from kosmo.api.stream import register_stream
 from kosmo.clock import utcnow
 from kosmo.config import Settings
 from kosmo.db import Database, DatabaseUnavailable
@@ -48,6 +51,9 @@ class Services:
     db: Database
     ledger: Ledger
     broker_connected: Callable[[], bool]
+    events: EventBus
+    shutdown: trio.Event  # set when the gateway stops: long-lived connections close
+    bridges: Callable[[], list[dict[str, Any]]] = list  # latest state of each bridge
 
 
 def create_app(settings: Settings, services: Services) -> QuartTrio:
@@ -139,7 +145,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @app.get("/healthz")
     @document_response(schemas.Health)
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok"}
+        return {"status": "ok", "bridges": services.bridges()}
 
     @app.get("/readyz")
     @document_response(schemas.Health)
@@ -154,6 +160,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         return Response(json.dumps(body), status=200 if ready else 503,
                         mimetype="application/json")
 
+    register_stream(app, settings, services)
     return app
 
 

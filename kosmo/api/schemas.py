@@ -77,5 +77,12 @@ class ProblemOut(BaseModel):
     detail: str | None = None
 
 
+class Bridge(BaseModel):
+    bridge_id: str
+    state: str
+    last_seen: str
+
+
 class Health(BaseModel):
     status: str
+    bridges: list[Bridge] = []

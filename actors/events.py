@@ -1,0 +1,121 @@
+"""The event bus actor: fans committed events out to the live-stream subscribers.
+
+Rules:
+- Writers (the ledger's lanes, the inbound consumer) publish events only after their commit,
+  in commit order. Subscriptions and events travel on ONE channel, so a subscriber registered
+  before an event was published receives it: nothing after the handshake is missed.
+- Each subscriber has a bounded buffer. The bus never waits for a subscriber: one whose buffer
+  is full is cut off (its channel closed, ``overflowed`` set) and must reconnect and resume
+  from its last event id. Memory per subscriber is bounded by its buffer.
+- Events go only to subscribers of the event's user.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import trio
+
+from kosmo.events import Event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Subscription:
+    user_id: UUID
+    events: trio.MemoryReceiveChannel[Event]
+    _send: trio.MemorySendChannel[Event] = field(repr=False)
+    overflowed: bool = False
+
+
+@dataclass(frozen=True)
+class _Subscribe:
+    subscription: Subscription
+    done: trio.Event
+
+
+@dataclass(frozen=True)
+class _Unsubscribe:
+    subscription: Subscription
+
+
+@dataclass(frozen=True)
+class BusStatistics:
+    subscribers: int
+    delivered: int
+    cut_off: int
+
+
+class EventBus:
+    def __init__(self, *, client_buffer: int = 256, inbox: int = 1024) -> None:
+        self._client_buffer = client_buffer
+        self._send, self._receive = trio.open_memory_channel[
+            Sequence[Event] | _Subscribe | _Unsubscribe](inbox)
+        self._by_user: dict[UUID, set[Subscription]] = {}
+        self._delivered = 0
+        self._cut_off = 0
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        if events:
+            await self._send.send(events)
+
+    async def subscribe(self, user_id: UUID) -> Subscription:
+        """Register a subscriber; every event published after this returns reaches it."""
+        send, receive = trio.open_memory_channel[Event](self._client_buffer)
+        subscription = Subscription(user_id, receive, send)
+        done = trio.Event()
+        await self._send.send(_Subscribe(subscription, done))
+        await done.wait()
+        return subscription
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.events.close()
+        with trio.CancelScope(shield=True):
+            await self._send.send(_Unsubscribe(subscription))
+
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(sum(len(s) for s in self._by_user.values()), self._delivered,
+                             self._cut_off)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with self._receive:
+            async for item in self._receive:
+                if isinstance(item, _Subscribe):
+                    self._by_user.setdefault(item.subscription.user_id, set()).add(
+                        item.subscription)
+                    item.done.set()
+                elif isinstance(item, _Unsubscribe):
+                    self._drop(item.subscription)
+                else:
+                    self._fan_out(item)
+        for subscribers in self._by_user.values():
+            for subscription in subscribers:
+                subscription._send.close()
+
+    def _fan_out(self, events: Sequence[Event]) -> None:
+        for event in events:
+            for subscription in list(self._by_user.get(event.user_id, ())):
+                try:
+                    subscription._send.send_nowait(event)
+                    self._delivered += 1
+                except trio.WouldBlock:
+                    log.warning("stream subscriber of user %s cut off: %d events unread",
+                                subscription.user_id, self._client_buffer)
+                    subscription.overflowed = True
+                    self._cut_off += 1
+                    self._drop(subscription)
+                except trio.BrokenResourceError:
+                    self._drop(subscription)
+
+    def _drop(self, subscription: Subscription) -> None:
+        subscribers = self._by_user.get(subscription.user_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._by_user[subscription.user_id]
+        subscription._send.close()
