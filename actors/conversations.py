@@ -130,6 +130,11 @@ class Conversations:
         payload = outbound_payload(message)
         delay = 0.05
         while True:
+            if message.expires_at <= self._clock():
+                # Too late for the air: expire it here rather than hand the bridge dead mail.
+                await self._report(StatusReport(message.message_id,
+                                                Report(Status.EXPIRED, "ttl"), self._clock()))
+                return
             try:
                 await self._publish(topic, payload)
                 break

@@ -108,6 +108,10 @@ OPTIONS: dict[str, Option] = {
     "mqtt_topic_root": Option(
         "KOSMO_MQTT_TOPIC_ROOT", parse_topic_root, "kosmo",
         "first level of every MQTT topic (kosmo/mesh/outbound/{node_id} ...)"),
+    "mqtt_shared_group": Option(
+        "KOSMO_MQTT_SHARED_GROUP", parse_topic_root, None,
+        "share the status and inbound subscriptions ($share/<group>/...) among gateway "
+        "processes; unset: every process gets every message"),
     "mqtt_client_id": Option(
         "KOSMO_MQTT_CLIENT_ID", str, "kosmo-gateway",
         "MQTT client id; it names the persistent session, so keep it stable per process"),
@@ -145,6 +149,7 @@ class Settings:
     mqtt_url: MqttEndpoint = field(default_factory=lambda: MqttEndpoint("127.0.0.1", 1883))
     mqtt_topic_root: str = "kosmo"
     mqtt_client_id: str = "kosmo-gateway"
+    mqtt_shared_group: str | None = None
     http_bind: tuple[str, int] = ("127.0.0.1", 8003)
     auth_mode: str = "jwt"
     jwt_secret: str | None = None

@@ -1,10 +1,11 @@
 """The gateway daemon: one Trio nursery supervising its actors.
 
 Supervision policy:
-- Start order is dependency order: database pool, MQTT, event bus, ledger, conversations,
-  outbox, HTTP.
+- Start order is dependency order: database pool, MQTT, event bus, ledger, inbound consumer,
+  conversations, outbox, expiry, HTTP.
   Each actor is started with ``nursery.start`` and the next starts only once it is ready.
-- Infrastructure actors (MQTT, ledger, conversations router, outbox) failing bring the whole
+- Infrastructure actors (MQTT, event bus, ledger, inbound consumer, conversations router,
+  outbox, expiry) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
   exits non-zero so the process manager restarts it. The MQTT actor itself reconnects with
   backoff; a conversation actor contains its own failure.
@@ -22,10 +23,13 @@ import trio
 
 from actors.conversations import Conversations
 from actors.events import EventBus
+from actors.expiry import Expiry
 from actors.http import HttpFront
+from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
-from actors.mqtt import MqttActor
+from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
+from kosmo import wire
 from kosmo.api.app import Services, create_app
 from kosmo.config import Settings
 from kosmo.db import Database
@@ -45,6 +49,17 @@ class Running:
     conversations: Conversations
     outbox: Outbox
     events: EventBus
+    consumer: InboundConsumer
+    expiry: Expiry
+
+
+def subscriptions(settings: Settings) -> list[tuple[str, int]]:
+    """What the gateway consumes. Reports and replies may be shared among gateway processes;
+    bridge states are retained messages, which shared subscriptions do not deliver."""
+    root, group = settings.mqtt_topic_root, settings.mqtt_shared_group
+    shared = f"$share/{group}/" if group else ""
+    return [(shared + wire.status_topic(root), 1), (shared + wire.inbound_topic(root), 1),
+            (wire.bridge_state_topic(root), 1)]
 
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,
@@ -56,7 +71,9 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
     await db.open()
     try:
         async with trio.open_nursery() as infra:
-            mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id)
+            received_send, received = trio.open_memory_channel[MqttInbound](256)
+            mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id,
+                             subscriptions=subscriptions(settings), inbound=received_send)
             await infra.start(mqtt.run)
             events = EventBus()
             await infra.start(events.run)
@@ -70,18 +87,26 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl, publish_events=events.publish)
             await infra.start(ledger.run)
+            consumer = InboundConsumer(
+                db, ledger, topic_root=settings.mqtt_topic_root,
+                thread_window=settings.thread_window, ack=mqtt.ack,
+                publish_events=events.publish)
+            await infra.start(consumer.run, received)
             await infra.start(conversations.run)
             outbox = Outbox(db, dispatch=conversations.dispatch,
                             interval=settings.outbox_interval)
             await infra.start(outbox.run)
+            expiry = Expiry(db, ledger, interval=min(30.0, settings.message_ttl / 4))
+            await infra.start(expiry.run)
 
             app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
-                                                shutdown))
+                                                shutdown, consumer.bridges))
             front = HttpFront(app, settings.http_bind, shutdown=shutdown)
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
-                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox, events))
+                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox, events,
+                                            consumer, expiry))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

@@ -267,3 +267,11 @@ def pending_messages(conn: psycopg.Connection, created_before: datetime,
         " WHERE status = 'pending' AND created_at < %s ORDER BY created_at, id LIMIT %s",
         (created_before, limit)).fetchall()
     return [NewMessage(*row) for row in rows]
+
+
+def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000) -> list[UUID]:
+    """Outbound messages that did not reach the air before their ``expires_at``."""
+    rows = conn.execute(
+        "SELECT id FROM messages WHERE status IN ('pending', 'queued') AND expires_at <= %s"
+        " ORDER BY expires_at LIMIT %s", (now, limit)).fetchall()
+    return [row[0] for row in rows]

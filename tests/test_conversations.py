@@ -13,10 +13,11 @@ from actors.mqtt import MqttUnavailable
 from kosmo.ledger_store import NewMessage, StatusReport
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def message(node: str, text: str) -> NewMessage:
-    return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, T0, T0)
+def message(node: str, text: str, expires: datetime = FAR) -> NewMessage:
+    return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, T0, expires)
 
 
 class Publisher:
@@ -112,3 +113,14 @@ async def test_idle_node_actors_are_reaped_and_respawned(nursery, autojump_clock
     await trio.sleep(1)
     assert conversations.active_nodes() == 1
     assert len(broker.published) == 4
+
+
+async def test_a_message_past_its_deadline_is_expired_not_published(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    conversations = await start(nursery, broker, reports)
+    late = message("!a1b2c3d4", "late", expires=T0)
+    await conversations.dispatch(late)
+    await trio.sleep(1)
+    assert broker.published == []
+    assert [(r.message_id, r.report.status, r.report.reason) for r in reports] == [
+        (late.message_id, "expired", "ttl")]

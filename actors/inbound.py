@@ -1,0 +1,150 @@
+"""The inbound consumer: delivery reports, replies from the mesh and bridge states, from MQTT.
+
+Rules:
+- It takes every MQTT message waiting (up to ``max_batch``) and handles them together:
+  delivery reports go through the ledger (state machine, refunds), replies are stored and
+  threaded in one transaction with the batch's dead letters.
+- A message is acknowledged to the broker only after what it carried is committed, so a crash
+  or a database outage loses nothing: unacknowledged QoS 1 messages come again. While the
+  database is down the batch is retried with backoff, and nothing further is consumed.
+- Bad input (over 4 KiB, not UTF-8 JSON, wrong fields, an unknown message id) never stops the
+  actor: it is logged once with its reason, counted and kept in ``dead_letters``. Its good
+  neighbours in the batch are stored as usual.
+- Bridge states (retained) are kept in memory, latest per bridge; ``bridges()`` returns a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from actors.ledger import Ledger
+from actors.mqtt import MqttInbound
+from kosmo import wire
+from kosmo.clock import iso, utcnow
+from kosmo.db import Database, DatabaseUnavailable
+from kosmo.events import Event
+from kosmo.inbound_store import DeadLetter, store_inbound
+from kosmo.ledger_store import Applied, StatusReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Bridge:
+    state: str
+    info: dict[str, Any]
+    last_seen: datetime
+
+
+class InboundConsumer:
+    def __init__(self, db: Database, ledger: Ledger, *, topic_root: str, thread_window: float,
+                 ack: Callable[[MqttInbound], Awaitable[None]],
+                 publish_events: Callable[[Sequence[Event]], Awaitable[None]],
+                 max_batch: int = 256, clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._ledger = ledger
+        self._status_topic = wire.status_topic(topic_root)
+        self._inbound_topic = wire.inbound_topic(topic_root)
+        self._window = thread_window
+        self._ack = ack
+        self._publish_events = publish_events
+        self._max_batch = max_batch
+        self._clock = clock
+        self._bridges: dict[str, _Bridge] = {}
+        self.dead_letters = 0
+        self.stored = 0
+
+    def bridges(self) -> list[dict[str, Any]]:
+        return [{"bridge_id": bridge_id, "state": b.state, "last_seen": iso(b.last_seen), **b.info}
+                for bridge_id, b in sorted(self._bridges.items())]
+
+    async def run(self, receive: trio.MemoryReceiveChannel[MqttInbound], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._until_stored(batch)
+                for message in batch:
+                    await self._ack(message)
+
+    async def _until_stored(self, batch: list[MqttInbound]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._handle(batch)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("%d MQTT messages wait for the database: %s", len(batch), exc)
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _handle(self, batch: list[MqttInbound]) -> None:
+        reports: list[tuple[MqttInbound, StatusReport]] = []
+        packets: list[wire.InboundPacket] = []
+        dead: list[DeadLetter] = []
+        for message in batch:
+            try:
+                if message.topic == self._status_topic:
+                    reports.append((message, wire.parse_status(message.payload)))
+                elif message.topic == self._inbound_topic:
+                    packets.append(wire.parse_inbound(message.payload))
+                else:
+                    self._bridge_state(message)
+            except wire.BadPayload as exc:
+                dead.append(self._dead(message, str(exc)))
+
+        applied: list[Applied | None] = [None] * len(reports)
+        unavailable: list[DatabaseUnavailable] = []
+
+        async def report(i: int, item: StatusReport) -> None:
+            try:
+                applied[i] = await self._ledger.report(item, wait=True)
+            except DatabaseUnavailable as exc:
+                unavailable.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, (_, item) in enumerate(reports):
+                nursery.start_soon(report, i, item)
+        if unavailable:
+            raise unavailable[0]
+        for (message, item), outcome in zip(reports, applied, strict=True):
+            if outcome is not None and outcome.transition is None:
+                dead.append(self._dead(message, f"unknown message id {item.message_id}"))
+            elif outcome is not None:
+                log.info("message %s to node %s: %s report from bridge %s", item.message_id,
+                         outcome.node_id, item.report.status, item.bridge_id)
+
+        if packets or dead:
+            stored, events = await self._db.run(store_inbound, packets, dead, self._clock(),
+                                                self._window)
+            for reply in stored:
+                if reply.message_id is not None:
+                    self.stored += 1
+                    log.info("reply %s from node %s (packet %d) for user %s", reply.message_id,
+                             reply.packet.from_node_id, reply.packet.packet_id, reply.user_id)
+            await self._publish_events(events)
+        self.dead_letters += len(dead)
+
+    def _bridge_state(self, message: MqttInbound) -> None:
+        state = wire.parse_bridge_state(message.topic, message.payload)
+        self._bridges[state.bridge_id] = _Bridge(state.state, state.info, self._clock())
+        log.info("bridge %s is %s", state.bridge_id, state.state)
+
+    @staticmethod
+    def _dead(message: MqttInbound, reason: str) -> DeadLetter:
+        log.warning("dead letter on %s: %s", message.topic, reason)
+        # Kept for inspection, but never more than the largest payload we would have read.
+        return DeadLetter(message.topic, message.payload[:wire.MAX_PAYLOAD], reason)
