@@ -139,6 +139,9 @@ class InboundConsumer:
         self.dead_letters += len(dead)
 
     def _bridge_state(self, message: MqttInbound) -> None:
+        if not message.payload:  # a retained state cleared: forget the bridge
+            self._bridges.pop(wire.parse_bridge_id(message.topic), None)
+            return
         state = wire.parse_bridge_state(message.topic, message.payload)
         self._bridges[state.bridge_id] = _Bridge(state.state, state.info, self._clock())
         log.info("bridge %s is %s", state.bridge_id, state.state)

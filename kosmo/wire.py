@@ -154,12 +154,17 @@ def parse_inbound(payload: bytes) -> InboundPacket:
                          _packet_id(data, "reply_to_packet_id", required=False))
 
 
-def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:
+def parse_bridge_id(topic: str) -> str:
     parts = topic.split("/")
     if len(parts) < 3 or parts[-1] != "state" or parts[-3] != "bridge" or not parts[-2]:
         raise BadPayload("not a bridge state topic")
+    return parts[-2]
+
+
+def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:
+    bridge_id = parse_bridge_id(topic)
     data = _object(payload)
     state = data.get("state")
     if state not in ("online", "offline"):
         raise BadPayload("state must be online or offline")
-    return BridgeState(parts[-2], state, {k: v for k, v in data.items() if k != "state"})
+    return BridgeState(bridge_id, state, {k: v for k, v in data.items() if k != "state"})
