@@ -2,7 +2,8 @@
 
 Each fixture prefers a service the environment names, then one already running on its
 standard local port, and only then starts an embedded one (see kosmo/embedded.py) for the
-session. ``KOSMO_TEST_SERVICES=embedded`` skips the first two and always starts embedded ones. The `find_*` helpers are plain functions so CI scripts can reuse them.
+session. ``KOSMO_TEST_SERVICES=embedded`` skips the first two and always starts embedded ones.
+The `find_*` helpers are plain functions so CI scripts can reuse them.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ async def test_expiry_refunds_once_and_holds_across_a_restart(
         first = await queued_message(gateway, sql, "first")
         on_air = await queued_message(gateway, sql, "on air")
         bridge.status(on_air, "transmitted")
-        await wait_for(lambda: status_of(sql, on_air) == "transmitted")
+        await wait_for(lambda m=on_air: status_of(sql, m) == "transmitted")
         sql.execute("UPDATE messages SET expires_at = %s WHERE id = ANY(%s)",
                     (datetime.now(UTC) - timedelta(seconds=1), [first, on_air]))
         assert await gateway.running.expiry.sweep() == 1
@@ -157,14 +157,14 @@ async def test_expiry_refunds_once_and_holds_across_a_restart(
         assert used(sql) == 1
         # A late report for an expired message is kept as a note and changes nothing.
         bridge.status(first, "transmitted")
-        await wait_for(lambda: history(sql, first)[-1] == ("transmitted", None, True))
+        await wait_for(lambda m=first: history(sql, m)[-1] == ("transmitted", None, True))
         assert status_of(sql, first) == "expired"
         assert used(sql) == 1
         second = await queued_message(gateway, sql, "second")
     # The gateway is down; the second message's deadline passes; the next start expires it.
     sql.execute("UPDATE messages SET expires_at = %s WHERE id = %s",
                 (datetime.now(UTC) - timedelta(seconds=1), second))
-    async for gateway in start_gateway(nursery, settings):
+    async for _restarted in start_gateway(nursery, settings):
         await wait_for(lambda: status_of(sql, second) == "expired")
         assert used(sql) == 1
         assert db_value(sql, "SELECT reason FROM messages WHERE id = %s", second) == "ttl"

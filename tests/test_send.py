@@ -28,7 +28,8 @@ async def test_send_is_stored_debited_and_published(gateway: Gateway, subscriber
     assert payload["message_id"] == body["message_id"]
     assert payload["target_node_id"] == "!a1b2c3d4"
     assert payload["text"] == "Hello mesh"
-    assert payload["created_at"].endswith("Z") and payload["expires_at"].endswith("Z")
+    assert payload["created_at"].endswith("Z")
+    assert payload["expires_at"].endswith("Z")
     assert db_value(sql, "SELECT used FROM quota_usage WHERE user_id = %s", WANDERER) == 1
 
     detail = await _wait_status(gateway, WANDERER, body["message_id"], "queued")
