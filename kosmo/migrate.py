@@ -36,8 +36,8 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def migrate(url: str) -> list[str]:
-    """Apply pending migrations; return the names applied by this call."""
+def migrate(url: str, *, up_to: int | None = None) -> list[str]:
+    """Apply pending migrations (up to version ``up_to``); return the names applied."""
     applied_now: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -47,7 +47,7 @@ def migrate(url: str) -> list[str]:
                 applied_at timestamptz NOT NULL DEFAULT now())""")
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             for migration in migrations():
-                if migration.version in done:
+                if migration.version in done or (up_to is not None and migration.version > up_to):
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())  # bytes: no parameter parsing

@@ -22,7 +22,10 @@ CREATE INDEX messages_unsent_expiry ON messages (expires_at)
 
 -- Events of one user, for resuming the stream.
 ALTER TABLE message_status_history ADD COLUMN user_id uuid;
+-- The one sanctioned rewrite of history: filling the new column for rows written before it.
+ALTER TABLE message_status_history DISABLE TRIGGER message_status_history_append_only;
 UPDATE message_status_history h SET user_id = m.user_id FROM messages m WHERE m.id = h.message_id;
+ALTER TABLE message_status_history ENABLE TRIGGER message_status_history_append_only;
 CREATE INDEX message_status_history_by_user ON message_status_history (user_id, id);
 
 -- MQTT payloads that could not be used, kept for inspection.

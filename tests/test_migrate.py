@@ -65,6 +65,26 @@ def test_seed_is_idempotent_and_loads_the_demo_users(empty_db: str):
     assert whitelist == [("22222222-2222-2222-2222-222222222222", "!a1b2c3d4")]
 
 
+def test_each_migration_upgrades_a_database_holding_data(empty_db: str):
+    """Apply the migrations one at a time, with messages written between them."""
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        for migration in migrate.migrations():
+            migrate.migrate(empty_db, up_to=migration.version)
+            if migration.version == 1:
+                migrate.seed(empty_db)
+            conn.execute("""INSERT INTO messages (id, direction, user_id, node_id, text, status,
+                            created_at, updated_at) VALUES (gen_random_uuid(), 'outbound',
+                            '11111111-1111-1111-1111-111111111111', '!a1b2c3d4', 'x',
+                            'pending', now(), now())""")
+            conn.execute("INSERT INTO message_status_history (message_id, status, at)"
+                         " SELECT id, 'pending', now() FROM messages m WHERE NOT EXISTS"
+                         " (SELECT 1 FROM message_status_history h WHERE h.message_id = m.id)")
+        assert migrate.migrate(empty_db) == []
+        count = conn.execute("SELECT count(*) FROM message_status_history").fetchone()
+    assert count is not None
+    assert count[0] == len(migrate.migrations())
+
+
 def test_status_history_is_append_only(empty_db: str):
     migrate.migrate(empty_db)
     migrate.seed(empty_db)
