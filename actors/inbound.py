@@ -62,8 +62,8 @@ class InboundConsumer:
         self.stored = 0
 
     def bridges(self) -> list[dict[str, Any]]:
-        return [{"bridge_id": bridge_id, "state": b.state, "last_seen": iso(b.last_seen), **b.info}
-                for bridge_id, b in sorted(self._bridges.items())]
+        return [{**b.info, "bridge_id": bridge_id, "state": b.state,
+                 "last_seen": iso(b.last_seen)} for bridge_id, b in sorted(self._bridges.items())]
 
     async def run(self, receive: trio.MemoryReceiveChannel[MqttInbound], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -35,6 +35,8 @@ Start here:  kosmo up   (the whole stack on embedded defaults, data in ./.kosmo)
 """
 
 GATEWAY_OPTIONS = list(config.OPTIONS)
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+STOP_DEADLINE = 15.0  # seconds from the first signal to a forced stop
 DB_OPTIONS = ["database_url"]
 
 
@@ -43,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kosmo", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default=os.environ.get("KOSMO_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        type=str.upper, choices=LOG_LEVELS,
                         help="log verbosity (default INFO) [env KOSMO_LOG_LEVEL]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
     config.add_arguments(sub, DB_OPTIONS)
-    sub = commands.add_parser("seed", help="load the demo users, plans and whitelist")
+    sub = commands.add_parser("seed", help="load the demo users, subscriptions and whitelist")
     config.add_arguments(sub, DB_OPTIONS)
     sub = commands.add_parser("gateway", help="serve the HTTP API and the MQTT actors")
     config.add_arguments(sub, GATEWAY_OPTIONS)
@@ -65,19 +67,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"KOSMO_LOG_LEVEL is invalid: {args.log_level!r} is not one of "
+                     + ", ".join(LOG_LEVELS))
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
         code = COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"kosmo: error: {exc}", file=sys.stderr)
-        code = 2
-    except DatabaseUnavailable as exc:
-        print(f"kosmo: error: cannot reach the database: {exc}", file=sys.stderr)
-        code = 1
+    except Exception as exc:  # known start-up failures become one line; others go on up
+        line, code = _one_line(exc)
+        if line is None:
+            raise
+        print(f"kosmo: error: {line}", file=sys.stderr)
     sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> tuple[str | None, int]:
+    """The one line and exit code for a known start-up failure, also inside task groups."""
+    from kosmo.embedded import EmbeddedServiceError
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ConfigError):
+        return str(exc), 2
+    if isinstance(exc, DatabaseUnavailable):
+        return f"cannot reach the database: {exc}", 1
+    if isinstance(exc, EmbeddedServiceError):
+        return str(exc), 1
+    return None, 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -125,7 +145,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> int:
-    """Run ``body(shutdown)``; the first SIGINT/SIGTERM sets ``shutdown``, a second cancels."""
+    """Run ``body(shutdown)``; the first SIGINT/SIGTERM sets ``shutdown`` and starts the stop
+    deadline, a second signal cancels at once."""
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -138,6 +159,8 @@ async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> int:
                         return
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     shutdown.set()
+                    # Stop by deadline: whatever has not finished by then is cancelled.
+                    nursery.cancel_scope.deadline = trio.current_time() + STOP_DEADLINE
 
             nursery.start_soon(watch)
             await body(shutdown)

@@ -72,14 +72,26 @@ def parse_positive_int(text: str) -> int:
     return int(text)
 
 
+def parse_group(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise ValueError(f"{text!r} must be 1..64 letters, digits, '_', '.' or '-'")
+    return text
+
+
 def parse_topic_root(text: str) -> str:
     if not text or any(c in text for c in "+#\0") or text.startswith("/") or text.endswith("/"):
         raise ValueError(f"{text!r} is not a plain MQTT topic prefix")
     return text
 
 
+_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and messages."""
+    """The URL or ``key=value`` string with any password replaced by ``***``, for logs."""
+    url = _PASSWORD.sub(r"\1***", url)
+    if "://" not in url:
+        return url
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -109,7 +121,7 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_MQTT_TOPIC_ROOT", parse_topic_root, "kosmo",
         "first level of every MQTT topic (kosmo/mesh/outbound/{node_id} ...)"),
     "mqtt_shared_group": Option(
-        "KOSMO_MQTT_SHARED_GROUP", parse_topic_root, None,
+        "KOSMO_MQTT_SHARED_GROUP", parse_group, None,
         "share the status and inbound subscriptions ($share/<group>/...) among gateway "
         "processes; unset: every process gets every message"),
     "mqtt_client_id": Option(
@@ -132,6 +144,9 @@ OPTIONS: dict[str, Option] = {
     "thread_window": Option(
         "KOSMO_THREAD_WINDOW", parse_duration, "7d",
         "how long after a user's last message a node's reply is threaded to that user"),
+    "start_timeout": Option(
+        "KOSMO_START_TIMEOUT", parse_duration, "30s",
+        "how long the gateway waits for the database at start before giving up"),
     "db_pool_size": Option(
         "KOSMO_DB_POOL_SIZE", parse_positive_int, "8", "most database connections held"),
     "conversation_idle": Option(
@@ -156,6 +171,7 @@ class Settings:
     max_text_bytes: int = 200
     message_ttl: float = 36000.0
     thread_window: float = 7 * 86400.0
+    start_timeout: float = 30.0
     db_pool_size: int = 8
     conversation_idle: float = 300.0
     outbox_interval: float = 30.0

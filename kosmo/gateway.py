@@ -9,9 +9,10 @@ Supervision policy:
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
   exits non-zero so the process manager restarts it. The MQTT actor itself reconnects with
   backoff; a conversation actor contains its own failure.
-- Stop is by deadline, in reverse: ``shutdown`` makes the HTTP front stop accepting and finish
-  requests in progress (graceful timeout), then the other actors are cancelled. Work already
-  committed but not yet published is recovered by the outbox at the next start.
+- Stop is by deadline: ``shutdown`` makes the HTTP front stop accepting and finish requests
+  in progress (graceful timeout), then the other actors are cancelled together (the CLI gives
+  the whole stop a deadline). A shutdown before the gateway is ready abandons the start.
+  Work already committed but not yet published is recovered by the outbox at the next start.
 """
 
 from __future__ import annotations
@@ -64,11 +65,29 @@ def subscriptions(settings: Settings) -> list[tuple[str, int]]:
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,
                       task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until ``shutdown`` is set. A shutdown while still starting (say, waiting for the
+    database or the broker) abandons the start at once instead of waiting for it."""
+    serving = trio.Event()
+    async with trio.open_nursery() as guard:
+
+        async def abandon_start() -> None:
+            await shutdown.wait()
+            if not serving.is_set():
+                log.info("stopping before the gateway was ready")
+                guard.cancel_scope.cancel()
+
+        guard.start_soon(abandon_start)
+        await _serve(settings, shutdown, serving, task_status)
+        guard.cancel_scope.cancel()
+
+
+async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
+                 task_status: trio.TaskStatus[Running]) -> None:
     if settings.auth_mode == "header":
         log.warning("auth mode is 'header': any caller can claim any X-User-ID; "
                     "use it for development only")
     db = Database(settings.database_url, size=settings.db_pool_size)
-    await db.open()
+    await db.open(within=settings.start_timeout)
     try:
         async with trio.open_nursery() as infra:
             received_send, received = trio.open_memory_channel[MqttInbound](256)
@@ -83,7 +102,7 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
 
             conversations = Conversations(
                 publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report,
-                topic_root=settings.mqtt_topic_root,                idle=settings.conversation_idle)
+                topic_root=settings.mqtt_topic_root, idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl, publish_events=events.publish)
             await infra.start(ledger.run)
@@ -105,8 +124,9 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
-                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox, events,
-                                            consumer, expiry))
+                serving.set()
+                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox,
+                                            events, consumer, expiry))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

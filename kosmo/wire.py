@@ -131,9 +131,13 @@ def parse_status(payload: bytes) -> StatusReport:
     status = _REPORTED.get(data.get("status"))  # type: ignore[arg-type]
     if status is None:
         raise BadPayload("status must be transmitted, delivered or failed")
-    reason = _text_field(data, "reason", required=False)
+    reason = data.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadPayload("reason must be a string")
     bridge_id = _text_field(data, "bridge_id")
-    return StatusReport(message_id, Report(status, reason), _timestamp(data, "at"),
+    # A bridge's clock may run ahead; an event is never recorded as later than its arrival.
+    at = min(_timestamp(data, "at"), datetime.now(UTC))
+    return StatusReport(message_id, Report(status, reason[:64] if reason else None), at,
                         _packet_id(data, "packet_id", required=False), bridge_id)
 
 

@@ -14,10 +14,11 @@ from kosmo import config
 KOSMO = [sys.executable, "-m", "kosmo"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None,
+        args_timeout: float = 60) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
     return subprocess.run([*KOSMO, *args], env={**base, **(env or {})}, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=args_timeout)
 
 
 def test_help_lists_commands_and_settings():
@@ -85,3 +86,49 @@ def test_gateway_stops_cleanly_on_sigterm(database_url: str, mqtt_url: str, topi
         assert proc.wait(timeout=15) == 0
     assert "Traceback" not in rest
     assert "shutting down" in rest
+
+
+def test_gateway_with_unreachable_database_is_one_line_and_exit_1():
+    result = run("gateway", env={"KOSMO_DATABASE_URL":
+                                 "postgresql://postgres@127.0.0.1:1/x?connect_timeout=1",
+                                 "KOSMO_AUTH_MODE": "header", "KOSMO_HTTP_BIND": "127.0.0.1:0",
+                                 "KOSMO_START_TIMEOUT": "2s"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("kosmo: error: cannot reach the database")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_log_level_is_one_line():
+    result = run("migrate", env={"KOSMO_LOG_LEVEL": "LOUD"})
+    assert result.returncode == 2
+    assert "KOSMO_LOG_LEVEL is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_while_waiting_for_the_broker_stops_at_once(database_url: str):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
+    env.update(KOSMO_DATABASE_URL=database_url, KOSMO_MQTT_URL="mqtt://127.0.0.1:1",
+               KOSMO_AUTH_MODE="header", KOSMO_HTTP_BIND="127.0.0.1:0")
+    with subprocess.Popen([*KOSMO, "gateway"], env=env, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "MQTT" in line and "WARNING" in line:  # a first failed connection attempt
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=10) == 0
+    assert "stopping before the gateway was ready" in rest
+    assert "Traceback" not in rest
+
+
+@pytest.mark.parametrize("url", ["host=127.0.0.1 port=1 password=hunter2 dbname=x",
+                                 "postgresql://u@127.0.0.1:1/x?password=hunter2",
+                                 "postgresql://u:hunter2@127.0.0.1:1/x"])
+def test_database_password_never_reaches_the_logs(url):
+    result = run("gateway", env={"KOSMO_DATABASE_URL": url, "KOSMO_AUTH_MODE": "header",
+                                 "KOSMO_HTTP_BIND": "127.0.0.1:0", "KOSMO_START_TIMEOUT": "1s"})
+    assert result.returncode == 1
+    assert "hunter2" not in result.stderr
+    assert "***" in result.stderr  # the settings line was logged, redacted
