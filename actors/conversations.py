@@ -3,16 +3,22 @@
 Rules:
 - The router owns the table of node actors; nobody else touches it. It receives stored messages
   (``dispatch``) and idle notices from node actors on ONE bounded channel, in order.
+- The database is the queue; node channels are only a fast path. The router never waits for a
+  node: when a node's channel is full, the node is marked *behind* and further messages for it
+  are not queued in memory. Once its channel is drained, the node actor reads its pending
+  messages from the database, oldest first, after the last one it handed out. So a broker
+  outage or a burst never blocks senders, never grows memory, and keeps each node's order.
 - A node actor hands its node's messages to the MQTT actor one at a time, in creation order,
   and reports ``queued`` to the ledger once the broker acknowledged (PUBACK). While the broker is
-  unreachable it retries the same message with backoff, so order holds across reconnects.
-- A message id already waiting in a node actor is not queued twice (the outbox may hand out a
-  message again while it still waits); a message published twice by two processes is fine:
-  consumers dedupe by ``message_id``.
+  unreachable it waits for the connection and retries the same message, so order holds across
+  reconnects. A message already past its deadline is reported ``expired`` instead.
+- A message id waiting in a node's channel, or handed out recently, is not handed out again;
+  a message published twice anyway (by two processes, or after a crash) is fine: consumers
+  dedupe by ``message_id``.
 - Reaping: after ``idle`` seconds without work a node actor tells the router; the router closes
   its channel only if nothing was sent to it meanwhile, so no message is ever stranded.
-- A node record (its channel and the ids waiting in it) belongs to the router and to the one
-  node task the router spawned for it, as its child; both run in the Trio thread and update it
+- A node record (channel, waiting ids, behind flag) belongs to the router and to the one node
+  task the router spawned for it, as its child; both run in the Trio thread and update it
   without an await in between, so no lock is needed and no other actor sees it.
 - Supervision: a node actor contains and logs its own failure (the router forgets it and the
   outbox hands its messages out again); the router itself failing brings the gateway down.
@@ -22,14 +28,17 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from uuid import UUID
 
 import trio
 
 from actors.mqtt import MqttUnavailable
 from kosmo.clock import utcnow
+from kosmo.db import DatabaseUnavailable
 from kosmo.delivery import Report, Status
 from kosmo.ledger_store import NewMessage, StatusReport
 from kosmo.wire import outbound_payload, outbound_topic
@@ -37,6 +46,9 @@ from kosmo.wire import outbound_payload, outbound_topic
 log = logging.getLogger(__name__)
 
 NODE_QUEUE = 64
+RECENT = 4 * NODE_QUEUE
+
+LoadPending = Callable[[str, datetime, int], Awaitable[list[NewMessage]]]
 
 
 @dataclass(frozen=True)
@@ -49,18 +61,21 @@ class _Idle:
 class _Node:
     send: trio.MemorySendChannel[NewMessage]
     generation: int
-    waiting: set[object] = field(default_factory=set)
+    waiting: set[UUID] = field(default_factory=set)
+    behind: bool = False
 
 
 class Conversations:
     def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]],
                  broker_ready: Callable[[], Awaitable[None]],
-                 report: Callable[[StatusReport], Awaitable[object]], topic_root: str,
+                 report: Callable[[StatusReport], Awaitable[object]],
+                 load_pending: LoadPending, topic_root: str,
                  idle: float = 300.0, backoff_max: float = 5.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._publish = publish
         self._broker_ready = broker_ready
         self._report = report
+        self._load_pending = load_pending
         self._root = topic_root
         self._idle = idle
         self._backoff_max = backoff_max
@@ -84,32 +99,53 @@ class Conversations:
                     if isinstance(item, _Idle):
                         self._reap(item)
                     else:
-                        await self._route(nursery, item)
+                        self._route(nursery, item)
             nursery.cancel_scope.cancel()
 
-    async def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:
+    def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:
         node = self._nodes.get(message.node_id)
         if node is None:
             self._generation += 1
             send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
             node = self._nodes[message.node_id] = _Node(send, self._generation)
             nursery.start_soon(self._node_actor, message.node_id, node, receive)
-        if message.message_id in node.waiting:
-            return
-        node.waiting.add(message.message_id)
-        await node.send.send(message)
+        if node.behind or message.message_id in node.waiting:
+            return  # the node actor will read it from the database, or has it already
+        try:
+            node.send.send_nowait(message)
+            node.waiting.add(message.message_id)
+        except trio.WouldBlock:
+            log.info("node %s is behind: its next messages wait in the database",
+                     message.node_id)
+            node.behind = True
 
     def _reap(self, idle: _Idle) -> None:
         node = self._nodes.get(idle.node_id)
-        if node is not None and node.generation == idle.generation and not node.waiting:
+        if (node is not None and node.generation == idle.generation and not node.waiting
+                and not node.behind):
             del self._nodes[idle.node_id]
             node.send.close()
 
     async def _node_actor(self, node_id: str, node: _Node,
                           receive: trio.MemoryReceiveChannel[NewMessage]) -> None:
+        recent: OrderedDict[UUID, None] = OrderedDict()
+        cursor = datetime.min.replace(tzinfo=self._clock().tzinfo)
+
+        async def hand_out(message: NewMessage) -> None:
+            nonlocal cursor
+            if message.message_id not in recent:
+                await self._deliver(message)
+                recent[message.message_id] = None
+                if len(recent) > RECENT:
+                    recent.popitem(last=False)
+            cursor = max(cursor, message.created_at)
+
         try:
             async with receive:
                 while True:
+                    if node.behind and receive.statistics().current_buffer_used == 0:
+                        cursor = await self._catch_up(node_id, node, cursor, hand_out)
+                        continue
                     with trio.move_on_after(self._idle) as idle:
                         try:
                             message = await receive.receive()
@@ -118,12 +154,30 @@ class Conversations:
                     if idle.cancelled_caught:
                         await self._send.send(_Idle(node_id, node.generation))
                         continue
-                    await self._deliver(message)
+                    await hand_out(message)
                     node.waiting.discard(message.message_id)
         except Exception:
             log.exception("conversation actor for node %s failed", node_id)
             if self._nodes.get(node_id) is node:
                 del self._nodes[node_id]
+
+    async def _catch_up(self, node_id: str, node: _Node, cursor: datetime,
+                        hand_out: Callable[[NewMessage], Awaitable[None]]) -> datetime:
+        """Hand out the node's pending messages stored after ``cursor``, oldest first."""
+        node.behind = False  # from here on the router queues new messages again
+        while True:
+            try:
+                pending = await self._load_pending(node_id, cursor, NODE_QUEUE)
+            except DatabaseUnavailable as exc:
+                log.warning("node %s cannot catch up yet: %s", node_id, exc)
+                node.behind = True
+                await trio.sleep(1 + random.random())
+                return cursor
+            for message in pending:
+                await hand_out(message)
+                cursor = max(cursor, message.created_at)
+            if len(pending) < NODE_QUEUE:
+                return cursor
 
     async def _deliver(self, message: NewMessage) -> None:
         topic = outbound_topic(self._root, message.node_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import trio
 
@@ -34,7 +35,7 @@ from kosmo import wire
 from kosmo.api.app import Services, create_app
 from kosmo.config import Settings
 from kosmo.db import Database
-from kosmo.ledger_store import StatusReport
+from kosmo.ledger_store import NewMessage, StatusReport, pending_for_node
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,14 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
             async def report(item: StatusReport) -> object:
                 return await ledger.report(item)
 
+            async def load_pending(node_id: str, after: datetime,
+                                   limit: int) -> list[NewMessage]:
+                return await db.run(pending_for_node, node_id, after, limit)
+
             conversations = Conversations(
                 publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report,
-                topic_root=settings.mqtt_topic_root, idle=settings.conversation_idle)
+                load_pending=load_pending, topic_root=settings.mqtt_topic_root,
+                idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl, publish_events=events.publish)
             await infra.start(ledger.run)

@@ -275,3 +275,14 @@ def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000)
         "SELECT id FROM messages WHERE status IN ('pending', 'queued') AND expires_at <= %s"
         " ORDER BY expires_at LIMIT %s", (now, limit)).fetchall()
     return [row[0] for row in rows]
+
+
+def pending_for_node(conn: psycopg.Connection, node_id: str, after: datetime,
+                     limit: int) -> list[NewMessage]:
+    """A node's ``pending`` messages created after ``after``, oldest first."""
+    rows = conn.execute(
+        "SELECT id, user_id, node_id, text, created_at, expires_at FROM messages"
+        " WHERE status = 'pending' AND direction = 'outbound' AND node_id = %s"
+        " AND created_at > %s ORDER BY created_at, id LIMIT %s",
+        (node_id, after, limit)).fetchall()
+    return [NewMessage(*row) for row in rows]

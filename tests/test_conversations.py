@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import trio
 
@@ -16,8 +17,12 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 FAR = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+_made = itertools.count()
+
+
 def message(node: str, text: str, expires: datetime = FAR) -> NewMessage:
-    return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, T0, expires)
+    created = T0 + timedelta(microseconds=next(_made))
+    return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, created, expires)
 
 
 class Publisher:
@@ -39,13 +44,29 @@ class Publisher:
         await self.up.wait()
 
 
-async def start(nursery: trio.Nursery, broker: Publisher, reports: list[StatusReport],
-                idle: float = 300.0) -> Conversations:
-    async def report(item: StatusReport) -> None:
-        reports.append(item)
+class Store:
+    """The ledger's side as the router sees it: what was stored and what became queued."""
 
+    def __init__(self) -> None:
+        self.stored: list[NewMessage] = []
+        self.reports: list[StatusReport] = []
+
+    async def report(self, item: StatusReport) -> None:
+        self.reports.append(item)
+
+    async def load_pending(self, node: str, after: datetime, limit: int) -> list[NewMessage]:
+        done = {r.message_id for r in self.reports}
+        return [m for m in self.stored if m.node_id == node and m.created_at > after
+                and m.message_id not in done][:limit]
+
+
+async def start(nursery: trio.Nursery, broker: Publisher, reports: list[StatusReport],
+                idle: float = 300.0, store: Store | None = None) -> Conversations:
+    store = store or Store()
+    store.reports = reports
     conversations = Conversations(publish=broker.publish, broker_ready=broker.wait_up,
-                                  report=report, topic_root="k", idle=idle)
+                                  report=store.report, load_pending=store.load_pending,
+                                  topic_root="k", idle=idle)
     await nursery.start(conversations.run)
     return conversations
 
@@ -124,3 +145,18 @@ async def test_a_message_past_its_deadline_is_expired_not_published(nursery, aut
     assert broker.published == []
     assert [(r.message_id, r.report.status, r.report.reason) for r in reports] == [
         (late.message_id, "expired", "ttl")]
+
+
+async def test_a_burst_beyond_the_node_queue_waits_in_the_database_in_order(
+        nursery, autojump_clock):
+    broker, reports, store = Publisher(), [], Store()
+    broker.up = trio.Event()  # the broker is away while the burst arrives
+    conversations = await start(nursery, broker, reports, store=store)
+    burst = [message("!a1b2c3d4", f"m{i}") for i in range(500)]
+    with trio.fail_after(5):  # dispatching never waits for the node
+        for m in burst:
+            store.stored.append(m)
+            await conversations.dispatch(m)
+    broker.up.set()
+    await trio.sleep(60)
+    assert published_ids(broker, "!a1b2c3d4") == [str(m.message_id) for m in burst]

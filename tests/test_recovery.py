@@ -9,7 +9,7 @@ from actors.mqtt import MqttEndpoint
 from kosmo.config import Settings
 from kosmo.db import Database
 from kosmo.ledger_store import Accepted
-from tests.conftest import WANDERER, Subscriber, db_value, start_gateway
+from tests.conftest import SANCTUARY, WANDERER, Subscriber, db_value, start_gateway
 
 
 async def _status(sql, message_id) -> str:
@@ -81,5 +81,32 @@ async def test_broker_restart_loses_nothing(nursery, settings: Settings, private
             await _wait_status(sql, during.json()["message_id"], "queued")
             assert gateway.running.mqtt.statistics().reconnects >= 1
             assert (await gateway.client.get("/readyz")).status_code == 200
+    finally:
+        subscriber.close()
+
+
+async def test_sends_never_hang_while_the_broker_is_away(nursery, settings: Settings,
+                                                         private_broker, sql):
+    settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
+    subscriber = Subscriber(private_broker.url, f"{settings.mqtt_topic_root}/mesh/outbound/+")
+    try:
+        with trio.fail_after(10):
+            await subscriber.subscribed.wait()
+        async for gateway in start_gateway(nursery, settings):
+            private_broker.stop()
+            with trio.fail_after(10):
+                while gateway.running.mqtt.connected:
+                    await trio.sleep(0.01)
+            sent = []
+            with trio.fail_after(30):  # far more than every in-memory queue holds
+                for i in range(300):
+                    response = await gateway.send(SANCTUARY, "!a1b2c3d4", f"m{i}")
+                    assert response.status_code == 201
+                    sent.append(response.json()["message_id"])
+            private_broker.start()
+            received = await subscriber.wait_for(300, timeout=60)
+            ids = [p["message_id"] for _, p in received]
+            assert sorted(set(ids)) == sorted(sent)
+            assert [i for i in dict.fromkeys(ids)] == sent  # first copies in creation order
     finally:
         subscriber.close()
