@@ -93,3 +93,20 @@ async def test_health_readiness_and_openapi(gateway: Gateway):
     assert "/api/v1/messages" in paths
     assert "/api/v1/messages/conversations/{node_id}" in paths
     assert "requestBody" in paths["/api/v1/messages"]["post"]
+
+
+async def test_problem_types_resolve_and_405_says_what_is_allowed(gateway: Gateway):
+    described = (await gateway.client.get("/problems/quota-exceeded")).json()
+    assert described["type"] == "/problems/quota-exceeded"
+    assert described["title"]
+    assert (await gateway.client.get("/problems/no-such-thing")).status_code == 404
+    response = await gateway.client.delete("/api/v1/messages")
+    assert response.status_code == 405
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_openapi_declares_problems_and_auth(gateway: Gateway):
+    spec = (await gateway.client.get("/openapi.json")).json()
+    post = spec["paths"]["/api/v1/messages"]["post"]
+    assert {"201", "401", "403", "413", "415", "422", "429"} <= set(post["responses"])
+    assert "user_id" in spec["components"]["securitySchemes"]

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import trio
@@ -30,7 +30,7 @@ from actors.ledger import Ledger
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.auth import authenticate
-from kosmo.api.problems import Problem, for_status
+from kosmo.api.problems import TITLES, Problem, for_status
 from kosmo.api.stream import register_stream
 from kosmo.clock import utcnow
 from kosmo.config import Settings
@@ -40,6 +40,7 @@ from kosmo.ledger_store import Accepted
 
 log = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[..., Any])
 MAX_BODY = 16 * 1024
 RETRY_AFTER_DB = "5"
 
@@ -59,9 +60,13 @@ class Services:
 def create_app(settings: Settings, services: Services) -> QuartTrio:
     app = QuartTrio("kosmo")
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, BODY_TIMEOUT=10, JSON_SORT_KEYS=False)
+    scheme: dict[str, Any] = ({"bearer": {"type": "http", "scheme": "bearer",
+                                          "bearer_format": "JWT"}}
+              if settings.auth_mode == "jwt" else
+              {"user_id": {"type": "apiKey", "in_": "header", "name": "X-User-ID"}})
     QuartSchema(app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
-                swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway",
-                                               "version": "1"})
+                swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway", "version": "1"},
+                security_schemes=scheme, security=[{name: []} for name in scheme])
 
     def caller(query: bool = False) -> UUID:
         return authenticate(settings.auth_mode, settings.jwt_secret, request.headers,
@@ -76,7 +81,11 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def on_http(error: HTTPException) -> Response:
-        return for_status(error.code or 400, _http_detail(error)).to_response()
+        response = for_status(error.code or 400, _http_detail(error)).to_response()
+        for name in ("Allow", "Retry-After"):  # keep what the framework said about retrying
+            if (value := error.get_response().headers.get(name)) is not None:
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(DatabaseUnavailable)
     async def on_db_down(error: DatabaseUnavailable) -> Response:
@@ -92,13 +101,14 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @app.post("/api/v1/messages")
     @document_request(schemas.SendMessage)
     @document_response(schemas.MessageCreated, 201)
-    @document_response(schemas.ProblemOut, 422)
+    @problems(400, 401, 403, 413, 415, 422, 429, 503)
     async def send_message() -> Response:
         body = await request.get_data(cache=False)
         user = caller()
         if request.mimetype != "application/json":
             raise Problem(415, "unsupported-media-type",
-                          f"Content-Type is {request.mimetype or 'missing'!r}")
+                          f"Content-Type is {request.mimetype!r}" if request.mimetype
+                          else "the Content-Type header is missing")
         fields = _parse_json(body)
         node_id, text = _validate_send(fields, settings.max_text_bytes)
         result = await services.ledger.send(user, node_id, text)
@@ -116,6 +126,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @app.get("/api/v1/messages/conversations")
     @document_querystring(schemas.Page)
     @document_response(schemas.ConversationList)
+    @problems(401, 422, 503)
     async def list_conversations() -> dict[str, Any]:
         user = caller()
         limit, cursor = _page()
@@ -124,6 +135,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @app.get("/api/v1/messages/conversations/<node_id>")
     @document_querystring(schemas.Page)
     @document_response(schemas.ConversationMessages)
+    @problems(401, 404, 422, 503)
     async def get_conversation(node_id: str) -> dict[str, Any]:
         user = caller()
         node = parse_node_id(node_id)
@@ -134,6 +146,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
     @app.get("/api/v1/messages/<message_id>")
     @document_response(schemas.MessageDetail)
+    @problems(401, 404, 503)
     async def get_message(message_id: str) -> dict[str, Any]:
         user = caller()
         wanted = parse_uuid(message_id)
@@ -141,6 +154,13 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         if found is None:
             raise Problem(404, "not-found", "no such message")
         return found  # type: ignore[no-any-return]
+
+    @app.get("/problems/<slug>")
+    async def problem_type(slug: str) -> dict[str, Any]:
+        """Each problem ``type`` URI resolves to a short description of that cause."""
+        if slug not in TITLES:
+            raise Problem(404, "not-found", "no such problem type")
+        return {"type": f"/problems/{slug}", "title": TITLES[slug]}
 
     @app.get("/healthz")
     @document_response(schemas.Health)
@@ -162,6 +182,15 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
     register_stream(app, settings, services)
     return app
+
+
+def problems(*statuses: int) -> Callable[[F], F]:
+    """Declare the problem+json answers of a route in the OpenAPI document."""
+    def decorate(func: F) -> F:
+        for status in statuses:
+            func = document_response(schemas.ProblemOut, status)(func)
+        return func
+    return decorate
 
 
 def _http_detail(error: HTTPException) -> str | None:
@@ -206,7 +235,7 @@ def _refusal_problem(refusal: Refusal, quota: Any) -> Problem:
                        headers={"Retry-After": str(seconds)}, quota=quota.to_json())
     details = {
         Refusal.SUBSCRIPTION_INACTIVE: "the account has no active subscription",
-        Refusal.RECEIVE_ONLY: "the free plan can receive replies but not send",
+        Refusal.RECEIVE_ONLY: "the plan can receive replies but not send messages",
         Refusal.NODE_NOT_WHITELISTED: "this node is not on the plan's whitelist",
     }
     return Problem(403, refusal.value, details[refusal])

@@ -28,6 +28,7 @@ TITLES: dict[str, str] = {
     "node-not-whitelisted": "The plan does not allow messaging this node",
     "quota-exceeded": "The monthly message quota is used up",
     "not-found": "Not found",
+    "request-timeout": "The request took too long to arrive",
     "method-not-allowed": "Method not allowed",
     "service-unavailable": "The service is temporarily unavailable",
     "internal-error": "Internal error",
@@ -58,7 +59,7 @@ class Problem(Exception):
 
 
 STATUS_SLUGS = {400: "bad-request", 401: "unauthorized", 404: "not-found",
-                405: "method-not-allowed", 413: "body-too-large",
+                405: "method-not-allowed", 408: "request-timeout", 413: "body-too-large",
                 415: "unsupported-media-type", 503: "service-unavailable"}
 
 
