@@ -69,7 +69,7 @@ def shared_ids(mqtt_url: str) -> Iterator[Callable[[str], str]]:
 
 async def until(condition: Callable[[], bool]) -> None:
     """Poll a condition the actor exposes no event for (the test's watchdog bounds it)."""
-    while not condition():  # noqa: ASYNC110 - state of another component, no event to wait on
+    while not condition():
         await trio.sleep(0.01)
 
 
