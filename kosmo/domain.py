@@ -8,7 +8,7 @@ Rules:
 - A subscription is active when its status is ``active`` or ``trialing`` and ``now`` lies inside
   its current period [start, end). Plans are data; their scope is ``none`` (receive only),
   ``any`` or ``whitelist``.
-- The quota is debited atomically in SQL (see ``kosmo.ledger_sql``); here lives only what the
+- The quota is debited atomically in SQL (see ``kosmo.ledger_store``); here lives only what the
   debit is checked against and how the quota is shown.
 """
 

@@ -1,14 +1,16 @@
 """The ledger's SQL: check, debit and store sends; apply delivery reports and refunds.
 
 Rules:
-- Everything here runs inside the caller's transaction (``Database.run``): a batch of sends and
-  reports commits together or not at all, so a message is never stored without its debit nor
-  debited without its row.
+- Everything here runs inside the caller's transaction (``Database.run``): a batch of sends
+  (or of reports) commits together or not at all, so a message is never stored without its
+  debit nor debited without its row.
 - The debit is a conditional upsert on ``quota_usage`` (``used < limit``). PostgreSQL re-checks
   the condition on the locked row, so the rule stays exact when several gateway processes share
   one database: no check-then-write in process memory.
 - A refund is guarded by ``messages.charged``: the flag is cleared and the usage decremented in
-  one statement pair, so no message is refunded twice, whatever the reports.
+  one transaction, so no message is refunded twice, whatever the reports.
+- History rows are appended through ``record_history``, which assigns their ids (event ids)
+  in commit order.
 - Subscription and plan rules live in ``kosmo.domain``; state transitions in ``kosmo.delivery``.
 """
 
