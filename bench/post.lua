@@ -1,0 +1,17 @@
+-- wrk script for bench/accept.py: POST one send per request on a keep-alive connection, and
+-- print the summary as one JSON line (latencies and durations in microseconds).
+wrk.method = "POST"
+wrk.path = "/api/v1/messages"
+wrk.body = '{"target_node_id": "!a1b2c3d4", "text": "bench: hello from the web"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-User-ID"] = "33333333-3333-3333-3333-333333333333"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "status_errors": %d, ' ..
+    '"timeouts": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
