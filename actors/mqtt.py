@@ -154,6 +154,24 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
+class Publication:
+    """A publish handed to the connection; ``wait()`` returns at its PUBACK."""
+
+    def __init__(self, actor: MqttActor, link: _Link, mid: int, acked: trio.Event) -> None:
+        self._actor, self._link, self._mid, self._acked = actor, link, mid, acked
+
+    async def wait(self) -> None:
+        actor, link = self._actor, self._link
+        try:
+            await self._acked.wait()
+        finally:
+            actor._in_flight -= 1
+            unacked = link.waiters.pop(self._mid, None) is not None
+        if unacked:
+            raise MqttUnavailable(f"connection to {actor._where} lost before the PUBACK")
+        actor._published += 1
+
+
 class MqttActor:
     def __init__(self, endpoint: MqttEndpoint, *, client_id: str,
                  subscriptions: Sequence[tuple[str, int]] = (),
@@ -191,6 +209,13 @@ class MqttActor:
         before the PUBACK (the message may or may not have arrived: publish it again).
         """
         await trio.lowlevel.checkpoint()
+        await self.start_publish(topic, payload, qos=qos, retain=retain).wait()
+
+    def start_publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> Publication:
+        """Hand the message to the connection now, in call order, and write it at once;
+        ``await publication.wait()`` for the PUBACK. Several may be in flight: the broker
+        receives them in the order of these calls (one connection keeps order)."""
         link = self._link
         if link is None or not self._connected:
             raise MqttUnavailable(f"not connected to {self._where}")
@@ -199,14 +224,11 @@ class MqttActor:
             raise MqttUnavailable(f"publish to {self._where} failed: {error_string(info.rc)}")
         acked = link.waiters[info.mid] = trio.Event()
         self._in_flight += 1
-        try:
-            await acked.wait()
-        finally:
-            self._in_flight -= 1
-            unacked = link.waiters.pop(info.mid, None) is not None
-        if unacked:
-            raise MqttUnavailable(f"connection to {self._where} lost before the PUBACK")
-        self._published += 1
+        if link.want_write and not link.lost:
+            # Write now rather than one scheduler pass later; a short write leaves the rest
+            # to the write loop, which is woken by paho's register-write hook as usual.
+            self._check(link, link.client.loop_write())
+        return Publication(self, link, info.mid, acked)
 
     async def ack(self, message: MqttInbound) -> None:
         """Acknowledge a stored message; one from an earlier connection is dropped silently."""

@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 import trio
+from pydantic import BaseModel
 from quart import Response, websocket
+from quart_schema import document_querystring, document_response
 
+from kosmo.api import schemas
 from kosmo.api.auth import authenticate
 from kosmo.api.problems import Problem
 from kosmo.db import DatabaseUnavailable
@@ -44,6 +47,12 @@ PAGE = 200  # events per replay query
 CLOSE_TIMEOUT = 1.0  # a client that reads nothing must not hold the close or the cleanup
 GOING_AWAY = 1001
 TRY_AGAIN_LATER = 1013
+
+
+class StreamQuery(BaseModel):
+    since: str | None = None  # an event_id: first replay every event after it
+    user_id: str | None = None  # header mode, instead of X-User-ID
+    token: str | None = None  # jwt mode, instead of Authorization: Bearer
 
 
 def register_stream(app: QuartTrio, settings: Settings, services: Services) -> None:
@@ -78,15 +87,18 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
         return None
 
     @app.get(PATH)
+    @document_querystring(StreamQuery)
+    @document_response(schemas.ProblemOut, 426)
     async def stream_without_upgrade() -> Response:
         """Live events of the caller (websocket only).
 
-        Open a websocket on this path with the usual credentials (or ``?user_id=`` /
-        ``?token=``) and optionally ``?since=<event_id>`` to first receive every event after
-        that one. Each text frame is ``{"type": "message.created" | "message.status" |
-        "message.inbound", "event_id": "...", "message": {...}}``. Close codes: 1001 when the
-        gateway stops, 1013 when the client reads too slowly (the reason says the ``since`` to
-        reconnect with). A request without a websocket upgrade is answered 426.
+        Open a websocket on this path with the usual credentials (or `?user_id=` / `?token=`)
+        and optionally `?since=<event_id>` to first receive every event after that one; bad
+        credentials are answered 401 and a bad `since` 422, before the upgrade. Each text frame
+        is `{"type": "message.created" | "message.status" | "message.inbound", "event_id": "...",
+        "message": {...}}`. Close codes: 1001 when the gateway stops, 1013 when the client reads
+        too slowly (the reason says the `since` to reconnect with). A request without a
+        websocket upgrade is answered 426.
         """
         return Problem(426, "bad-request", "this path serves a websocket: send an upgrade",
                        headers={"Upgrade": "websocket"}).to_response()
@@ -137,7 +149,7 @@ class _Forwarder:
         self._user = user
         self._subscription = subscription
         self._since = since
-        self._replayed = -1  # live events at or below this id were replayed (or were before since)
+        self._replayed = -1  # live events at or below this id were already sent (or precede since)
         self._last_sent = None if since is None else encode_event_id(since)
 
     async def run(self) -> tuple[int, str]:
