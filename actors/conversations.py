@@ -80,13 +80,15 @@ class Conversations:
         self._idle = idle
         self._backoff_max = backoff_max
         self._clock = clock
-        self._send, self._receive = trio.open_memory_channel[NewMessage | _Idle](NODE_QUEUE)
+        self._send, self._receive = trio.open_memory_channel[list[NewMessage] | _Idle](
+            NODE_QUEUE)
         self._nodes: dict[str, _Node] = {}
         self._generation = 0
         self.published = 0
 
-    async def dispatch(self, message: NewMessage) -> None:
-        await self._send.send(message)
+    async def dispatch(self, messages: list[NewMessage]) -> None:
+        """Hand over stored messages, oldest first; returns without waiting for any node."""
+        await self._send.send(messages)
 
     def active_nodes(self) -> int:
         return len(self._nodes)
@@ -99,7 +101,8 @@ class Conversations:
                     if isinstance(item, _Idle):
                         self._reap(item)
                     else:
-                        self._route(nursery, item)
+                        for message in item:
+                            self._route(nursery, message)
             nursery.cancel_scope.cancel()
 
     def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:

@@ -2,7 +2,9 @@
 
 Rules:
 - Writers (the ledger's lanes, the inbound consumer) publish events only after their commit,
-  in commit order. Subscriptions and events travel on ONE channel, so a subscriber registered
+  in commit order: each writes and publishes inside ``in_commit_order()``. (Events committed by
+  another gateway process reach this bus's subscribers only through a resume.)
+  Subscriptions and events travel on ONE channel, so a subscriber registered
   before an event was published receives it: nothing after the handshake is missed.
 - Each subscriber has a bounded buffer. The bus never waits for a subscriber: one whose buffer
   is full is cut off (its channel closed, ``overflowed`` set) and must reconnect and resume
@@ -13,7 +15,8 @@ Rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -56,12 +59,24 @@ class EventBus:
         self._send, self._receive = trio.open_memory_channel[
             Sequence[Event] | _Subscribe | _Unsubscribe](inbox)
         self._by_user: dict[UUID, set[Subscription]] = {}
+        self._commit_order = trio.Lock()
         self._delivered = 0
         self._cut_off = 0
 
     async def publish(self, events: Sequence[Event]) -> None:
         if events:
             await self._send.send(events)
+
+    @asynccontextmanager
+    async def in_commit_order(self) -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[None]]]:
+        """Writers of status history commit and publish inside this, one at a time.
+
+        History ids are assigned in commit order (see ``kosmo.events``), but two writers that
+        commit one after the other may reach the bus in the other order; holding this lock
+        from before the transaction until its events are published keeps the bus in id order.
+        """
+        async with self._commit_order:
+            yield self.publish
 
     async def subscribe(self, user_id: UUID) -> Subscription:
         """Register a subscriber; every event published after this returns reaches it."""

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import trio
 
+from actors.events import EventBus
 from actors.ledger import Ledger
 from actors.mqtt import MqttInbound
 from kosmo import wire
 from kosmo.clock import iso, utcnow
 from kosmo.db import Database, DatabaseUnavailable
-from kosmo.events import Event
 from kosmo.inbound_store import DeadLetter, store_inbound
 from kosmo.ledger_store import Applied, StatusReport
 
@@ -45,8 +45,7 @@ class _Bridge:
 
 class InboundConsumer:
     def __init__(self, db: Database, ledger: Ledger, *, topic_root: str, thread_window: float,
-                 ack: Callable[[MqttInbound], Awaitable[None]],
-                 publish_events: Callable[[Sequence[Event]], Awaitable[None]],
+                 ack: Callable[[MqttInbound], Awaitable[None]], events: EventBus,
                  max_batch: int = 256, clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
         self._ledger = ledger
@@ -54,7 +53,7 @@ class InboundConsumer:
         self._inbound_topic = wire.inbound_topic(topic_root)
         self._window = thread_window
         self._ack = ack
-        self._publish_events = publish_events
+        self._events = events
         self._max_batch = max_batch
         self._clock = clock
         self._bridges: dict[str, _Bridge] = {}
@@ -128,14 +127,15 @@ class InboundConsumer:
                          outcome.node_id, item.report.status, item.bridge_id)
 
         if packets or dead:
-            stored, events = await self._db.run(store_inbound, packets, dead, self._clock(),
-                                                self._window)
+            async with self._events.in_commit_order() as publish:
+                stored, events = await self._db.run(store_inbound, packets, dead,
+                                                    self._clock(), self._window)
+                await publish(events)
             for reply in stored:
                 if reply.message_id is not None:
                     self.stored += 1
                     log.info("reply %s from node %s (packet %d) for user %s", reply.message_id,
                              reply.packet.from_node_id, reply.packet.packet_id, reply.user_id)
-            await self._publish_events(events)
         self.dead_letters += len(dead)
 
     def _bridge_state(self, message: MqttInbound) -> None:

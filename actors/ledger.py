@@ -11,16 +11,18 @@ Rules:
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
   bad request never takes its neighbours down with it.
-- After the commit, the batch's events go to the event bus (live stream), and accepted
-  messages go to the conversations actor (``dispatch``), in
-  creation order. ``created_at`` is strictly increasing within this process.
+- Each batch commits and publishes its events to the event bus while holding the bus's
+  commit-order lock, so the live stream receives events in event-id order whatever lane or
+  actor wrote them. Then the accepted messages go to the conversations actor as one batch
+  (``dispatch``), in creation order. ``created_at`` is strictly increasing within this process.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from uuid import UUID
 import psycopg
 import trio
 
+from actors.events import EventBus
 from actors.reply import Reply
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
@@ -63,17 +66,17 @@ class Report:
 
 
 Request = Send | Report
-EventSink = Callable[[Sequence[Event]], Awaitable[None]]
 
 
 class Ledger:
-    def __init__(self, db: Database, *, dispatch: Callable[[NewMessage], Awaitable[None]],
-                 message_ttl: float, publish_events: EventSink | None = None,
+    def __init__(self, db: Database, *,
+                 dispatch: Callable[[list[NewMessage]], Awaitable[None]],
+                 message_ttl: float, events: EventBus | None = None,
                  max_batch: int = 256,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
         self._dispatch = dispatch
-        self._publish_events = publish_events
+        self._in_commit_order = events.in_commit_order if events else _no_events
         self._ttl = timedelta(seconds=message_ttl)
         self._max_batch = max_batch
         self._clock = clock
@@ -118,61 +121,64 @@ class Ledger:
 
     async def _process_sends(self, batch: list[Send]) -> None:
         new = [self._new_message(s) for s in batch]
-        committed = await self._commit(batch, accept_sends, new, self._clock())
-        if committed is None:
+        results = await self._commit(batch, accept_sends, new, self._clock())
+        if results is None:
             return
-        results, events = committed
         for send, result in zip(batch, results, strict=True):
             send.reply.set(result)
-        await self._events(events)
-        for result in results:
-            if isinstance(result, Accepted):
-                await self._dispatch(result.message)
+        accepted = [r.message for r in results if isinstance(r, Accepted)]
+        if accepted:
+            await self._dispatch(accepted)  # one hand-over for the whole batch
 
     async def _process_reports(self, batch: list[Report]) -> None:
-        committed = await self._commit(batch, apply_reports, [r.report for r in batch])
-        if committed is None:
-            return
-        results, events = committed
-        for report, outcome in zip(batch, results, strict=True):
+        results = await self._commit(batch, apply_reports, [r.report for r in batch])
+        for report, outcome in zip(batch, results or (), strict=True):
             if report.reply is not None:
                 report.reply.set(outcome)
-        await self._events(events)
 
-    async def _events(self, events: list[Event]) -> None:
-        if self._publish_events is not None and events:
-            await self._publish_events(events)
-
-    async def _commit(self, batch: Sequence[Request], fn: Callable[..., T],
-                      *args: Any) -> T | None:
-        """Run ``fn`` over the batch in one transaction; on failure, fail the batch's replies
-        (database down) or retry its requests one by one (any other database error)."""
-        try:
-            results = await self._db.run(fn, *args)
-        except DatabaseUnavailable as exc:
-            log.warning("database unavailable; %d requests refused: %s", len(batch), exc)
-            for request in batch:
-                _fail(request, exc)
-            return None
-        except psycopg.Error:
-            if len(batch) == 1:
-                log.exception("ledger request failed: %r", batch[0])
-                _fail(batch[0], DatabaseUnavailable("the request could not be stored"))
+    async def _commit(self, batch: Sequence[Request], fn: Callable[..., tuple[list[T], Any]],
+                      *args: Any) -> list[T] | None:
+        """Run ``fn`` over the batch in one transaction and publish its events, in commit
+        order. On failure, fail the batch's replies (database down) or retry its requests
+        one by one (any other database error). None: the replies are already settled."""
+        async with self._in_commit_order() as publish:
+            try:
+                results, events = await self._db.run(fn, *args)
+            except DatabaseUnavailable as exc:
+                log.warning("database unavailable; %d requests refused: %s", len(batch), exc)
+                for request in batch:
+                    _fail(request, exc)
                 return None
-            for request in batch:
-                if isinstance(request, Send):
-                    await self._process_sends([request])
-                else:
-                    await self._process_reports([request])
-            return None
-        self.batches += 1
-        return results
+            except psycopg.Error:
+                if len(batch) == 1:
+                    log.exception("ledger request failed: %r", batch[0])
+                    _fail(batch[0], DatabaseUnavailable("the request could not be stored"))
+                    return None
+                results = None
+            else:
+                self.batches += 1
+                await publish(events)
+                return results
+        for request in batch:  # outside the ordering lock: each takes it again
+            if isinstance(request, Send):
+                await self._process_sends([request])
+            else:
+                await self._process_reports([request])
+        return None
 
     def _new_message(self, send: Send) -> NewMessage:
         created = max(self._clock(), self._last_created + timedelta(microseconds=1))
         self._last_created = created
         return NewMessage(uuid.uuid4(), send.user_id, send.node_id, send.text, created,
                           created + self._ttl)
+
+
+@asynccontextmanager
+async def _no_events() -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[None]]]:
+    async def discard(events: Sequence[Event]) -> None:
+        pass
+
+    yield discard
 
 
 def _fail(request: Request, error: Exception) -> None:

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, db: Database, *, dispatch: Callable[[NewMessage], Awaitable[None]],
+    def __init__(self, db: Database, *,
+                 dispatch: Callable[[list[NewMessage]], Awaitable[None]],
                  interval: float = 30.0, clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
         self._dispatch = dispatch
@@ -47,8 +48,8 @@ class Outbox:
         except DatabaseUnavailable as exc:
             log.warning("outbox pass skipped, database unavailable: %s", exc)
             return 0
-        for message in messages:
-            await self._dispatch(message)
+        if messages:
+            await self._dispatch(messages)
         if messages:
             log.info("outbox handed out %d pending messages again", len(messages))
         self.recovered += len(messages)

@@ -110,12 +110,11 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
                 load_pending=load_pending, topic_root=settings.mqtt_topic_root,
                 idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,
-                            message_ttl=settings.message_ttl, publish_events=events.publish)
+                            message_ttl=settings.message_ttl, events=events)
             await infra.start(ledger.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,
-                thread_window=settings.thread_window, ack=mqtt.ack,
-                publish_events=events.publish)
+                thread_window=settings.thread_window, ack=mqtt.ack, events=events)
             await infra.start(consumer.run, received)
             await infra.start(conversations.run)
             outbox = Outbox(db, dispatch=conversations.dispatch,

@@ -81,23 +81,45 @@ ORDER BY s.user_id,
          s.current_period_end DESC
 """
 
-_DEBIT = """
+# Lock (creating where missing) the usage row of each (user, period) and read its count. The
+# rows are locked in one order, so concurrent batches of several processes cannot deadlock.
+_LOCK_USAGE = """
 INSERT INTO quota_usage AS q (user_id, period_start, period_end, used)
-VALUES (%(user)s, %(start)s, %(end)s, 1)
-ON CONFLICT (user_id, period_start) DO UPDATE SET used = q.used + 1
-WHERE %(limit)s::integer IS NULL OR q.used < %(limit)s::integer
-RETURNING used
+SELECT u, s, e, 0 FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) AS t (u, s, e)
+ORDER BY u, s
+ON CONFLICT (user_id, period_start) DO UPDATE SET used = q.used
+RETURNING user_id, period_start, used
 """
 
-_INSERT_MESSAGE = """
+_SET_USAGE = """
+UPDATE quota_usage AS q SET used = t.used
+FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[]) AS t (u, s, used)
+WHERE q.user_id = t.u AND q.period_start = t.s
+"""
+
+_INSERT_MESSAGES = """
 INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at, updated_at,
                       expires_at, debit_period_start, charged)
-VALUES (%s, 'outbound', %s, %s, %s, 'pending', %s, %s, %s, %s, true)
+SELECT i, 'outbound', u, n, t, 'pending', c, c, e, p, true
+FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],
+            %s::timestamptz[], %s::timestamptz[]) AS x (i, u, n, t, c, e, p)
 """
 
 _INSERT_HISTORY = """
 INSERT INTO message_status_history (message_id, user_id, status, reason, note, at)
-VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
+SELECT m, u, s, r, n, a
+FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[])
+     WITH ORDINALITY AS x (m, u, s, r, n, a, ord)
+ORDER BY ord
+RETURNING id
+"""
+
+_UPDATE_STATUS = """
+UPDATE messages AS m SET status = x.s, reason = x.r, updated_at = x.a,
+       packet_id = COALESCE(x.p, m.packet_id), bridge_id = COALESCE(x.b, m.bridge_id)
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::text[])
+     AS x (i, s, r, a, p, b)
+WHERE m.id = x.i
 """
 
 
@@ -122,20 +144,16 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
     if not rows:
         return []
     lock_event_order(conn)
-    events: list[Event] = []
-    with conn.cursor() as cur:
-        cur.executemany(_INSERT_HISTORY, [
-            (r.message_id, r.user_id, r.status, r.reason, r.note, r.at) for r in rows],
-            returning=True)
-        for row in rows:
-            history_id = cur.fetchone()[0]  # type: ignore[index]
-            cur.nextset()
-            if row.user_id is not None and not row.note:
-                events.append(make_event(
-                    history_id, row.user_id, message_id=row.message_id,
-                    direction=row.direction, node_id=row.node_id, text=row.text,
-                    created_at=row.created_at, status=row.status, reason=row.reason, at=row.at))
-    return events
+    ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY, (
+        [r.message_id for r in rows], [r.user_id for r in rows], [r.status for r in rows],
+        [r.reason for r in rows], [r.note for r in rows], [r.at for r in rows])).fetchall())
+    # One statement assigns ids in its row order, so the ascending ids follow ``rows``.
+    return [make_event(history_id, row.user_id, message_id=row.message_id,
+                       direction=row.direction, node_id=row.node_id, text=row.text,
+                       created_at=row.created_at, status=row.status, reason=row.reason,
+                       at=row.at)
+            for history_id, row in zip(ids, rows, strict=True)
+            if row.user_id is not None and not row.note]
 
 
 def _subscriptions(conn: psycopg.Connection, users: list[UUID],
@@ -159,42 +177,59 @@ def _whitelist(conn: psycopg.Connection, pairs: set[tuple[UUID, str]]) -> set[tu
     return {(row[0], row[1]) for row in rows}
 
 
-def _used(conn: psycopg.Connection, sub: Subscription) -> int:
-    row = conn.execute("SELECT used FROM quota_usage WHERE user_id = %s AND period_start = %s",
-                       (sub.user_id, sub.period_start)).fetchone()
-    return 0 if row is None else int(row[0])
-
-
 def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
                  now: datetime) -> tuple[list[Accepted | Refused], list[Event]]:
-    """Check, debit and store each send, in order; one result per send, and the events."""
+    """Check, debit and store each send, in order; one result per send, and the events.
+
+    A fixed number of statements whatever the batch size: the usage rows are locked and read
+    at once, the debits decided here in order, then written back, with all the messages."""
     if not sends:
         return [], []
     subs = _subscriptions(conn, list({s.user_id for s in sends}), now)
     guarded = {(s.user_id, s.node_id) for s in sends
                if (sub := subs.get(s.user_id)) and sub.scope is Scope.WHITELIST}
     whitelisted = _whitelist(conn, guarded)
-    results: list[Accepted | Refused] = []
-    stored: list[NewMessage] = []
+    allowed: list[tuple[NewMessage, Subscription]] = []
+    refusals: dict[UUID, Refused] = {}
     for send in sends:
         sub = subs.get(send.user_id)
         refusal = check_scope(sub, (send.user_id, send.node_id) in whitelisted, now)
         if refusal is not None or sub is None:
-            results.append(Refused(refusal or Refusal.SUBSCRIPTION_INACTIVE))
+            refusals[send.message_id] = Refused(refusal or Refusal.SUBSCRIPTION_INACTIVE)
+        else:
+            allowed.append((send, sub))
+    periods = {(sub.user_id, sub.period_start): sub for _, sub in allowed}
+    used: dict[tuple[UUID, datetime], int] = {}
+    if periods:
+        keys = sorted(periods)
+        rows = conn.execute(_LOCK_USAGE, ([k[0] for k in keys], [k[1] for k in keys],
+                                          [periods[k].period_end for k in keys])).fetchall()
+        used = {(row[0], row[1]): int(row[2]) for row in rows}
+    debited = dict(used)
+    results: list[Accepted | Refused] = []
+    stored: list[NewMessage] = []
+    for send in sends:
+        if send.message_id in refusals:
+            results.append(refusals[send.message_id])
             continue
-        row = conn.execute(_DEBIT, {"user": send.user_id, "start": sub.period_start,
-                                    "end": sub.period_end, "limit": sub.quota_limit}).fetchone()
-        if row is None:
-            quota = Quota(_used(conn, sub), sub.quota_limit, sub.period_end)
-            results.append(Refused(Refusal.QUOTA_EXCEEDED, quota))
+        sub = subs[send.user_id]
+        key = (sub.user_id, sub.period_start)
+        if sub.quota_limit is not None and debited[key] >= sub.quota_limit:
+            results.append(Refused(Refusal.QUOTA_EXCEEDED,
+                                   Quota(debited[key], sub.quota_limit, sub.period_end)))
             continue
-        results.append(Accepted(send, Quota(int(row[0]), sub.quota_limit, sub.period_end)))
+        debited[key] += 1
+        results.append(Accepted(send, Quota(debited[key], sub.quota_limit, sub.period_end)))
         stored.append(send)
-    if stored:
-        with conn.cursor() as cur:
-            cur.executemany(_INSERT_MESSAGE, [
-                (m.message_id, m.user_id, m.node_id, m.text, m.created_at, m.created_at,
-                 m.expires_at, subs[m.user_id].period_start) for m in stored])
+    if not stored:
+        return results, []
+    changed = [k for k in debited if debited[k] != used[k]]
+    conn.execute(_SET_USAGE, ([k[0] for k in changed], [k[1] for k in changed],
+                              [debited[k] for k in changed]))
+    conn.execute(_INSERT_MESSAGES, (
+        [m.message_id for m in stored], [m.user_id for m in stored],
+        [m.node_id for m in stored], [m.text for m in stored], [m.created_at for m in stored],
+        [m.expires_at for m in stored], [subs[m.user_id].period_start for m in stored]))
     events = record_history(conn, [
         HistoryRow(m.message_id, m.user_id, "outbound", m.node_id, m.text, m.created_at,
                    Status.PENDING.value, None, m.created_at) for m in stored])
@@ -203,46 +238,47 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
 
 def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
                   ) -> tuple[list[Applied], list[Event]]:
-    """Run each report through the delivery state machine; refund where it says so."""
+    """Run each report through the delivery state machine, in order; refund where it says."""
     if not reports:
         return [], []
     if all(r.report.status is Status.QUEUED for r in reports):
         # Losing a ``queued`` mark in a crash is harmless (the outbox publishes the message
         # again and consumers dedupe), so these commits need not wait for the disk.
         conn.execute("SET LOCAL synchronous_commit = off")
-    ids = list({r.message_id for r in reports})
     rows = conn.execute(
         "SELECT id, status, user_id, node_id, text, created_at FROM messages"
         " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
-        (ids,)).fetchall()
-    current = {row[0]: (Status(row[1]), row[2], row[3]) for row in rows}
-    texts = {row[0]: (row[4], row[5]) for row in rows}
+        (list({r.message_id for r in reports}),)).fetchall()
+    found = {row[0]: row for row in rows}
+    status = {row[0]: Status(row[1]) for row in rows}
+    final: dict[UUID, tuple[str, str | None, datetime, int | None, str | None]] = {}
     applied: list[Applied] = []
     history: list[HistoryRow] = []
     refunds: list[UUID] = []
     for item in reports:
-        found = current.get(item.message_id)
-        if found is None:
+        row = found.get(item.message_id)
+        if row is None:
             applied.append(Applied(item, None))
             continue
-        status, user_id, node_id = found
-        transition = delivery.apply(status, item.report)
-        text, created_at = texts[item.message_id]
-        history.extend(HistoryRow(item.message_id, user_id, "outbound", node_id, text,
-                                  created_at, e.status.value, e.reason, item.at, e.note)
+        transition = delivery.apply(status[item.message_id], item.report)
+        history.extend(HistoryRow(item.message_id, row[2], "outbound", row[3], row[4], row[5],
+                                  e.status.value, e.reason, item.at, e.note)
                        for e in transition.history)
         if transition.changed:
-            final_reason = transition.history[-1].reason
-            conn.execute(
-                "UPDATE messages SET status = %s, reason = %s, updated_at = %s,"
-                " packet_id = COALESCE(%s, packet_id), bridge_id = COALESCE(%s, bridge_id)"
-                " WHERE id = %s",
-                (transition.after.value, final_reason, item.at, item.packet_id, item.bridge_id,
-                 item.message_id))
-            current[item.message_id] = (transition.after, user_id, node_id)
+            status[item.message_id] = transition.after
+            before = final.get(item.message_id)
+            final[item.message_id] = (
+                transition.after.value, transition.history[-1].reason, item.at,
+                item.packet_id if item.packet_id is not None else before and before[3],
+                item.bridge_id if item.bridge_id is not None else before and before[4])
         if transition.refund:
             refunds.append(item.message_id)
-        applied.append(Applied(item, transition, user_id, node_id))
+        applied.append(Applied(item, transition, row[2], row[3]))
+    if final:
+        ids = list(final)
+        conn.execute(_UPDATE_STATUS, (ids, [final[i][0] for i in ids],
+                                      [final[i][1] for i in ids], [final[i][2] for i in ids],
+                                      [final[i][3] for i in ids], [final[i][4] for i in ids]))
     if refunds:
         _refund(conn, refunds)
     return applied, record_history(conn, history)
@@ -256,9 +292,11 @@ def _refund(conn: psycopg.Connection, message_ids: list[UUID]) -> None:
     per_period: dict[tuple[UUID, datetime], int] = {}
     for user_id, period_start in rows:
         per_period[(user_id, period_start)] = per_period.get((user_id, period_start), 0) + 1
-    for (user_id, period_start), count in sorted(per_period.items()):  # one lock order
-        conn.execute("UPDATE quota_usage SET used = used - %s"
-                     " WHERE user_id = %s AND period_start = %s", (count, user_id, period_start))
+    keys = sorted(per_period)  # one lock order
+    conn.execute("UPDATE quota_usage AS q SET used = q.used - t.n"
+                 " FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[]) AS t (u, s, n)"
+                 " WHERE q.user_id = t.u AND q.period_start = t.s",
+                 ([k[0] for k in keys], [k[1] for k in keys], [per_period[k] for k in keys]))
 
 
 def pending_messages(conn: psycopg.Connection, created_before: datetime,

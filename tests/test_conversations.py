@@ -81,7 +81,7 @@ async def test_each_node_gets_its_messages_in_order(nursery, autojump_clock):
     conversations = await start(nursery, broker, reports)
     sent = [message(f"!0000000{i % 3}", f"m{i}") for i in range(30)]
     for m in sent:
-        await conversations.dispatch(m)
+        await conversations.dispatch([m])
     await trio.sleep(5)
     for node in ["!00000000", "!00000001", "!00000002"]:
         assert published_ids(broker, node) == [str(m.message_id) for m in sent
@@ -96,7 +96,7 @@ async def test_broker_outage_holds_order_and_loses_nothing(nursery, autojump_clo
     conversations = await start(nursery, broker, reports)
     sent = [message("!a1b2c3d4", f"m{i}") for i in range(5)]
     for m in sent:
-        await conversations.dispatch(m)
+        await conversations.dispatch([m])
     await trio.sleep(30)
     assert broker.published == []
     broker.up.set()
@@ -109,8 +109,8 @@ async def test_a_message_handed_out_twice_while_waiting_is_queued_once(nursery, 
     broker.up = trio.Event()
     conversations = await start(nursery, broker, reports)
     m = message("!a1b2c3d4", "once")
-    await conversations.dispatch(m)
-    await conversations.dispatch(m)  # the outbox found it still pending
+    await conversations.dispatch([m])
+    await conversations.dispatch([m])  # the outbox found it still pending
     await trio.sleep(1)
     broker.up.set()
     await trio.sleep(10)
@@ -120,17 +120,17 @@ async def test_a_message_handed_out_twice_while_waiting_is_queued_once(nursery, 
 async def test_idle_node_actors_are_reaped_and_respawned(nursery, autojump_clock):
     broker, reports = Publisher(), []
     conversations = await start(nursery, broker, reports, idle=60)
-    await conversations.dispatch(message("!00000001", "a"))
-    await conversations.dispatch(message("!00000002", "b"))
+    await conversations.dispatch([message("!00000001", "a")])
+    await conversations.dispatch([message("!00000002", "b")])
     await trio.sleep(1)
     assert conversations.active_nodes() == 2
     await trio.sleep(30)
-    await conversations.dispatch(message("!00000002", "c"))  # keeps node 2 busy
+    await conversations.dispatch([message("!00000002", "c")])  # keeps node 2 busy
     await trio.sleep(45)
     assert conversations.active_nodes() == 1  # node 1 idle for 75 s, node 2 for 45 s
     await trio.sleep(30)
     assert conversations.active_nodes() == 0
-    await conversations.dispatch(message("!00000001", "again"))
+    await conversations.dispatch([message("!00000001", "again")])
     await trio.sleep(1)
     assert conversations.active_nodes() == 1
     assert len(broker.published) == 4
@@ -140,7 +140,7 @@ async def test_a_message_past_its_deadline_is_expired_not_published(nursery, aut
     broker, reports = Publisher(), []
     conversations = await start(nursery, broker, reports)
     late = message("!a1b2c3d4", "late", expires=T0)
-    await conversations.dispatch(late)
+    await conversations.dispatch([late])
     await trio.sleep(1)
     assert broker.published == []
     assert [(r.message_id, r.report.status, r.report.reason) for r in reports] == [
@@ -156,7 +156,7 @@ async def test_a_burst_beyond_the_node_queue_waits_in_the_database_in_order(
     with trio.fail_after(5):  # dispatching never waits for the node
         for m in burst:
             store.stored.append(m)
-            await conversations.dispatch(m)
+            await conversations.dispatch([m])
     broker.up.set()
     await trio.sleep(60)
     assert published_ids(broker, "!a1b2c3d4") == [str(m.message_id) for m in burst]

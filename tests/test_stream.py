@@ -285,9 +285,6 @@ async def _open_stream(gateway: Gateway, user: Any, since: str, done: trio.Event
         await done.wait()
 
 
-@pytest.mark.xfail(strict=False, reason="the ledger's two lanes can publish events out of id "
-                                        "order (actors/ledger.py), so a client's last id "
-                                        "may not cover every earlier event")
 async def test_reconnecting_with_the_last_id_received_under_load(gateway: Gateway, sql):
     total = 60
     received: list[str] = []
