@@ -69,26 +69,33 @@ class Applied:
     node_id: str | None = None
 
 
-_SUBSCRIPTIONS = """
-SELECT DISTINCT ON (s.user_id)
-       s.user_id, p.code, p.scope, s.status, s.current_period_start, s.current_period_end,
-       COALESCE(s.quota_override, p.monthly_quota)
-FROM subscriptions s JOIN plans p ON p.code = s.plan_code
-WHERE s.user_id = ANY(%(users)s)
-ORDER BY s.user_id,
-         (s.status IN ('active', 'trialing')
-          AND s.current_period_start <= %(now)s AND %(now)s < s.current_period_end) DESC,
-         s.current_period_end DESC
-"""
-
-# Lock (creating where missing) the usage row of each (user, period) and read its count. The
-# rows are locked in one order, so concurrent batches of several processes cannot deadlock.
-_LOCK_USAGE = """
-INSERT INTO quota_usage AS q (user_id, period_start, period_end, used)
-SELECT u, s, e, 0 FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) AS t (u, s, e)
-ORDER BY u, s
-ON CONFLICT (user_id, period_start) DO UPDATE SET used = q.used
-RETURNING user_id, period_start, used
+# One round trip: each user's current subscription (the active one if any, else the latest),
+# the usage row of every active subscription's period locked (created where missing, locked in
+# one order so concurrent batches of several processes cannot deadlock) with its count, and
+# which of the batch's nodes are on the user's whitelist.
+_CHECK_AND_LOCK = """
+WITH subs AS (
+    SELECT DISTINCT ON (s.user_id)
+           s.user_id, p.code, p.scope, s.status, s.current_period_start AS period_start,
+           s.current_period_end AS period_end,
+           COALESCE(s.quota_override, p.monthly_quota) AS quota_limit,
+           (s.status IN ('active', 'trialing') AND s.current_period_start <= %(now)s
+            AND %(now)s < s.current_period_end) AS active
+    FROM subscriptions s JOIN plans p ON p.code = s.plan_code
+    WHERE s.user_id = ANY(%(users)s)
+    ORDER BY s.user_id, 8 DESC, s.current_period_end DESC
+), locked AS (
+    INSERT INTO quota_usage AS q (user_id, period_start, period_end, used)
+    SELECT user_id, period_start, period_end, 0 FROM subs
+    WHERE active AND scope <> 'none' ORDER BY user_id
+    ON CONFLICT (user_id, period_start) DO UPDATE SET used = q.used
+    RETURNING user_id, used
+)
+SELECT subs.user_id, subs.code, subs.scope, subs.status, subs.period_start, subs.period_end,
+       subs.quota_limit, locked.used,
+       ARRAY(SELECT w.node_id FROM node_whitelist w
+             WHERE w.user_id = subs.user_id AND w.node_id = ANY(%(nodes)s)) AS whitelisted
+FROM subs LEFT JOIN locked USING (user_id)
 """
 
 _SET_USAGE = """
@@ -112,6 +119,19 @@ FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::t
      WITH ORDINALITY AS x (m, u, s, r, n, a, ord)
 ORDER BY ord
 RETURNING id
+"""
+
+# Give back one message each to the period it was debited in, once per message: the
+# ``charged`` flag is cleared where still set, and only those rows are counted.
+_REFUND = """
+WITH refunded AS (
+    UPDATE messages SET charged = false WHERE id = ANY(%s) AND charged
+    RETURNING user_id, debit_period_start
+)
+UPDATE quota_usage AS q SET used = q.used - r.n
+FROM (SELECT user_id, debit_period_start, count(*) AS n FROM refunded
+      GROUP BY user_id, debit_period_start) AS r
+WHERE q.user_id = r.user_id AND q.period_start = r.debit_period_start
 """
 
 _UPDATE_STATUS = """
@@ -156,83 +176,54 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
             if row.user_id is not None and not row.note]
 
 
-def _subscriptions(conn: psycopg.Connection, users: list[UUID],
-                   now: datetime) -> dict[UUID, Subscription]:
-    rows = conn.execute(_SUBSCRIPTIONS, {"users": users, "now": now}).fetchall()
-    return {
-        row[0]: Subscription(user_id=row[0], plan=row[1], scope=Scope(row[2]), status=row[3],
-                             period_start=row[4], period_end=row[5], quota_limit=row[6])
-        for row in rows
-    }
-
-
-def _whitelist(conn: psycopg.Connection, pairs: set[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
-    if not pairs:
-        return set()
-    users, nodes = zip(*pairs, strict=True)
-    rows = conn.execute(
-        "SELECT user_id, node_id FROM node_whitelist"
-        " WHERE (user_id, node_id) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))",
-        (list(users), list(nodes))).fetchall()
-    return {(row[0], row[1]) for row in rows}
-
-
 def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
                  now: datetime) -> tuple[list[Accepted | Refused], list[Event]]:
     """Check, debit and store each send, in order; one result per send, and the events.
 
-    A fixed number of statements whatever the batch size: the usage rows are locked and read
-    at once, the debits decided here in order, then written back, with all the messages."""
+    Two round trips whatever the batch size (then the commit): the subscriptions are read and
+    the usage rows locked at once, the debits decided here in order, and the writes pipelined.
+    """
     if not sends:
         return [], []
-    subs = _subscriptions(conn, list({s.user_id for s in sends}), now)
-    guarded = {(s.user_id, s.node_id) for s in sends
-               if (sub := subs.get(s.user_id)) and sub.scope is Scope.WHITELIST}
-    whitelisted = _whitelist(conn, guarded)
-    allowed: list[tuple[NewMessage, Subscription]] = []
-    refusals: dict[UUID, Refused] = {}
-    for send in sends:
-        sub = subs.get(send.user_id)
-        refusal = check_scope(sub, (send.user_id, send.node_id) in whitelisted, now)
-        if refusal is not None or sub is None:
-            refusals[send.message_id] = Refused(refusal or Refusal.SUBSCRIPTION_INACTIVE)
-        else:
-            allowed.append((send, sub))
-    periods = {(sub.user_id, sub.period_start): sub for _, sub in allowed}
-    used: dict[tuple[UUID, datetime], int] = {}
-    if periods:
-        keys = sorted(periods)
-        rows = conn.execute(_LOCK_USAGE, ([k[0] for k in keys], [k[1] for k in keys],
-                                          [periods[k].period_end for k in keys])).fetchall()
-        used = {(row[0], row[1]): int(row[2]) for row in rows}
+    rows = conn.execute(_CHECK_AND_LOCK, {
+        "users": list({s.user_id for s in sends}), "nodes": list({s.node_id for s in sends}),
+        "now": now}).fetchall()
+    subs = {row[0]: Subscription(user_id=row[0], plan=row[1], scope=Scope(row[2]),
+                                 status=row[3], period_start=row[4], period_end=row[5],
+                                 quota_limit=row[6]) for row in rows}
+    used = {row[0]: int(row[7]) for row in rows if row[7] is not None}
+    whitelisted = {(row[0], node) for row in rows for node in row[8]}
     debited = dict(used)
     results: list[Accepted | Refused] = []
     stored: list[NewMessage] = []
     for send in sends:
-        if send.message_id in refusals:
-            results.append(refusals[send.message_id])
+        sub = subs.get(send.user_id)
+        refusal = check_scope(sub, (send.user_id, send.node_id) in whitelisted, now)
+        if refusal is not None or sub is None:
+            results.append(Refused(refusal or Refusal.SUBSCRIPTION_INACTIVE))
             continue
-        sub = subs[send.user_id]
-        key = (sub.user_id, sub.period_start)
-        if sub.quota_limit is not None and debited[key] >= sub.quota_limit:
+        count = debited[send.user_id]
+        if sub.quota_limit is not None and count >= sub.quota_limit:
             results.append(Refused(Refusal.QUOTA_EXCEEDED,
-                                   Quota(debited[key], sub.quota_limit, sub.period_end)))
+                                   Quota(count, sub.quota_limit, sub.period_end)))
             continue
-        debited[key] += 1
-        results.append(Accepted(send, Quota(debited[key], sub.quota_limit, sub.period_end)))
+        debited[send.user_id] = count + 1
+        results.append(Accepted(send, Quota(count + 1, sub.quota_limit, sub.period_end)))
         stored.append(send)
     if not stored:
         return results, []
-    changed = [k for k in debited if debited[k] != used[k]]
-    conn.execute(_SET_USAGE, ([k[0] for k in changed], [k[1] for k in changed],
-                              [debited[k] for k in changed]))
-    conn.execute(_INSERT_MESSAGES, (
-        [m.message_id for m in stored], [m.user_id for m in stored],
-        [m.node_id for m in stored], [m.text for m in stored], [m.created_at for m in stored],
-        [m.expires_at for m in stored], [subs[m.user_id].period_start for m in stored]))
-    events = record_history(conn, [
-        HistoryRow(m.message_id, m.user_id, "outbound", m.node_id, m.text, m.created_at,
-                   Status.PENDING.value, None, m.created_at) for m in stored])
+    changed = [u for u in debited if debited[u] != used[u]]
+    with conn.pipeline():
+        conn.execute(_SET_USAGE, (changed, [subs[u].period_start for u in changed],
+                                  [debited[u] for u in changed]))
+        conn.execute(_INSERT_MESSAGES, (
+            [m.message_id for m in stored], [m.user_id for m in stored],
+            [m.node_id for m in stored], [m.text for m in stored],
+            [m.created_at for m in stored], [m.expires_at for m in stored],
+            [subs[m.user_id].period_start for m in stored]))
+        events = record_history(conn, [
+            HistoryRow(m.message_id, m.user_id, "outbound", m.node_id, m.text, m.created_at,
+                       Status.PENDING.value, None, m.created_at) for m in stored])
     return results, events
 
 
@@ -241,10 +232,6 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
     """Run each report through the delivery state machine, in order; refund where it says."""
     if not reports:
         return [], []
-    if all(r.report.status is Status.QUEUED for r in reports):
-        # Losing a ``queued`` mark in a crash is harmless (the outbox publishes the message
-        # again and consumers dedupe), so these commits need not wait for the disk.
-        conn.execute("SET LOCAL synchronous_commit = off")
     rows = conn.execute(
         "SELECT id, status, user_id, node_id, text, created_at FROM messages"
         " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
@@ -274,29 +261,21 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
         if transition.refund:
             refunds.append(item.message_id)
         applied.append(Applied(item, transition, row[2], row[3]))
-    if final:
-        ids = list(final)
-        conn.execute(_UPDATE_STATUS, (ids, [final[i][0] for i in ids],
-                                      [final[i][1] for i in ids], [final[i][2] for i in ids],
-                                      [final[i][3] for i in ids], [final[i][4] for i in ids]))
-    if refunds:
-        _refund(conn, refunds)
-    return applied, record_history(conn, history)
-
-
-def _refund(conn: psycopg.Connection, message_ids: list[UUID]) -> None:
-    """Give back one message each to the period it was debited in, once per message."""
-    rows = conn.execute(
-        "UPDATE messages SET charged = false WHERE id = ANY(%s) AND charged"
-        " RETURNING user_id, debit_period_start", (message_ids,)).fetchall()
-    per_period: dict[tuple[UUID, datetime], int] = {}
-    for user_id, period_start in rows:
-        per_period[(user_id, period_start)] = per_period.get((user_id, period_start), 0) + 1
-    keys = sorted(per_period)  # one lock order
-    conn.execute("UPDATE quota_usage AS q SET used = q.used - t.n"
-                 " FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[]) AS t (u, s, n)"
-                 " WHERE q.user_id = t.u AND q.period_start = t.s",
-                 ([k[0] for k in keys], [k[1] for k in keys], [per_period[k] for k in keys]))
+    with conn.pipeline():
+        if all(r.report.status is Status.QUEUED for r in reports):
+            # Losing a ``queued`` mark in a crash is harmless (the outbox publishes the
+            # message again and consumers dedupe), so these commits need not wait for disk.
+            conn.execute("SET LOCAL synchronous_commit = off")
+        if final:
+            ids = list(final)
+            conn.execute(_UPDATE_STATUS, (
+                ids, [final[i][0] for i in ids], [final[i][1] for i in ids],
+                [final[i][2] for i in ids], [final[i][3] for i in ids],
+                [final[i][4] for i in ids]))
+        if refunds:
+            conn.execute(_REFUND, (refunds,))
+        events = record_history(conn, history)
+    return applied, events
 
 
 def pending_messages(conn: psycopg.Connection, created_before: datetime,
