@@ -35,6 +35,7 @@ from actors.events import EventBus
 from actors.reply import Reply
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
+from kosmo.delivery import Status
 from kosmo.events import Event
 from kosmo.ledger_store import (
     Accepted,
@@ -47,6 +48,7 @@ from kosmo.ledger_store import (
 )
 
 log = logging.getLogger(__name__)
+QUEUED_LINGER = 0.01  # seconds a batch of only ``queued`` marks waits for more
 T = TypeVar("T")
 R = TypeVar("R", "Send", "Report")
 
@@ -111,13 +113,21 @@ class Ledger:
                     process: Callable[[list[R]], Awaitable[None]]) -> None:
         async with receive:
             async for first in receive:
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch = self._drain(receive, [first])
+                if all(_lingers(r) for r in batch):
+                    # Nobody waits on ``queued`` marks: gather a few ms of them into one
+                    # transaction instead of one small transaction per published message.
+                    await trio.sleep(QUEUED_LINGER)
+                    batch = self._drain(receive, batch)
                 await process(batch)
+
+    def _drain(self, receive: trio.MemoryReceiveChannel[R], batch: list[R]) -> list[R]:
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return batch
 
     async def _process_sends(self, batch: list[Send]) -> None:
         new = [self._new_message(s) for s in batch]
@@ -179,6 +189,11 @@ async def _no_events() -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[No
         pass
 
     yield discard
+
+
+def _lingers(request: Request) -> bool:
+    return (isinstance(request, Report) and request.reply is None
+            and request.report.report.status is Status.QUEUED)
 
 
 def _fail(request: Request, error: Exception) -> None:
