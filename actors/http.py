@@ -26,6 +26,10 @@ class HttpFront:
         self._config.keep_alive_timeout = 30
         self._config.read_timeout = 30
         self._config.h11_max_incomplete_size = 16 * 1024
+        # Streams are quiet for long stretches: ping them, so that a live client's pongs count
+        # as reads for read_timeout and a dead one is noticed. Clients send nothing we read.
+        self._config.websocket_ping_interval = 10
+        self._config.websocket_max_message_size = 4 * 1024
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                   ) -> None:
