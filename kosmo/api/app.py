@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import trio
-from quart import Response, request
+from quart import Response, has_request_context, has_websocket_context, request
 from quart_schema import QuartSchema, document_querystring, document_request, document_response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -95,7 +95,9 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
+        where = (f"{request.method} {request.path}" if has_request_context()
+                 else "a websocket" if has_websocket_context() else "the app")
+        log.error("unhandled error on %s", where, exc_info=error)
         return Problem(500, "internal-error").to_response()
 
     @app.post("/api/v1/messages")
