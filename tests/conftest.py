@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,14 +58,23 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def fresh_database(admin_url: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of ``template``, or empty) for one test, dropped afterwards."""
+    name = f"kosmo_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    try:
+        yield _with_db(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    name = f"kosmo_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield _with_db(pg_admin_url, name)
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_admin_url, template_db) as url:
+        yield url
 
 
 @pytest.fixture
@@ -163,13 +173,22 @@ class Subscriber:
         self._client.loop_stop()
 
 
+@asynccontextmanager
+async def subscribed(url: str, topic: str) -> AsyncIterator[Subscriber]:
+    """A subscriber to ``topic`` that is really subscribed before the body runs."""
+    sub = Subscriber(url, topic)
+    try:
+        with trio.fail_after(10):
+            await sub.subscribed.wait()
+        yield sub
+    finally:
+        sub.close()
+
+
 @pytest.fixture
 async def subscriber(mqtt_url: str, topic_root: str) -> AsyncIterator[Subscriber]:
-    sub = Subscriber(mqtt_url, f"{topic_root}/mesh/outbound/+")
-    with trio.fail_after(10):
-        await sub.subscribed.wait()
-    yield sub
-    sub.close()
+    async with subscribed(mqtt_url, f"{topic_root}/mesh/outbound/+") as sub:
+        yield sub
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -14,19 +13,15 @@ import pytest
 import trio
 
 from kosmo import migrate
-from tests.conftest import _with_db
+from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def empty_db(pg_admin_url: str):
-    name = f"kosmo_m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield _with_db(pg_admin_url, name)
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 async def test_two_concurrent_migrations_apply_each_version_once(empty_db: str):

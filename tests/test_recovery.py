@@ -9,7 +9,14 @@ from actors.mqtt import MqttEndpoint
 from kosmo.config import Settings
 from kosmo.db import Database
 from kosmo.ledger_store import Accepted
-from tests.conftest import SANCTUARY, WANDERER, Subscriber, db_value, start_gateway
+from tests.conftest import (
+    SANCTUARY,
+    WANDERER,
+    Subscriber,
+    db_value,
+    start_gateway,
+    subscribed,
+)
 
 
 async def _status(sql, message_id) -> str:
@@ -57,10 +64,8 @@ async def test_outbox_publishes_what_a_crashed_process_committed(
 
 async def test_broker_restart_loses_nothing(nursery, settings: Settings, private_broker, sql):
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
-    subscriber = Subscriber(private_broker.url, f"{settings.mqtt_topic_root}/mesh/outbound/+")
-    try:
-        with trio.fail_after(10):
-            await subscriber.subscribed.wait()
+    topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
+    async with subscribed(private_broker.url, topic) as subscriber:
         async for gateway in start_gateway(nursery, settings):
             first = (await gateway.send(WANDERER, text="before")).json()
             await subscriber.wait_for(1)
@@ -81,17 +86,13 @@ async def test_broker_restart_loses_nothing(nursery, settings: Settings, private
             await _wait_status(sql, during.json()["message_id"], "queued")
             assert gateway.running.mqtt.statistics().reconnects >= 1
             assert (await gateway.client.get("/readyz")).status_code == 200
-    finally:
-        subscriber.close()
 
 
 async def test_sends_never_hang_while_the_broker_is_away(nursery, settings: Settings,
                                                          private_broker, sql):
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
-    subscriber = Subscriber(private_broker.url, f"{settings.mqtt_topic_root}/mesh/outbound/+")
-    try:
-        with trio.fail_after(10):
-            await subscriber.subscribed.wait()
+    topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
+    async with subscribed(private_broker.url, topic) as subscriber:
         async for gateway in start_gateway(nursery, settings):
             private_broker.stop()
             with trio.fail_after(10):
@@ -108,5 +109,3 @@ async def test_sends_never_hang_while_the_broker_is_away(nursery, settings: Sett
             ids = [p["message_id"] for _, p in received]
             assert sorted(set(ids)) == sorted(sent)
             assert [i for i in dict.fromkeys(ids)] == sent  # first copies in creation order
-    finally:
-        subscriber.close()
