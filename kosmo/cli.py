@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", type=Path, default=Path(".kosmo"),
                      help="where the embedded services keep their data (default ./.kosmo)")
     config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
+
+    from bridge.sim import cli as sim_cli
+
+    sub = commands.add_parser(
+        "sim-radio", help="a simulated Meshtastic radio on TCP, for tests and demos",
+        description="A TCP server speaking the Meshtastic device protocol, with simulated "
+                    "remote nodes that acknowledge and reply. The stock meshtastic CLI and "
+                    "the bridge connect to it as to a real radio.")
+    sim_cli.add_arguments(sub)
     return parser
 
 
@@ -168,6 +177,13 @@ async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> int:
     return 0
 
 
+def cmd_sim_radio(args: argparse.Namespace) -> int:
+    from bridge.sim import cli as sim_cli
+
+    return sim_cli.main(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate, "seed": cmd_seed, "gateway": cmd_gateway, "up": cmd_up,
+    "sim-radio": cmd_sim_radio,
 }

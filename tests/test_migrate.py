@@ -101,6 +101,9 @@ def test_migrate_runs_from_a_built_wheel(empty_db: str, tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"kosmo/sql/{m.name}" for m in migrate.migrations()} <= set(names)
     assert "kosmo/sql/seed_demo.sql" in names
+    for package in ["kosmo", "actors", "bridge"]:  # every package of the tree is shipped
+        for init in (ROOT / package).rglob("__init__.py"):
+            assert init.relative_to(ROOT).as_posix() in names
     # Import kosmo from the wheel itself (zipimport), not from the source tree.
     env = {**os.environ, "PYTHONPATH": str(wheel), "KOSMO_DATABASE_URL": empty_db}
     result = subprocess.run(
