@@ -142,7 +142,9 @@ class Ledger:
 
     async def _process_reports(self, batch: list[Report]) -> None:
         results = await self._commit(batch, apply_reports, [r.report for r in batch])
-        for report, outcome in zip(batch, results or (), strict=True):
+        if results is None:
+            return
+        for report, outcome in zip(batch, results, strict=True):
             if report.reply is not None:
                 report.reply.set(outcome)
 

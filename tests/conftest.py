@@ -116,6 +116,7 @@ class Gateway:
         return await self.client.get(path, headers=headers, **kw)
 
 
+@asynccontextmanager
 async def start_gateway(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Gateway]:
     shutdown = trio.Event()
     running: Running = await nursery.start(run_gateway, settings, shutdown)
@@ -127,7 +128,7 @@ async def start_gateway(nursery: trio.Nursery, settings: Settings) -> AsyncItera
 
 @pytest.fixture
 async def gateway(nursery: trio.Nursery, settings: Settings) -> AsyncIterator[Gateway]:
-    async for gw in start_gateway(nursery, settings):
+    async with start_gateway(nursery, settings) as gw:
         yield gw
 
 

@@ -20,7 +20,7 @@ def token(**claims) -> str:
 
 @pytest.fixture
 async def jwt_gateway(nursery, settings: Settings):
-    async for gw in start_gateway(nursery, settings.replace(auth_mode="jwt", jwt_secret=SECRET)):
+    async with start_gateway(nursery, settings.replace(auth_mode="jwt", jwt_secret=SECRET)) as gw:
         yield gw
 
 

@@ -53,7 +53,7 @@ async def test_outbox_publishes_what_a_crashed_process_committed(
     assert subscriber.messages == []
 
     # The next gateway start hands them out, in creation order.
-    async for _gateway in start_gateway(nursery, settings):
+    async with start_gateway(nursery, settings) as _gateway:
         received = await subscriber.wait_for(3)
         assert [p["text"] for _, p in received] == ["one", "two", "three"]
         assert [p["message_id"] for _, p in received] == [str(m.message_id) for m in accepted]
@@ -66,7 +66,7 @@ async def test_broker_restart_loses_nothing(nursery, settings: Settings, private
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
     topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
     async with subscribed(private_broker.url, topic) as subscriber:
-        async for gateway in start_gateway(nursery, settings):
+        async with start_gateway(nursery, settings) as gateway:
             first = (await gateway.send(WANDERER, text="before")).json()
             await subscriber.wait_for(1)
             await _wait_status(sql, first["message_id"], "queued")
@@ -93,7 +93,7 @@ async def test_sends_never_hang_while_the_broker_is_away(nursery, settings: Sett
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
     topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
     async with subscribed(private_broker.url, topic) as subscriber:
-        async for gateway in start_gateway(nursery, settings):
+        async with start_gateway(nursery, settings) as gateway:
             private_broker.stop()
             with trio.fail_after(10):
                 while gateway.running.mqtt.connected:

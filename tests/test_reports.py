@@ -144,7 +144,7 @@ async def test_a_bad_report_does_not_take_its_batch_neighbours_down(gateway: Gat
 
 async def test_expiry_refunds_once_and_holds_across_a_restart(
         nursery, settings: Settings, bridge, sql):
-    async for gateway in start_gateway(nursery, settings):
+    async with start_gateway(nursery, settings) as gateway:
         first = await queued_message(gateway, sql, "first")
         on_air = await queued_message(gateway, sql, "on air")
         bridge.status(on_air, "transmitted")
@@ -164,7 +164,7 @@ async def test_expiry_refunds_once_and_holds_across_a_restart(
     # The gateway is down; the second message's deadline passes; the next start expires it.
     sql.execute("UPDATE messages SET expires_at = %s WHERE id = %s",
                 (datetime.now(UTC) - timedelta(seconds=1), second))
-    async for _restarted in start_gateway(nursery, settings):
+    async with start_gateway(nursery, settings) as _restarted:
         await wait_for(lambda: status_of(sql, second) == "expired")
         assert used(sql) == 1
         assert db_value(sql, "SELECT reason FROM messages WHERE id = %s", second) == "ttl"

@@ -178,7 +178,7 @@ async def test_bad_since_is_refused_at_the_handshake(gateway: Gateway, since):
 
 @pytest.fixture
 async def jwt_gateway(nursery, settings: Settings):
-    async for gw in start_gateway(nursery, settings.replace(auth_mode="jwt", jwt_secret=SECRET)):
+    async with start_gateway(nursery, settings.replace(auth_mode="jwt", jwt_secret=SECRET)) as gw:
         yield gw
 
 

@@ -1,0 +1,60 @@
+"""A database outage: 503 with Retry-After while it lasts, /healthz stays up, recovery is
+automatic, and nothing accepted before it is lost."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from kosmo import migrate
+from kosmo.config import Settings
+from kosmo.embedded import EmbeddedPostgres, start_postgres
+from tests.conftest import WANDERER, start_gateway
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, so the test may stop and start it."""
+    root = Path(tempfile.mkdtemp(prefix="kosmo-outage-"))
+    server = start_postgres(root / "data")
+    try:
+        migrate.migrate(server.url)
+        migrate.seed(server.url)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_outage_answers_503_and_recovers(nursery, settings: Settings,
+                                               own_postgres: EmbeddedPostgres):
+    settings = settings.replace(database_url=own_postgres.url, start_timeout=10.0)
+    async with start_gateway(nursery, settings) as gateway:
+        before = await gateway.send(WANDERER, text="before")
+        assert before.status_code == 201
+
+        await trio.to_thread.run_sync(own_postgres.stop)
+        for response in [await gateway.send(WANDERER, text="during"),
+                         await gateway.get("/api/v1/messages/conversations", WANDERER),
+                         await gateway.get(before.headers["Location"], WANDERER)]:
+            assert response.status_code == 503, response.text
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert int(response.headers["Retry-After"]) > 0
+        assert (await gateway.client.get("/readyz")).status_code == 503
+        assert (await gateway.client.get("/healthz")).status_code == 200
+
+        restarted = await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
+        assert restarted.url == own_postgres.url
+        with trio.fail_after(30):
+            while (await gateway.client.get("/readyz")).status_code != 200:
+                await trio.sleep(0.1)
+        after = await gateway.send(WANDERER, text="after")
+        assert after.status_code == 201, after.text
+        listing = (await gateway.get("/api/v1/messages/conversations/!a1b2c3d4",
+                                     WANDERER)).json()
+        assert [m["text"] for m in listing["messages"]] == ["before", "after"]
