@@ -8,10 +8,12 @@ Rules:
   are not queued in memory. Once its channel is drained, the node actor reads its pending
   messages from the database, oldest first, after the last one it handed out. So a broker
   outage or a burst never blocks senders, never grows memory, and keeps each node's order.
-- A node actor hands its node's messages to the MQTT actor one at a time, in creation order,
-  and reports ``queued`` to the ledger once the broker acknowledged (PUBACK). While the broker is
-  unreachable it waits for the connection and retries the same message, so order holds across
-  reconnects. A message already past its deadline is reported ``expired`` instead.
+- A node actor hands its node's messages to the MQTT actor in creation order, a window of up
+  to ``WINDOW`` in flight at once (one connection keeps their order), and reports each
+  ``queued`` to the ledger once the broker acknowledged it (PUBACK). While the broker is
+  unreachable it waits for the connection and publishes again from the first message not
+  acknowledged, so order holds across reconnects. A message already past its deadline is
+  reported ``expired`` instead.
 - A message id waiting in a node's channel, or handed out recently, is not handed out again;
   a message published twice anyway (by two processes, or after a crash) is fine: consumers
   dedupe by ``message_id``.
@@ -32,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 from uuid import UUID
 
 import trio
@@ -46,7 +49,14 @@ from kosmo.wire import outbound_payload, outbound_topic
 log = logging.getLogger(__name__)
 
 NODE_QUEUE = 64
+WINDOW = 16  # a node's messages in flight to the broker at once
 RECENT = 4 * NODE_QUEUE
+
+
+class Publication(Protocol):
+    """A publish handed to the MQTT connection (``MqttActor.start_publish``)."""
+
+    async def wait(self) -> None: ...
 
 LoadPending = Callable[[str, datetime, int], Awaitable[list[NewMessage]]]
 
@@ -66,13 +76,13 @@ class _Node:
 
 
 class Conversations:
-    def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]],
+    def __init__(self, *, start_publish: Callable[[str, bytes], Publication],
                  broker_ready: Callable[[], Awaitable[None]],
                  report: Callable[[StatusReport], Awaitable[object]],
                  load_pending: LoadPending, topic_root: str,
                  idle: float = 300.0, backoff_max: float = 5.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        self._publish = publish
+        self._start_publish = start_publish
         self._broker_ready = broker_ready
         self._report = report
         self._load_pending = load_pending
@@ -134,14 +144,16 @@ class Conversations:
         recent: OrderedDict[UUID, None] = OrderedDict()
         cursor = datetime.min.replace(tzinfo=self._clock().tzinfo)
 
-        async def hand_out(message: NewMessage) -> None:
+        async def hand_out(messages: list[NewMessage]) -> None:
             nonlocal cursor
-            if message.message_id not in recent:
-                await self._deliver(message)
+            fresh = [m for m in messages if m.message_id not in recent]
+            if fresh:
+                await self._deliver(fresh)
+            for message in fresh:
                 recent[message.message_id] = None
                 if len(recent) > RECENT:
                     recent.popitem(last=False)
-            cursor = max(cursor, message.created_at)
+            cursor = max([cursor, *(m.created_at for m in messages)])
 
         try:
             async with receive:
@@ -151,21 +163,26 @@ class Conversations:
                         continue
                     with trio.move_on_after(self._idle) as idle:
                         try:
-                            message = await receive.receive()
+                            window = [await receive.receive()]
                         except trio.EndOfChannel:
                             return
                     if idle.cancelled_caught:
                         await self._send.send(_Idle(node_id, node.generation))
                         continue
-                    await hand_out(message)
-                    node.waiting.discard(message.message_id)
+                    while len(window) < WINDOW:
+                        try:
+                            window.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await hand_out(window)
+                    node.waiting.difference_update(m.message_id for m in window)
         except Exception:
             log.exception("conversation actor for node %s failed", node_id)
             if self._nodes.get(node_id) is node:
                 del self._nodes[node_id]
 
     async def _catch_up(self, node_id: str, node: _Node, cursor: datetime,
-                        hand_out: Callable[[NewMessage], Awaitable[None]]) -> datetime:
+                        hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> datetime:
         """Hand out the node's pending messages stored after ``cursor``, oldest first."""
         node.behind = False  # from here on the router queues new messages again
         while True:
@@ -176,33 +193,54 @@ class Conversations:
                 node.behind = True
                 await trio.sleep(1 + random.random())
                 return cursor
-            for message in pending:
-                await hand_out(message)
-                cursor = max(cursor, message.created_at)
+            for start in range(0, len(pending), WINDOW):
+                await hand_out(pending[start:start + WINDOW])
+            if pending:
+                cursor = max(cursor, pending[-1].created_at)
             if len(pending) < NODE_QUEUE:
                 return cursor
 
-    async def _deliver(self, message: NewMessage) -> None:
-        topic = outbound_topic(self._root, message.node_id)
-        payload = outbound_payload(message)
+    async def _deliver(self, messages: list[NewMessage]) -> None:
+        """Publish a window of one node's messages, all in flight at once, in order; report
+        each ``queued`` at its PUBACK. After a lost connection, publish again from the first
+        one not acknowledged, so order holds (a message may reach the broker twice)."""
+        pending = list(messages)
         delay = 0.05
-        while True:
-            if message.expires_at <= self._clock():
+        while pending:
+            now = self._clock()
+            for message in [m for m in pending if m.expires_at <= now]:
                 # Too late for the air: expire it here rather than hand the bridge dead mail.
                 await self._report(StatusReport(message.message_id,
-                                                Report(Status.EXPIRED, "ttl"), self._clock()))
+                                                Report(Status.EXPIRED, "ttl"), now))
+            pending = [m for m in pending if m.expires_at > now]
+            started: list[Publication] = []
+            failure: MqttUnavailable | None = None
+            for message in pending:
+                try:
+                    started.append(self._start_publish(
+                        outbound_topic(self._root, message.node_id), outbound_payload(message)))
+                except MqttUnavailable as exc:
+                    failure = exc
+                    break
+            acked = 0
+            for message, publication in zip(pending, started, strict=False):
+                try:
+                    await publication.wait()
+                except MqttUnavailable as exc:
+                    failure = failure or exc
+                    continue  # wait for the others too: they fail at once with the connection
+                if failure is None:
+                    acked += 1
+                    self.published += 1
+                    await self._report(StatusReport(message.message_id, Report(Status.QUEUED),
+                                                    self._clock()))
+            pending = pending[acked:]
+            if failure is None or not pending:
                 return
-            try:
-                await self._publish(topic, payload)
-                break
-            except MqttUnavailable as exc:
-                log.info("message %s to node %s waits for the broker: %s",
-                         message.message_id, message.node_id, exc)
-                # Wait for the connection, then a short jittered pause so that many node
-                # actors do not retry in lockstep; the pause grows if publishing keeps failing.
-                await self._broker_ready()
-                await trio.sleep(delay * random.random())
-                delay = min(delay * 2, self._backoff_max)
-        self.published += 1
-        log.debug("message %s published to node %s", message.message_id, message.node_id)
-        await self._report(StatusReport(message.message_id, Report(Status.QUEUED), self._clock()))
+            log.info("%d messages to node %s wait for the broker (first %s): %s",
+                     len(pending), pending[0].node_id, pending[0].message_id, failure)
+            # Wait for the connection, then a short jittered pause so that many node actors
+            # do not retry in lockstep; the pause grows if publishing keeps failing.
+            await self._broker_ready()
+            await trio.sleep(delay * random.random())
+            delay = min(delay * 2, self._backoff_max)

@@ -106,7 +106,7 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
                 return await db.run(pending_for_node, node_id, after, limit)
 
             conversations = Conversations(
-                publish=mqtt.publish, broker_ready=mqtt.wait_connected, report=report,
+                start_publish=mqtt.start_publish, broker_ready=mqtt.wait_connected, report=report,
                 load_pending=load_pending, topic_root=settings.mqtt_topic_root,
                 idle=settings.conversation_idle)
             ledger = Ledger(db, dispatch=conversations.dispatch,

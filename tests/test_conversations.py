@@ -25,20 +25,25 @@ def message(node: str, text: str, expires: datetime = FAR) -> NewMessage:
     return NewMessage(uuid.uuid4(), uuid.uuid4(), node, text, created, expires)
 
 
+class Acked:
+    async def wait(self) -> None:
+        await trio.sleep(0.001)
+
+
 class Publisher:
-    """The MQTT actor's publish() as seen by the router, so its timing runs on the autojump
-    clock; the real broker path is covered by test_send.py and test_recovery.py."""
+    """The MQTT actor's start_publish() as seen by the router, so its timing runs on the
+    autojump clock; the real broker path is covered by test_send.py and test_recovery.py."""
 
     def __init__(self) -> None:
         self.up = trio.Event()
         self.up.set()
         self.published: list[tuple[str, bytes]] = []
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    def start_publish(self, topic: str, payload: bytes) -> Acked:
         if not self.up.is_set():
             raise MqttUnavailable("down")
-        await trio.sleep(0.001)
         self.published.append((topic, payload))
+        return Acked()
 
     async def wait_up(self) -> None:
         await self.up.wait()
@@ -64,7 +69,7 @@ async def start(nursery: trio.Nursery, broker: Publisher, reports: list[StatusRe
                 idle: float = 300.0, store: Store | None = None) -> Conversations:
     store = store or Store()
     store.reports = reports
-    conversations = Conversations(publish=broker.publish, broker_ready=broker.wait_up,
+    conversations = Conversations(start_publish=broker.start_publish, broker_ready=broker.wait_up,
                                   report=store.report, load_pending=store.load_pending,
                                   topic_root="k", idle=idle)
     await nursery.start(conversations.run)
