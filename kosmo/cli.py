@@ -56,15 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("gateway", help="serve the HTTP API and the MQTT actors")
     config.add_arguments(sub, GATEWAY_OPTIONS)
     sub = commands.add_parser(
-        "up", help="run the whole stack on embedded defaults (PostgreSQL, MQTT broker, gateway)",
+        "up", help="run the whole stack on embedded defaults (PostgreSQL, MQTT broker, "
+                   "gateway, a simulated radio and a bridge)",
         description="Start an embedded PostgreSQL and an MQTT broker (mosquitto if installed, "
                     "else amqtt), migrate, seed the demo data and serve the gateway in header "
-                    "auth mode. Data is kept in --data-dir. Ctrl-C stops everything.")
+                    "auth mode, with a simulated radio and a bridge attached to it. Data is kept "
+                    "in --data-dir. Ctrl-C stops everything.")
     sub.add_argument("--data-dir", type=Path, default=Path(".kosmo"),
                      help="where the embedded services keep their data (default ./.kosmo)")
     config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
 
+    import bridge.cli
     from bridge.sim import cli as sim_cli
+
+    sub = commands.add_parser("bridge", help="run a bridge next to a Meshtastic radio",
+                              description=bridge.cli.DESCRIPTION)
+    bridge.cli.add_arguments(sub)
 
     sub = commands.add_parser(
         "sim-radio", help="a simulated Meshtastic radio on TCP, for tests and demos",
@@ -177,6 +184,12 @@ async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> int:
     return 0
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    import bridge.cli
+
+    return trio.run(_until_signal, lambda shutdown: bridge.cli.run(args, shutdown))
+
+
 def cmd_sim_radio(args: argparse.Namespace) -> int:
     from bridge.sim import cli as sim_cli
 
@@ -185,5 +198,5 @@ def cmd_sim_radio(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate, "seed": cmd_seed, "gateway": cmd_gateway, "up": cmd_up,
-    "sim-radio": cmd_sim_radio,
+    "bridge": cmd_bridge, "sim-radio": cmd_sim_radio,
 }

@@ -195,24 +195,23 @@ class Settings:
         return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
-    """Add a ``--flag`` for each named setting (all by default)."""
-    for name in names or list(OPTIONS):
-        option = OPTIONS[name]
+def add_arguments(parser: argparse.ArgumentParser, names: list[str] | None = None,
+                  options: Mapping[str, Option] = OPTIONS) -> None:
+    """Add a ``--flag`` for each named setting (all of ``options`` by default)."""
+    for name in names or list(options):
+        option = options[name]
         default = f" (default {option.default})" if option.default is not None else ""
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(),
             help=f"{option.help}{default} [env {option.env}]")
 
 
-def load(environ: Mapping[str, str], args: argparse.Namespace | None = None,
-         *, require: tuple[str, ...] = ("database_url",), serving: bool = False) -> Settings:
-    """Build Settings from the environment, overridden by parsed CLI flags.
-
-    ``serving`` adds the checks that only matter to a process serving the HTTP API.
-    """
+def read_values(environ: Mapping[str, str], args: argparse.Namespace | None,
+                options: Mapping[str, Option], require: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+    """Parse each setting from its flag, else its variable, else its default."""
     values: dict[str, Any] = {}
-    for name, option in OPTIONS.items():
+    for name, option in options.items():
         raw = getattr(args, name, None) if args is not None else None
         source = "--" + name.replace("_", "-")
         if raw is None:
@@ -227,6 +226,16 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None,
             values[name] = option.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source} is invalid: {exc}") from None
+    return values
+
+
+def load(environ: Mapping[str, str], args: argparse.Namespace | None = None,
+         *, require: tuple[str, ...] = ("database_url",), serving: bool = False) -> Settings:
+    """Build Settings from the environment, overridden by parsed CLI flags.
+
+    ``serving`` adds the checks that only matter to a process serving the HTTP API.
+    """
+    values = read_values(environ, args, OPTIONS, require)
     values.setdefault("database_url", "")
     settings = Settings(**values)
     if serving and settings.auth_mode == "jwt" and not settings.jwt_secret:

@@ -2,7 +2,9 @@
 
 Rules: an embedded PostgreSQL and an MQTT broker process are started under ``--data-dir``
 (kept between runs), the schema is migrated and the demo data loaded, then the gateway serves
-in header auth mode. Whatever happens, the embedded services are stopped on the way out.
+in header auth mode, and a simulated radio with demo nodes starts with a bridge attached, so a
+message goes all the way to ``delivered`` and gets a reply. Whatever happens, the embedded
+services are stopped on the way out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from collections.abc import Mapping
 
 import trio
 
+from bridge.config import BridgeSettings
+from bridge.daemon import run_bridge
+from bridge.radio import Device
+from bridge.sim.server import serve_sim_radio
 from kosmo import config, migrate
 from kosmo.embedded import start_broker, start_postgres
 from kosmo.gateway import Running, run_gateway
@@ -24,6 +30,8 @@ KosmoConnect Gateway is up: {url}
   database: embedded PostgreSQL in {data}/postgres
   broker:   {broker} ({impl})
   auth:     header mode (X-User-ID), for development only
+  mesh:     a simulated radio on 127.0.0.1:{radio} with demo nodes (!a1b2c3d4 replies),
+            and a bridge attached to it
 
 Try it (demo user on the wanderer plan, 50 messages a month):
 
@@ -59,10 +67,21 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
                  "KOSMO_AUTH_MODE": "header"}, args, serving=True)
             async with trio.open_nursery() as nursery:
                 running: Running = await nursery.start(run_gateway, settings, shutdown)
-                host, port = settings.http_bind
-                url = running.binds[0] if port == 0 else f"http://{host}:{port}"
-                print(BANNER.format(url=url, data=data, broker=broker.url,
-                                    impl=broker.implementation), flush=True)
+                async with trio.open_nursery() as radio:
+                    radio_port = await radio.start(serve_sim_radio, 0)
+                    bridge = BridgeSettings(
+                        device=Device.parse(f"tcp:127.0.0.1:{radio_port}"),
+                        mqtt_url=settings.mqtt_url, mqtt_topic_root=settings.mqtt_topic_root,
+                        state_dir=data / "bridge")
+                    async with trio.open_nursery() as bridges:
+                        await bridges.start(run_bridge, bridge, shutdown)
+                        host, port = settings.http_bind
+                        url = running.binds[0] if port == 0 else f"http://{host}:{port}"
+                        print(BANNER.format(url=url, data=data, broker=broker.url,
+                                            impl=broker.implementation, radio=radio_port),
+                              flush=True)
+                    # The bridge has stopped (it watches ``shutdown``); the radio may go.
+                    radio.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(broker.stop)

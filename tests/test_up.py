@@ -53,13 +53,22 @@ def test_kosmo_up_serves_the_demo_and_stops_cleanly(data_dir: Path):
         created = httpx.post(f"{url}/api/v1/messages", headers=USER,
                              json={"target_node_id": "!a1b2c3d4", "text": "Hello mesh"})
         assert created.status_code == 201, created.text
-        for _ in range(200):
+        # Through the broker, the bridge and the simulated radio: delivered, then a reply.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             detail = httpx.get(url + created.headers["Location"], headers=USER).json()
-            if detail["status"] == "queued":
+            thread = httpx.get(f"{url}/api/v1/messages/conversations/!a1b2c3d4",
+                               headers=USER).json()["messages"]
+            if detail["status"] == "delivered" and len(thread) == 2:
                 break
-            time.sleep(0.05)
-        assert detail["status"] == "queued"
+            time.sleep(0.2)
+        assert [h["status"] for h in detail["status_history"]] == [
+            "pending", "queued", "transmitted", "delivered"]
+        assert thread[1]["direction"] == "inbound"
+        assert "Hello mesh" in thread[1]["text"]
         assert httpx.get(f"{url}/readyz").status_code == 200
+        bridges = httpx.get(f"{url}/healthz").json()["bridges"]
+        assert [b["state"] for b in bridges] == ["online"]
 
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()

@@ -1,0 +1,107 @@
+"""Settings of the bridge daemon: environment first, then command-line flags.
+
+Rules (as kosmo/config.py):
+- Every setting has an environment variable and a ``--flag``; a flag wins.
+- An invalid setting raises ``ConfigError`` with one line naming the variable or flag; the CLI
+  prints it and exits 2. Nothing here prints or logs.
+- The broker URL and topic root are the gateway's own variables (``KOSMO_MQTT_URL``,
+  ``KOSMO_MQTT_TOPIC_ROOT``). The MQTT client id is not a setting: it is derived from the
+  bridge id, which names the persistent session.
+- The bridge id, when not given, is the radio's node id, learned at the first start and kept
+  in the state directory, so the session (and the retained state topic) stays the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.mqtt import MqttEndpoint
+from bridge.airtime import REGION_DUTY_PERCENT
+from bridge.radio import Device
+from kosmo import config as kosmo_config
+from kosmo.config import Option, parse_duration, parse_topic_root
+
+
+def parse_bridge_id(text: str) -> str:
+    if not re.fullmatch(r"[^/+#\s\x00]{1,64}", text):
+        raise ValueError(f"{text!r} must be 1..64 characters without '/', '+', '#' or spaces")
+    return text
+
+
+def parse_region(text: str) -> str:
+    region = text.strip().upper()
+    if region not in REGION_DUTY_PERCENT:
+        raise ValueError(f"{text!r} is not a Meshtastic region (e.g. EU_868, US, ANZ)")
+    return region
+
+
+def parse_time_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1000:
+        raise ValueError(f"{text!r} must be above 0 and at most 1000")
+    return value
+
+
+OPTIONS: dict[str, Option] = {
+    "device": Option(
+        "KOSMO_RADIO", Device.parse, "serial:auto",
+        "the radio: tcp:HOST[:PORT] (port 4403 by default), serial:PATH or serial:auto"),
+    "bridge_id": Option(
+        "KOSMO_BRIDGE_ID", parse_bridge_id, None,
+        "this bridge's name in MQTT topics and reports (default: the radio's node id, "
+        "kept in the state directory)"),
+    "region": Option(
+        "KOSMO_BRIDGE_REGION", parse_region, None,
+        "the region whose duty-cycle rule paces sending, e.g. EU_868 (10%% of each hour) or US "
+        "(none) (default: the radio's configured region)"),
+    "mqtt_url": Option(
+        "KOSMO_MQTT_URL", MqttEndpoint.from_url, "mqtt://127.0.0.1:1883",
+        "broker URL: mqtt://user:pass@host:port, or mqtts:// for TLS", secret=True),
+    "mqtt_topic_root": Option(
+        "KOSMO_MQTT_TOPIC_ROOT", parse_topic_root, "kosmo", "first level of every MQTT topic"),
+    "state_dir": Option(
+        "KOSMO_BRIDGE_STATE_DIR", Path, ".kosmo/bridge",
+        "where the bridge keeps its queue and outbox (SQLite); one bridge per directory"),
+    "result_timeout": Option(
+        "KOSMO_BRIDGE_RESULT_TIMEOUT", parse_duration, "5m",
+        "how long to wait for the radio's routing result of a text before reporting it "
+        "failed (radio time)"),
+    "time_scale": Option(
+        "KOSMO_BRIDGE_TIME_SCALE", parse_time_scale, "1",
+        "radio seconds per real second, for a simulated radio that runs faster (keep 1 with "
+        "a real radio)"),
+}
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    device: Device = field(default_factory=lambda: Device("serial"))
+    bridge_id: str | None = None
+    region: str | None = None
+    mqtt_url: MqttEndpoint = field(default_factory=lambda: MqttEndpoint("127.0.0.1", 1883))
+    mqtt_topic_root: str = "kosmo"
+    state_dir: Path = Path(".kosmo/bridge")
+    result_timeout: float = 300.0
+    time_scale: float = 1.0
+
+    def describe(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name in OPTIONS:
+            value = getattr(self, name)
+            out[name] = value.redacted() if isinstance(value, MqttEndpoint) else str(value)
+        return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    kosmo_config.add_arguments(parser, options=OPTIONS)
+
+
+def load(environ: Mapping[str, str], args: argparse.Namespace | None = None) -> BridgeSettings:
+    return BridgeSettings(**kosmo_config.read_values(environ, args, OPTIONS))

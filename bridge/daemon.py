@@ -1,0 +1,263 @@
+"""The bridge daemon: one Trio nursery supervising the radio, the broker link and the queue.
+
+Supervision policy:
+- Start order: the SQLite store (and its lock), the radio actor (it reconnects by itself), the
+  bridge id (given, kept in the store, or else the radio's node id once it answers), the
+  restore of an earlier run's flights, the MQTT actor (persistent session, manual acks, an
+  ``offline`` will), then the tasks. ``started()`` once the broker accepted the subscription
+  and the radio is connected. A shutdown before that abandons the start.
+- The radio and the broker reconnect with backoff forever; the queue and the outbox wait in
+  SQLite meanwhile. Any other failure (SQLite, a bug) brings the daemon down loudly: the
+  process manager restarts it, and the at-most-once rule (bridge/sender.py) holds across that.
+- Intake: an outbound MQTT message is acknowledged to the broker only after it is committed
+  to the store (or found to be a duplicate, or unreadable: logged, reported ``failed`` when
+  its ``message_id`` could be read, and acknowledged; or outside our topic root, left over in
+  the session from an earlier configuration: logged and acknowledged).
+- Outbox: status reports and received texts are published in order, QoS 1, each deleted only
+  after its PUBACK; a lost connection leaves them for the next one (a report may then go out
+  twice: the gateway takes reports and replies idempotently).
+- State: ``{root}/bridge/{id}/state`` is published retained on every (re)connect and on each
+  change (queue depth, radio link, estimated wait), at most about once a second.
+- Stop by deadline (well within 5 s): stop handing texts to the radio and let a hand-over in
+  progress finish (<= 1.5 s), publish the retained ``offline`` state (<= 1 s), then cancel;
+  the MQTT actor closes in <= 1 s and the radio link in <= 2 s, side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
+from bridge import payloads
+from bridge.config import BridgeSettings
+from bridge.radio import Radio, RadioEvent
+from bridge.sender import AsyncStore, Sender
+from bridge.store import OutboxItem, Store
+from bridge.timing import RadioClock, Wakeup
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1"
+INTAKE_BATCH = 256
+OUTBOX_BATCH = 64
+EVENTS_BUFFER = 256
+STATE_MIN_INTERVAL = 1.0  # real seconds between two state publishes
+STATE_REFRESH = 30.0  # republish at least this often while something waits
+STOP_SENDING_WITHIN = 1.5
+OFFLINE_WITHIN = 1.0
+
+
+class Bridge:
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
+        self.bridge_id: str | None = settings.bridge_id
+        self.ready = False
+        self.clock = RadioClock(settings.time_scale)
+        self.radio: Radio | None = None
+        self.mqtt: MqttActor | None = None
+        self.sender: Sender | None = None
+        self.store: Store | None = None
+        self._outbox_wake = Wakeup()
+        self._state_wake = Wakeup()
+
+    # --- wiring -----------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._outbox_wake.set()
+        self._state_wake.set()
+
+    def _report(self, message_id: str, status: str, reason: str | None,
+                packet_id: int | None) -> OutboxItem:
+        assert self.bridge_id is not None
+        return (payloads.status_topic(self.settings.mqtt_topic_root),
+                payloads.status_payload(message_id, status, bridge_id=self.bridge_id,
+                                        at=payloads.now(), packet_id=packet_id, reason=reason))
+
+    async def serve(self, shutdown: trio.Event,
+                    task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        with self._open_store() as store:
+            db = AsyncStore(store)
+            async with trio.open_nursery() as nursery:
+                events_send, events = trio.open_memory_channel[RadioEvent](EVENTS_BUFFER)
+                self.radio = radio = Radio(s.device, events_send, close_timeout=2.0)
+                radio.changed = self._radio_changed
+                nursery.start_soon(radio.run)
+                bridge_id = self.bridge_id or await db.call(store.get_meta, "bridge_id")
+                if bridge_id is None:
+                    log.info("waiting for the radio %s to learn the bridge id", s.device)
+                    bridge_id = (await radio.wait_link()).info.node_id
+                if bridge_id != await db.call(store.get_meta, "bridge_id"):
+                    await db.call(store.set_meta, "bridge_id", bridge_id)
+                self.bridge_id = bridge_id
+                self.sender = sender = Sender(
+                    db, radio, self._report, topic_root=s.mqtt_topic_root, bridge_id=bridge_id,
+                    clock=self.clock, result_timeout=s.result_timeout, region=s.region,
+                    changed=self._changed)
+                await sender.restore()
+
+                received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
+                state_topic = payloads.state_topic(s.mqtt_topic_root, bridge_id)
+                self.mqtt = mqtt = MqttActor(
+                    s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
+                    subscriptions=[(payloads.outbound_filter(s.mqtt_topic_root), 1)],
+                    inbound=received_send,
+                    will=(state_topic, payloads.state_payload("offline"), 1, True))
+                await nursery.start(mqtt.run)
+                nursery.start_soon(self._intake, db, received)
+                nursery.start_soon(self._outbox, db)
+                nursery.start_soon(self._publish_state, state_topic)
+                nursery.start_soon(sender.run_results, events)
+                nursery.start_soon(sender.run_deadlines)
+                nursery.start_soon(sender.run_sender)
+                await radio.wait_link()
+                self.ready = True
+                log.info("bridge %s serving: radio %s, broker %s, topic root %r", bridge_id,
+                         s.device, s.mqtt_url.redacted(), s.mqtt_topic_root)
+                task_status.started(self)
+                await shutdown.wait()
+                await self._stop(state_topic)
+                nursery.cancel_scope.cancel()
+
+    @contextmanager
+    def _open_store(self) -> Iterator[Store]:
+        store = Store(self.settings.state_dir)
+        self.store = store
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def _radio_changed(self) -> None:
+        if self.sender is not None:
+            self.sender.wake()
+        self._state_wake.set()
+
+    async def _stop(self, state_topic: str) -> None:
+        log.info("bridge %s stopping", self.bridge_id)
+        assert self.sender is not None
+        assert self.mqtt is not None
+        self.sender.stop_sending()
+        with trio.move_on_after(STOP_SENDING_WITHIN):
+            await self.sender.wait_idle()
+        if self.mqtt.connected:
+            with trio.move_on_after(OFFLINE_WITHIN):
+                try:
+                    await self.mqtt.publish(state_topic, payloads.state_payload("offline"),
+                                            qos=1, retain=True)
+                except MqttUnavailable:
+                    pass  # the will says the same
+
+    # --- intake: broker -> store ------------------------------------------------------------
+
+    async def _intake(self, db: AsyncStore, received: trio.MemoryReceiveChannel[MqttInbound]
+                      ) -> None:
+        assert self.mqtt is not None
+        assert self.sender is not None
+        prefix = payloads.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
+        async with received:
+            async for first in received:
+                batch = [first]
+                while len(batch) < INTAKE_BATCH:
+                    try:
+                        batch.append(received.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                good: list[payloads.Outbound] = []
+                rejected: list[tuple[str, str]] = []
+                for message in batch:
+                    if not message.topic.startswith(prefix):
+                        # An old subscription kept in the session (the topic root changed).
+                        log.warning("message on %s dropped: not under %s", message.topic, prefix)
+                        continue
+                    try:
+                        good.append(payloads.parse_outbound(message.topic, message.payload))
+                    except payloads.BadOutbound as exc:
+                        log.warning("unusable message on %s dropped: %s", message.topic, exc)
+                        if exc.message_id is not None:
+                            rejected.append((exc.message_id, str(exc)))
+                queued = await db.call(db.store.accept, good, rejected, time.time(),
+                                       self._report)
+                for message in batch:
+                    await self.mqtt.ack(message)
+                if queued < len(good):
+                    log.info("%d new messages queued, %d duplicates or answered at once",
+                             queued, len(good) - queued)
+                elif queued:
+                    log.debug("%d new messages queued", queued)
+                self.sender.wake()
+                self._changed()
+
+    # --- outbox: store -> broker ------------------------------------------------------------
+
+    async def _outbox(self, db: AsyncStore) -> None:
+        assert self.mqtt is not None
+        while True:
+            items = await db.call(db.store.outbox_head, OUTBOX_BATCH)
+            if not items:
+                await self._outbox_wake.wait()
+                continue
+            await self.mqtt.wait_connected()
+            done: list[int] = []
+            try:
+                for item_id, topic, payload in items:
+                    await self.mqtt.publish(topic, payload, qos=1)
+                    done.append(item_id)
+            except MqttUnavailable as exc:
+                log.info("outbox waits for the broker: %s", exc)
+            if done:
+                await db.call(db.store.outbox_done, done)
+
+    # --- retained state ---------------------------------------------------------------------
+
+    async def state(self) -> dict[str, Any]:
+        assert self.sender is not None
+        assert self.radio is not None
+        link = self.radio.link
+        info: dict[str, Any] = {"version": VERSION, "bridge_id": self.bridge_id,
+                                "radio": "connected" if link is not None else "disconnected",
+                                "device": str(self.settings.device)}
+        if link is not None:
+            info.update(link.info.describe())
+        info.update(await self.sender.queue_state())
+        return info
+
+    async def _publish_state(self, topic: str) -> None:
+        assert self.mqtt is not None
+        last: tuple[int, bytes] | None = None
+        while True:
+            await self.mqtt.wait_connected()
+            payload = payloads.state_payload("online", await self.state())
+            key = (self.mqtt.statistics().epoch, payload)
+            if key != last:
+                try:
+                    await self.mqtt.publish(topic, payload, qos=1, retain=True)
+                    last = key
+                except MqttUnavailable:
+                    continue
+            await trio.sleep(STATE_MIN_INTERVAL)
+            await self._state_wake.wait_at_most(STATE_REFRESH)
+
+
+async def run_bridge(settings: BridgeSettings, shutdown: trio.Event, *,
+                     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until ``shutdown`` is set; started(bridge) once serving. A shutdown while still
+    starting (no radio, no broker yet) abandons the start at once."""
+    bridge = Bridge(settings)
+    async with trio.open_nursery() as guard:
+
+        async def abandon_start() -> None:
+            await shutdown.wait()
+            if not bridge.ready:
+                log.info("stopping before the bridge was ready")
+                guard.cancel_scope.cancel()
+
+        guard.start_soon(abandon_start)
+        await bridge.serve(shutdown, task_status)
+        guard.cancel_scope.cancel()

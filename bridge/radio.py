@@ -1,0 +1,410 @@
+"""The radio link: a ``meshtastic`` SerialInterface or TCPInterface, driven from Trio.
+
+Rules:
+- Threads. The library connects and downloads the radio's configuration synchronously (up to
+  ``connect_timeout``), reads on its own reader thread and publishes events through pypubsub on
+  its single "publishing" thread. We build the interface with ``connectNow=False`` (so we know
+  the object before its first event), connect it in a worker thread and call ``sendText`` in a
+  worker thread, one call at a time. A connect still running when we stop is abandoned; the
+  thread closes what it opened.
+- pypubsub keeps weak references: we subscribe bound methods of this object, which the daemon
+  keeps alive, and unsubscribe when ``run`` ends. Events of any interface but the current one
+  (an older link, another bridge in the same process) are ignored.
+- Events to Trio. Routing results and received texts become frozen dataclasses sent on the
+  ``events`` channel with ``trio.from_thread.run``, which blocks the publishing thread while the
+  channel is full. Policy: never drop a routing result or a text. A slow consumer (it only
+  writes to SQLite) slows the library's publishing thread and the backlog waits in the
+  library's own queue. Events that arrive once the Trio run has ended are dropped: the bridge
+  is stopping, and the next start reconciles its SQLite state.
+- Link lifecycle. Connect with backoff (doubling, jitter); a lost link (reader thread ended:
+  unplugged, TCP closed, or ``mark_broken`` after a failed write) is closed in a worker thread,
+  bounded by ``close_timeout``, and a new interface is connected. The library's own TCP
+  reconnect (it re-opens the socket once after EOF) is left alone: when it succeeds the link
+  simply goes on.
+- ``serial:auto`` picks the one Meshtastic serial port found; none or several is a failed
+  attempt (the radio may be plugged in later), logged with the ports seen.
+- The library re-sends every packet the radio has not confirmed with a QueueStatus at each
+  later write; Meshtastic firmware confirms every packet, so a packet reaches the radio once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from bridge import airtime
+from bridge.airtime import LoraParams
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROUTING = "meshtastic.receive.routing"
+TOPIC_TEXT = "meshtastic.receive.text"
+TOPIC_LOST = "meshtastic.connection.lost"
+
+
+class RadioUnavailable(Exception):
+    """No radio link right now, or the hand-over failed."""
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # "tcp" or "serial"
+    host: str | None = None
+    port: int = 4403
+    path: str | None = None  # None with serial: the one port found
+
+    @classmethod
+    def parse(cls, text: str) -> Device:
+        kind, sep, rest = text.partition(":")
+        if kind == "tcp" and sep and rest:
+            host, colon, port = rest.rpartition(":")
+            if colon and port.isdigit() and host and 0 < int(port) < 65536:
+                return cls("tcp", host=host.strip("[]"), port=int(port))
+            if not colon or not port.isdigit():
+                return cls("tcp", host=rest.strip("[]"))
+        if kind == "serial" and sep and rest:
+            return cls("serial", path=None if rest == "auto" else rest)
+        raise ValueError(f"{text!r} is not tcp:HOST[:PORT], serial:PATH or serial:auto")
+
+    def __str__(self) -> str:
+        if self.kind == "tcp":
+            return f"tcp:{self.host}:{self.port}"
+        return f"serial:{self.path or 'auto'}"
+
+
+@dataclass(frozen=True)
+class RadioInfo:
+    node_num: int
+    long_name: str | None
+    short_name: str | None
+    hw_model: str | None
+    firmware: str | None
+    region: str
+    modem_preset: str | None  # None: custom LoRa settings
+    lora: LoraParams
+    queue_max: int | None
+
+    @property
+    def node_id(self) -> str:
+        return f"!{self.node_num:08x}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "long_name": self.long_name,
+                "short_name": self.short_name, "hw_model": self.hw_model,
+                "firmware_version": self.firmware, "region": self.region,
+                "modem_preset": self.modem_preset or "CUSTOM", "lora": self.lora.describe()}
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    link: int
+    packet_id: int  # the request id: our packet
+    from_node: int
+    error: str  # Routing.Error name; NONE is an acknowledgement
+
+
+@dataclass(frozen=True)
+class TextReceived:
+    link: int
+    from_node: int
+    to_node: int
+    packet_id: int
+    text: str
+    reply_id: int | None
+
+
+RadioEvent = RoutingResult | TextReceived
+
+
+class Link:
+    """One connected interface."""
+
+    def __init__(self, epoch: int, iface: Any, info: RadioInfo) -> None:
+        self.epoch, self.iface, self.info = epoch, iface, info
+        self.lost = trio.Event()
+        self.reason: str | None = None
+
+    def queue_free(self) -> int | None:
+        """Free places in the radio's transmit queue, as it last reported (None: not yet)."""
+        status = getattr(self.iface, "queueStatus", None)
+        return None if status is None else int(status.free)
+
+
+class _Attempt:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.result: tuple[Any, RadioInfo] | None = None
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return f"UNKNOWN_{value}"
+
+
+def radio_info(iface: Any) -> RadioInfo:
+    """What the radio told us during its configuration download."""
+    from meshtastic.protobuf import config_pb2
+
+    lora_enum = config_pb2.Config.LoRaConfig
+    num = int(iface.myInfo.my_node_num)
+    user = ((iface.nodesByNum or {}).get(num) or {}).get("user") or {}
+    lora = iface.localNode.localConfig.lora
+    region = _enum_name(lora_enum.RegionCode, lora.region)
+    wide = region in airtime.WIDE_LORA_REGIONS
+    preset: str | None = _enum_name(lora_enum.ModemPreset, lora.modem_preset)
+    params = airtime.preset_params(preset or "", wide=wide)
+    if not lora.use_preset:
+        try:
+            params = airtime.custom_params(lora.spread_factor, lora.bandwidth, lora.coding_rate)
+            preset = None
+        except ValueError:
+            pass  # the firmware also falls back to the preset
+    if preset is not None and preset not in airtime.PRESETS:
+        log.warning("modem preset %s is unknown to the bridge: airtime is costed as %s",
+                    preset, params.describe())
+    metadata = getattr(iface, "metadata", None)
+    queue = getattr(iface, "queueStatus", None)
+    return RadioInfo(
+        node_num=num, long_name=user.get("longName"), short_name=user.get("shortName"),
+        hw_model=user.get("hwModel"),
+        firmware=(metadata.firmware_version or None) if metadata is not None else None,
+        region=region, modem_preset=preset, lora=params,
+        queue_max=int(queue.maxlen) if queue is not None and queue.maxlen else None)
+
+
+class Radio:
+    def __init__(self, device: Device, events: trio.MemorySendChannel[RadioEvent], *,
+                 connect_timeout: int = 30, close_timeout: float = 3.0,
+                 backoff: tuple[float, float] = (1.0, 30.0)) -> None:
+        self.device = device
+        self._events = events
+        self._connect_timeout, self._close_timeout = connect_timeout, close_timeout
+        self._backoff = backoff
+        self._link: Link | None = None
+        self._up = trio.Event()
+        self._epoch = 0
+        self._current: tuple[Any, int] | None = None  # the interface events are taken from
+        self._current_lock = threading.Lock()
+        self._send_limiter = trio.CapacityLimiter(1)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._dead: set[int] = set()  # epochs whose connection the library reported lost
+        self.changed: Callable[[], None] = lambda: None  # called when a link comes or goes
+
+    @property
+    def link(self) -> Link | None:
+        return self._link
+
+    async def wait_link(self) -> Link:
+        while self._link is None or self._link.lost.is_set():
+            await self._up.wait()
+        return self._link
+
+    def mark_broken(self, link: Link, reason: str) -> None:
+        if not link.lost.is_set():
+            link.reason = reason
+            link.lost.set()
+
+    async def send_text(self, link: Link, destination: str, text: str) -> int:
+        """Hand a text to the radio, asking for an acknowledgement; return its packet id."""
+        if link.lost.is_set():
+            raise RadioUnavailable(f"radio link to {self.device} is down")
+
+        def call() -> int:
+            packet = link.iface.sendText(text, destinationId=destination, wantAck=True)
+            return int(packet.id)
+
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._send_limiter,
+                                                 abandon_on_cancel=True)
+        except Exception as exc:  # the library raises OSError, MeshInterfaceError, ...
+            raise RadioUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def run(self, *, task_status: trio.TaskStatus[RadioInfo] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Keep one link up, forever; started(info) once the first link is connected."""
+        from pubsub import pub  # comes with meshtastic, which only a bridge needs
+
+        self._token = trio.lowlevel.current_trio_token()
+        for listener, topic in self._listeners():
+            pub.subscribe(listener, topic)
+        failures, started = 0, False
+        try:
+            with self._events:
+                while True:
+                    link = await self._connect(failures)
+                    if link is None:
+                        failures += 1
+                        continue
+                    failures = 0
+                    self._link = link
+                    if link.epoch in self._dead:  # lost before we took it over
+                        self.mark_broken(link, "the radio closed the connection")
+                    self._up.set()
+                    self.changed()
+                    info = link.info
+                    log.info("radio %s connected: %s (%s), region %s, preset %s (%s)",
+                             self.device, info.node_id, info.long_name, info.region,
+                             info.modem_preset or "custom", info.lora.describe())
+                    if not started:
+                        started = True
+                        task_status.started(info)
+                    try:
+                        await link.lost.wait()
+                    finally:
+                        self._drop(link)
+                        with trio.CancelScope(shield=True):
+                            await self._close(link.iface)
+                    log.warning("radio %s link lost: %s; reconnecting", self.device,
+                                link.reason or "closed")
+        finally:
+            for listener, topic in self._listeners():
+                pub.unsubscribe(listener, topic)
+
+    def _listeners(self) -> list[tuple[Callable[..., None], str]]:
+        return [(self._on_routing, TOPIC_ROUTING), (self._on_text, TOPIC_TEXT),
+                (self._on_lost, TOPIC_LOST)]
+
+    def _drop(self, link: Link) -> None:
+        if self._link is link:
+            self._link = None
+            self._up = trio.Event()
+            self.changed()
+        with self._current_lock:
+            if self._current is not None and self._current[0] is link.iface:
+                self._current = None
+
+    async def _connect(self, failures: int) -> Link | None:
+        if failures:
+            delay = min(self._backoff[1], self._backoff[0] * 2.0 ** min(failures - 1, 20))
+            await trio.sleep(delay * random.uniform(0.75, 1.0))
+        self._epoch += 1
+        attempt = _Attempt(self._epoch)
+        try:
+            await trio.to_thread.run_sync(self._connect_blocking, attempt,
+                                          abandon_on_cancel=True)
+        except trio.Cancelled:
+            with attempt.lock:
+                attempt.abandoned = True
+                result, attempt.result = attempt.result, None
+            if result is not None:
+                self._close_now(result[0])
+            raise
+        except Exception as exc:  # OSError, serial errors, MeshInterfaceError, ...
+            log.warning("radio %s: connect failed (attempt %d): %s: %s", self.device,
+                        failures + 1, type(exc).__name__, exc)
+            return None
+        assert attempt.result is not None
+        iface, info = attempt.result
+        return Link(attempt.epoch, iface, info)
+
+    def _make_interface(self) -> Any:
+        if self.device.kind == "tcp":
+            from meshtastic.tcp_interface import TCPInterface
+
+            return TCPInterface(self.device.host or "", portNumber=self.device.port,
+                                connectNow=False, timeout=self._connect_timeout)
+        from meshtastic.serial_interface import SerialInterface
+        from meshtastic.util import findPorts
+
+        path = self.device.path
+        if path is None:
+            ports = findPorts(True)
+            if len(ports) != 1:
+                raise RadioUnavailable(f"serial:auto found {len(ports)} Meshtastic ports "
+                                       f"{ports}: name one with serial:PATH" if ports else
+                                       "serial:auto found no Meshtastic serial port")
+            path = ports[0]
+        return SerialInterface(path, connectNow=False, timeout=self._connect_timeout)
+
+    def _connect_blocking(self, attempt: _Attempt) -> None:
+        iface = self._make_interface()
+        with self._current_lock:
+            self._current = (iface, attempt.epoch)
+        try:
+            iface.connect()
+            iface.waitForConfig()
+            info = radio_info(iface)
+        except BaseException:
+            self._close_now(iface)
+            raise
+        with attempt.lock:
+            if not attempt.abandoned:
+                attempt.result = (iface, info)
+                return
+        self._close_now(iface)  # run() was cancelled meanwhile
+
+    async def _close(self, iface: Any) -> None:
+        with trio.move_on_after(self._close_timeout):
+            await trio.to_thread.run_sync(self._close_now, iface, abandon_on_cancel=True)
+
+    @staticmethod
+    def _close_now(iface: Any) -> None:
+        try:
+            iface.close()
+        except Exception as exc:  # closing a broken link may fail in many ways; it is gone
+            log.debug("closing the radio interface: %s: %s", type(exc).__name__, exc)
+
+    # --- pypubsub listeners: they run on the library's publishing thread ------------------
+
+    def _epoch_of(self, interface: Any) -> int | None:
+        with self._current_lock:
+            if self._current is not None and self._current[0] is interface:
+                return self._current[1]
+        return None
+
+    def _to_trio(self, event: RadioEvent) -> None:
+        token = self._token
+        if token is None:
+            return
+        try:
+            trio.from_thread.run(self._events.send, event, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled, trio.BrokenResourceError,
+                trio.ClosedResourceError):
+            log.debug("radio event dropped while stopping: %s", event)
+
+    def _on_routing(self, packet: dict[str, Any], interface: Any) -> None:
+        epoch = self._epoch_of(interface)
+        decoded = packet.get("decoded") or {}
+        request_id = decoded.get("requestId")
+        if epoch is None or request_id is None:
+            return
+        error = (decoded.get("routing") or {}).get("errorReason", "NONE")
+        self._to_trio(RoutingResult(epoch, int(request_id), int(packet.get("from", 0)),
+                                    str(error)))
+
+    def _on_text(self, packet: dict[str, Any], interface: Any) -> None:
+        epoch = self._epoch_of(interface)
+        decoded = packet.get("decoded") or {}
+        text = decoded.get("text")
+        if epoch is None or not isinstance(text, str):
+            return
+        reply_id = decoded.get("replyId")
+        self._to_trio(TextReceived(epoch, int(packet.get("from", 0)), int(packet.get("to", 0)),
+                                   int(packet.get("id", 0)), text,
+                                   int(reply_id) if reply_id else None))
+
+    def _on_lost(self, interface: Any) -> None:
+        epoch = self._epoch_of(interface)
+        token = self._token
+        if epoch is None or token is None:
+            return
+        try:
+            trio.from_thread.run_sync(self._lost, epoch, trio_token=token)
+        except trio.RunFinishedError:
+            pass
+
+    def _lost(self, epoch: int) -> None:
+        self._dead = {e for e in self._dead if e >= self._epoch - 1} | {epoch}
+        link = self._link
+        if link is not None and link.epoch == epoch:
+            self.mark_broken(link, "the radio closed the connection")

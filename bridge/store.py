@@ -1,0 +1,255 @@
+"""The bridge's local queue and outbox: one SQLite file in the state directory.
+
+Rules:
+- Synchronous and blocking, one connection; the daemon calls it from worker threads one call at
+  a time (a CapacityLimiter of 1). WAL journal, ``synchronous=FULL``: a call that returned has
+  reached the disk, so an MQTT message is acknowledged to the broker only after ``accept``.
+- One bridge per state directory: an exclusive ``flock`` on ``lock`` is held while it is open.
+- ``outbound`` is keyed by ``message_id``: a message is stored once however often it arrives,
+  and its row moves only forward, ``queued -> sending -> handed -> transmitted -> done``, except
+  that a text the radio refused without sending may go back to ``queued``. A row past
+  ``queued`` is never handed to the radio again (see bridge/sender.py for the at-most-once
+  rule). Finished rows are kept until a day after the message expired, so a late copy is
+  still recognised (and after that it would be reported expired, never sent).
+- ``outbox`` holds status reports and received texts until the broker acknowledged them.
+  A row's state change and the report it causes are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.airtime import MAX_TEXT_BYTES
+from bridge.payloads import Outbound
+
+OutboxItem = tuple[str, bytes]  # (topic, payload)
+# (message_id, status, reason, packet_id) -> the report to publish
+Reporter = Callable[[str, str, str | None, int | None], OutboxItem]
+
+DB_NAME = "bridge.sqlite3"
+KEEP_AFTER_EXPIRY = 86400.0
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE outbound (
+    message_id  TEXT PRIMARY KEY,
+    target      TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    expires_at  REAL NOT NULL,
+    received_at REAL NOT NULL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('queued', 'sending', 'handed', 'transmitted', 'done')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    packet_id   INTEGER,
+    sent_at     REAL,  -- wall clock at the start of the last hand-over
+    airtime     REAL,  -- its airtime, radio seconds
+    outcome     TEXT   -- how it ended, for operators
+);
+CREATE INDEX outbound_open ON outbound (state) WHERE state <> 'done';
+CREATE INDEX outbound_sent ON outbound (sent_at) WHERE sent_at IS NOT NULL;
+CREATE TABLE outbox (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic   TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = "message_id, target, text, expires_at, state, attempts, packet_id"
+
+
+class StoreLocked(Exception):
+    """Another bridge holds the state directory."""
+
+
+@dataclass(frozen=True)
+class Row:
+    message_id: str
+    target: str
+    text: str
+    expires_at: float
+    state: str
+    attempts: int
+    packet_id: int | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A row's new state and the reports it causes, written together."""
+
+    message_id: str
+    state: str
+    outcome: str | None = None
+    reports: tuple[OutboxItem, ...] = ()
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
+        self._lock = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise StoreLocked(f"another bridge is using the state directory {state_dir}") from None
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            with self._tx() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        elif version != _SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} has schema version {version}; this bridge "
+                               f"knows {_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+        os.close(self._lock)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- meta -------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- intake -----------------------------------------------------------------------------
+
+    def accept(self, messages: Sequence[Outbound], rejected: Sequence[tuple[str, str]],
+               now: float, report: Reporter) -> int:
+        """Store new messages (``queued``) and answer at once those that are expired, too long
+        or unreadable (``rejected``: message id, reason). Duplicates change nothing.
+        Returns how many were queued."""
+        queued = 0
+        with self._tx() as db:
+            for m in messages:
+                reason = ("expired" if m.expires_at <= now
+                          else "TOO_LARGE" if len(m.text.encode()) > MAX_TEXT_BYTES else None)
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbound (message_id, target, text, expires_at,"
+                    " received_at, state, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (m.message_id, m.target, m.text, m.expires_at, now,
+                     "done" if reason else "queued", f"failed: {reason}" if reason else None))
+                if cur.rowcount and reason:
+                    self._outbox(db, [report(m.message_id, "failed", reason, None)])
+                elif cur.rowcount:
+                    queued += 1
+            for message_id, reason in rejected:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO outbound (message_id, target, text, expires_at,"
+                    " received_at, state, outcome) VALUES (?, '', '', ?, ?, 'done', ?)",
+                    (message_id, now, now, f"failed: invalid_payload: {reason}"))
+                if cur.rowcount:
+                    self._outbox(db, [report(message_id, "failed", "invalid_payload", None)])
+        return queued
+
+    def expire_queued(self, now: float, report: Reporter) -> int:
+        """Answer ``failed``/``expired`` for queued messages past their expiry."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT message_id FROM outbound WHERE state = 'queued' AND expires_at <= ?",
+                (now,))]
+            for message_id in ids:
+                db.execute("UPDATE outbound SET state = 'done', outcome = 'failed: expired' "
+                           "WHERE message_id = ?", (message_id,))
+                self._outbox(db, [report(message_id, "failed", "expired", None)])
+        return len(ids)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def next_queued(self) -> Row | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM outbound WHERE state = 'queued' "
+                               "ORDER BY rowid LIMIT 1").fetchone()
+        return None if row is None else Row(*row)
+
+    def begin_send(self, message_id: str, at: float, airtime: float) -> None:
+        """Committed before the hand-over: from here on the message is never handed again."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE outbound SET state = 'sending', attempts = attempts + 1, sent_at = ?,"
+                " airtime = ?, packet_id = NULL WHERE message_id = ? AND state = 'queued'",
+                (at, airtime, message_id))
+            if cur.rowcount != 1:
+                raise RuntimeError(f"message {message_id} is not queued")
+
+    def handed(self, message_id: str, packet_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE outbound SET state = 'handed', packet_id = ? "
+                       "WHERE message_id = ? AND state = 'sending'", (packet_id, message_id))
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        with self._tx() as db:
+            for change in changes:
+                db.execute("UPDATE outbound SET state = ?, outcome = COALESCE(?, outcome) "
+                           "WHERE message_id = ? AND state <> 'done'",
+                           (change.state, change.outcome, change.message_id))
+                self._outbox(db, change.reports)
+
+    def open_flights(self) -> list[Row]:
+        """Rows handed (or being handed) to the radio and not finished, oldest first."""
+        return [Row(*r) for r in self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbound "
+            "WHERE state IN ('sending', 'handed', 'transmitted') ORDER BY rowid")]
+
+    def recent_sends(self, since: float) -> list[tuple[float, float]]:
+        """(wall-clock start, airtime) of hand-overs after ``since``."""
+        return [(r[0], r[1]) for r in self._db.execute(
+            "SELECT sent_at, airtime FROM outbound WHERE sent_at > ? AND airtime IS NOT NULL",
+            (since,))]
+
+    def queued_sizes(self, limit: int) -> tuple[int, list[int]]:
+        """How many messages wait, and the UTF-8 sizes of the first ``limit`` of them."""
+        count = self._db.execute(
+            "SELECT COUNT(*) FROM outbound WHERE state = 'queued'").fetchone()[0]
+        sizes = [r[0] for r in self._db.execute(
+            "SELECT length(CAST(text AS BLOB)) FROM outbound WHERE state = 'queued' "
+            "ORDER BY rowid LIMIT ?", (limit,))]
+        return int(count), sizes
+
+    def prune(self, now: float) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM outbound WHERE state = 'done' AND expires_at < ?",
+                              (now - KEEP_AFTER_EXPIRY,)).rowcount
+
+    # --- outbox -----------------------------------------------------------------------------
+
+    def add_outbox(self, items: Sequence[OutboxItem]) -> None:
+        with self._tx() as db:
+            self._outbox(db, items)
+
+    def outbox_head(self, limit: int) -> list[tuple[int, str, bytes]]:
+        return [(r[0], r[1], bytes(r[2])) for r in self._db.execute(
+            "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (limit,))]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def outbox_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    @staticmethod
+    def _outbox(db: sqlite3.Connection, items: Sequence[OutboxItem]) -> None:
+        db.executemany("INSERT INTO outbox (topic, payload) VALUES (?, ?)", items)

@@ -1,0 +1,150 @@
+"""What the radio's routing results mean for the texts we handed to it. Sans-IO: no clock, no
+radio, no database; time is passed in (radio seconds).
+
+Theory of operation
+-------------------
+A text handed to the radio is a *flight*, known by the packet id the radio sent it as. The radio
+reports on it with ROUTING_APP packets whose ``requestId`` is that id:
+
+    from our own node, NONE       -> a neighbour rebroadcast it (implicit ACK): ``transmitted``
+    from our own node, an error   -> the radio gave up or refused it: ``failed`` (the reason)
+    from the destination, NONE    -> the destination acknowledged it: ``delivered``
+    from the destination, error   -> ``failed`` (the reason)
+    from another node, NONE       -> heard and relayed: ``transmitted``
+    from another node, an error   -> ``failed`` (the reason)
+
+Rules:
+- Forward only: ``handed -> transmitted -> delivered/failed``. ``delivered`` and ``failed`` end
+  the flight; a result for an ended or unknown flight changes nothing.
+- A local refusal that means the text never went on air (RATE_LIMIT_EXCEEDED,
+  DUTY_CYCLE_LIMIT) before it was transmitted sends the text back to the queue, at most
+  ``max_attempts`` hand-overs in all; then it fails with that reason.
+- A result may arrive before the hand-over returns the packet id: it is kept as an orphan (a
+  bounded number, for ``orphan_ttl``) and applied when the flight is added.
+- Deadline: a flight still ``handed`` when its deadline passes fails with ``no_routing_result``
+  (``unknown_after_restart`` if it was handed by an earlier run of the bridge); a
+  ``transmitted`` one just ends, its report already made.
+- Only flights handed over the current radio link count as in flight: a reconnected or
+  rebooted radio reports its own queue afresh.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass
+
+RETRYABLE = frozenset({"RATE_LIMIT_EXCEEDED", "DUTY_CYCLE_LIMIT"})
+NO_RESULT = "no_routing_result"
+UNKNOWN_AFTER_RESTART = "unknown_after_restart"
+
+
+class Phase(enum.StrEnum):
+    HANDED = "handed"
+    TRANSMITTED = "transmitted"
+
+
+class Next(enum.StrEnum):
+    """What becomes of the message's row."""
+
+    TRANSMITTED = "transmitted"  # still awaiting delivery
+    DONE = "done"
+    REQUEUE = "queued"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    message_id: str
+    packet_id: int
+    next: Next
+    status: str | None = None  # the report to publish: transmitted, delivered or failed
+    reason: str | None = None
+
+
+@dataclass
+class Flight:
+    message_id: str
+    packet_id: int
+    destination: int
+    deadline: float
+    attempts: int
+    link: int  # the radio link epoch it was handed over, 0 for an earlier run
+    phase: Phase = Phase.HANDED
+
+
+@dataclass(frozen=True)
+class _Orphan:
+    from_node: int
+    error: str
+    at: float
+
+
+class Tracker:
+    def __init__(self, *, own_node: int = 0, max_attempts: int = 3, max_orphans: int = 256,
+                 orphan_ttl: float = 60.0) -> None:
+        self.own_node = own_node
+        self._max_attempts = max_attempts
+        self._max_orphans, self._orphan_ttl = max_orphans, orphan_ttl
+        self._flights: dict[int, Flight] = {}
+        self._orphans: OrderedDict[int, list[_Orphan]] = OrderedDict()
+
+    def add(self, flight: Flight, now: float) -> list[Outcome]:
+        """Track a handed text; apply any results that came before its packet id was known."""
+        self._flights[flight.packet_id] = flight
+        outcomes: list[Outcome] = []
+        for orphan in self._orphans.pop(flight.packet_id, []):
+            if now - orphan.at <= self._orphan_ttl:
+                outcomes += self.result(flight.packet_id, orphan.from_node, orphan.error, now)
+        return outcomes
+
+    def result(self, packet_id: int, from_node: int, error: str, now: float) -> list[Outcome]:
+        flight = self._flights.get(packet_id)
+        if flight is None:
+            self._keep_orphan(packet_id, _Orphan(from_node, error, now))
+            return []
+        ok = error == "NONE"
+        if from_node == flight.destination and from_node != self.own_node:
+            return [self._end(flight, "delivered" if ok else "failed", None if ok else error)]
+        if ok:
+            if flight.phase is Phase.TRANSMITTED:
+                return []
+            flight.phase = Phase.TRANSMITTED
+            return [Outcome(flight.message_id, packet_id, Next.TRANSMITTED, "transmitted")]
+        if (from_node == self.own_node and error in RETRYABLE
+                and flight.phase is Phase.HANDED and flight.attempts < self._max_attempts):
+            del self._flights[packet_id]
+            return [Outcome(flight.message_id, packet_id, Next.REQUEUE, reason=error)]
+        return [self._end(flight, "failed", error)]
+
+    def expire(self, now: float) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for flight in [f for f in self._flights.values() if f.deadline <= now]:
+            if flight.phase is Phase.HANDED:
+                reason = UNKNOWN_AFTER_RESTART if flight.link == 0 else NO_RESULT
+                outcomes.append(self._end(flight, "failed", reason))
+            else:
+                outcomes.append(self._end(flight, None, None))
+        for packet_id, orphans in list(self._orphans.items()):
+            if all(now - o.at > self._orphan_ttl for o in orphans):
+                del self._orphans[packet_id]
+        return outcomes
+
+    def in_flight(self, link: int) -> int:
+        return sum(1 for f in self._flights.values()
+                   if f.link == link and f.phase is Phase.HANDED)
+
+    def next_deadline(self) -> float | None:
+        return min((f.deadline for f in self._flights.values()), default=None)
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def _end(self, flight: Flight, status: str | None, reason: str | None) -> Outcome:
+        del self._flights[flight.packet_id]
+        return Outcome(flight.message_id, flight.packet_id, Next.DONE, status, reason)
+
+    def _keep_orphan(self, packet_id: int, orphan: _Orphan) -> None:
+        self._orphans.setdefault(packet_id, []).append(orphan)
+        self._orphans.move_to_end(packet_id)
+        while len(self._orphans) > self._max_orphans:
+            self._orphans.popitem(last=False)
