@@ -8,7 +8,9 @@ Rules:
   for a connection while holding a limiter slot that another task needs.
 - Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
   rollback) before the caller sees the cancellation.
-- Connection failures surface as ``DatabaseUnavailable`` (the HTTP front answers 503).
+- Connection failures surface as ``DatabaseUnavailable`` (the HTTP front answers 503), after
+  at most ``connect_timeout`` seconds: threads never queue for a connection (the limiter sees
+  to that), so a longer wait can only mean the server is away.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class DatabaseUnavailable(Exception):
 
 
 class Database:
-    def __init__(self, url: str, *, size: int = 8, connect_timeout: float = 5.0,
+    def __init__(self, url: str, *, size: int = 8, connect_timeout: float = 2.0,
                  name: str = "kosmo") -> None:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=size, open=False, timeout=connect_timeout, name=name,
@@ -59,6 +61,9 @@ class Database:
             with self._pool.connection() as conn:
                 return fn(conn, *args)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            # The server may have restarted: drop the idle connections that died with it now,
+            # rather than hand them out one failed request at a time.
+            self._pool.check()
             raise DatabaseUnavailable(str(exc).strip().splitlines()[0]) from exc
 
     def statistics(self) -> dict[str, int]:
