@@ -64,9 +64,9 @@ class Device:
         kind, sep, rest = text.partition(":")
         if kind == "tcp" and sep and rest:
             host, colon, port = rest.rpartition(":")
-            if colon and port.isdigit() and host and 0 < int(port) < 65536:
+            if colon and port.isascii() and port.isdigit() and host and 0 < int(port) < 65536:
                 return cls("tcp", host=host.strip("[]"), port=int(port))
-            if not colon or not port.isdigit():
+            if not colon or not (port.isascii() and port.isdigit()):
                 return cls("tcp", host=rest.strip("[]"))
         if kind == "serial" and sep and rest:
             return cls("serial", path=None if rest == "auto" else rest)

@@ -41,7 +41,7 @@ def parse_duration(text: str) -> float:
 
 def parse_bind(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -67,7 +67,7 @@ def parse_auth_mode(text: str) -> str:
 
 
 def parse_positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) <= 0:
+    if not (text.strip().isascii() and text.strip().isdigit()) or int(text) <= 0:
         raise ValueError(f"{text!r} is not a positive whole number")
     return int(text)
 

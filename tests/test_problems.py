@@ -99,6 +99,7 @@ async def test_chunked_body_over_the_limit_is_413(gateway: Gateway):
     ("GET", "/api/v1/messages/conversations?limit=0", 422, "invalid-fields"),
     ("GET", "/api/v1/messages/conversations?limit=201", 422, "invalid-fields"),
     ("GET", "/api/v1/messages/conversations?limit=abc", 422, "invalid-fields"),
+    ("GET", "/api/v1/messages/conversations?limit=%C2%B2", 422, "invalid-fields"),  # "²"
     ("GET", "/api/v1/messages/conversations?cursor=%%%", 422, "invalid-fields"),
     ("GET", "/api/v1/messages/conversations?cursor=WyJ4Il0", 422, "invalid-fields"),
     ("GET", "/api/v1/messages/conversations/!a1b2c3d4?cursor=WyJ4IiwieSJd", 422,
@@ -132,3 +133,17 @@ async def test_garbage_requests_never_yield_500(gateway: Gateway):
                     if response.status_code >= 400:
                         assert response.headers["Content-Type"] == "application/problem+json"
                 nursery.start_soon(one)
+
+
+async def test_an_error_before_the_body_was_read_does_not_wedge_keep_alive(gateway: Gateway):
+    # A 405 (or 413) is answered before the request body is read; the same keep-alive client
+    # must still get its next answer at once.
+    body = {"target_node_id": "!a1b2c3d4", "text": "hi"}
+    for method, content in [("PUT", None), ("PATCH", None), ("POST", b"x" * (17 * 1024))]:
+        with trio.fail_after(5):
+            first = await gateway.client.request(
+                method, URL, headers={**USER, **JSON},
+                content=content if content is not None else json.dumps(body).encode())
+            assert first.status_code in (405, 413)
+            second = await gateway.client.post(URL, headers=USER, json=body)
+        assert second.status_code == 201

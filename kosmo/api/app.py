@@ -75,6 +75,16 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     async def db_call(fn: Callable[..., Any], *args: Any) -> Any:
         return await services.db.run(fn, *args)
 
+    @app.after_request
+    async def close_after_unread_body(response: Response) -> Response:
+        # An error can be answered before the request body was read (405 from routing, 413
+        # part-way). Such a connection cannot carry another request reliably, so close it.
+        if response.status_code >= 400 and (request.content_length
+                                            or "chunked" in request.headers.get(
+                                                "Transfer-Encoding", "")):
+            response.headers["Connection"] = "close"
+        return response
+
     @app.errorhandler(Problem)
     async def on_problem(problem: Problem) -> Response:
         return problem.to_response()
@@ -247,7 +257,7 @@ def _page() -> tuple[int, str | None]:
     raw = request.args.get("limit")
     limit = reads.DEFAULT_LIMIT
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= reads.MAX_LIMIT:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= reads.MAX_LIMIT:
             raise Problem(422, "invalid-fields", f"limit must be 1..{reads.MAX_LIMIT}",
                           errors=[{"field": "limit", "detail": f"must be 1..{reads.MAX_LIMIT}"}])
         limit = int(raw)
