@@ -27,6 +27,8 @@ from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from meshtastic.tcp_interface import TCPInterface
 from pubsub import pub
 
+from bridge.airtime import PRESETS, retransmission_delay
+from bridge.airtime import data_airtime as packet_airtime
 from bridge.sim import (
     Reach,
     SimConfig,
@@ -36,7 +38,6 @@ from bridge.sim import (
     serve_radio,
     serve_sim_radio,
 )
-from bridge.sim.airtime import PRESETS, packet_airtime, retransmission_delay
 from bridge.sim.protocol import START1, FrameDecoder, encode_frame, parse_node_id
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from functools import partial
 
 import trio
 
-from bridge.sim.airtime import PRESETS
+from bridge.airtime import PRESETS
 from bridge.sim.config import Reach, SimConfig, SimNode, make_nodes
 from bridge.sim.protocol import parse_node_id
 from bridge.sim.radio import SimRadio

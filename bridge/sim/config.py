@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 
 from meshtastic.protobuf import config_pb2
 
-from bridge.sim.airtime import DUTY_CYCLE, PRESETS
+from bridge.airtime import PRESETS
+from bridge.airtime import REGION_DUTY_PERCENT as DUTY_CYCLE
 from bridge.sim.protocol import BROADCAST_NUM, node_id
 
 OUR_NODE_NUM = 0x0A0A0A0A

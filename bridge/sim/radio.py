@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 
-from bridge.sim import device
-from bridge.sim.airtime import (
+from bridge.airtime import (
     HEADER_BYTES,
     MAX_LORA_PAYLOAD,
     PRESETS,
-    packet_airtime,
     retransmission_delay,
 )
+from bridge.airtime import data_airtime as packet_airtime
+from bridge.sim import device
 from bridge.sim.config import Reach, SimConfig, SimNode
 from bridge.sim.device import Message
 from bridge.sim.protocol import BROADCAST_NUM, encode_frame
