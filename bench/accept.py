@@ -50,6 +50,7 @@ from typing import Any
 import h11
 import psycopg
 import trio
+from common import say, source_version  # bench/ is on sys.path when run as a script
 from profile_summary import summarize  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
@@ -501,18 +502,7 @@ async def profile(args: argparse.Namespace, targets: list[tuple[str, str, CpuMet
 # --- report ---------------------------------------------------------------------------------
 
 
-def say(text: str) -> None:
-    print(f"  .. {text}", file=sys.stderr, flush=True)
 
-
-def source_version() -> str:
-    """The commit measured, ``-dirty`` when the working tree has uncommitted changes."""
-    try:
-        done = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always",
-                               "--dirty"], capture_output=True, timeout=10, check=False)
-    except OSError:
-        return "unknown"
-    return done.stdout.decode().strip() or "unknown"
 
 
 def report(args: argparse.Namespace, results: Results) -> str:

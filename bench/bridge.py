@@ -44,7 +44,6 @@ import secrets
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from common import say, source_version  # bench/ is on sys.path when run as a script
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from paho.mqtt.client import Client, MQTTMessage
@@ -406,17 +406,7 @@ async def measure(args: argparse.Namespace, scenarios: list[Scenario], tag: str,
 # --- report ----------------------------------------------------------------------------------
 
 
-def say(text: str) -> None:
-    print(f"  .. {text}", file=sys.stderr, flush=True)
 
-
-def source_version() -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always",
-                               "--dirty"], capture_output=True, timeout=10, check=False)
-    except OSError:
-        return "unknown"
-    return done.stdout.decode().strip() or "unknown"
 
 
 def nak_text(naks: Counter[str]) -> tuple[int, int, int]:
