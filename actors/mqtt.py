@@ -17,11 +17,14 @@ Rules
 - Inbound policy. `on_message` runs inside `loop_read` and cannot await, so it puts the message in
   a bounded pending channel and the reader goes on: the reader never waits for the consumer, so
   the PUBACKs of a consumer that publishes while handling a message are always processed. A
-  separate task moves pending messages into `inbound` with `await send` (backpressure). The
-  pending channel stays small because the broker sends no more unacked QoS 1 messages than its
-  in-flight window; if it does fill up, a QoS 0 message is dropped (at most once anyway) and
-  for QoS 1 we drop the connection so the broker redelivers later. Messages still pending from
-  a lost connection are delivered anyway; their acks are dropped and the broker redelivers them.
+  separate task moves pending messages into `inbound` with `await send` (backpressure). When
+  the pending channel is nearly full the reader stops reading the socket until there is room,
+  so the broker keeps what we have not read (brokers do not always keep to their in-flight
+  window). Were it to fill anyway, a QoS 0 message is dropped (at most once anyway) and for
+  QoS 1 we drop the connection so the broker redelivers later. While reading is paused, PUBACKs
+  and ping answers wait too: a consumer stalled past the keepalive costs a reconnect. Messages
+  still pending from a lost connection are delivered anyway; their acks are dropped and the
+  broker redelivers them.
 - Shutdown. Cancelling run() abandons a connect() in progress (the thread closes what it opened),
   sends DISCONNECT (the session stays, the will is discarded) within a shielded 1 s, closes the
   socket and closes `inbound`.
@@ -52,6 +55,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger(__name__)
 
 _PENDING_MAX = 1000  # received messages not yet taken by the consumer
+_HEADROOM = 64  # reading pauses this far from full (one read hands over at most a few)
 _HANDSHAKE_TIMEOUT = 10.0  # socket open -> CONNACK (+ SUBACK)
 _CLOSE_TIMEOUT = 1.0  # flushing DISCONNECT on the way out
 
@@ -186,6 +190,7 @@ class MqttActor:
         self._keepalive, self._backoff = max(1, round(keepalive)), (backoff_min, backoff_max)
         self._where = f"{endpoint.redacted()} as {client_id!r}"
         self._pending_send, self._pending_recv = trio.open_memory_channel[MqttInbound](_PENDING_MAX)
+        self._room = trio.lowlevel.ParkingLot()
         self._link: _Link | None = None  # the current connection, from socket open until lost
         self._connected, self._up = False, trio.Event()
         self._epoch = self._ready_count = self._in_flight = self._published = self._received = 0
@@ -269,7 +274,15 @@ class MqttActor:
 
     async def _deliver(self, inbound: trio.MemorySendChannel[MqttInbound]) -> None:
         async for message in self._pending_recv:
+            self._room.unpark_all()
             await inbound.send(message)
+
+    async def _wait_for_room(self) -> None:
+        """Read no further while the pending queue is nearly full: the broker keeps what we
+        have not read, and we never have to drop a connection (and get it all again)."""
+        while (self._inbound is not None and
+               self._pending_send.statistics().current_buffer_used >= _PENDING_MAX - _HEADROOM):
+            await self._room.park()
 
     def _new_link(self) -> _Link:
         self._epoch += 1
@@ -348,6 +361,7 @@ class MqttActor:
         sock = link.sock
         try:
             while not link.lost:
+                await self._wait_for_room()
                 await trio.lowlevel.wait_readable(sock)
                 while not link.lost:
                     self._check(link, link.client.loop_read())

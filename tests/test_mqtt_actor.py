@@ -174,6 +174,30 @@ async def test_consumer_that_publishes_does_not_stall_the_reader(private_broker:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_backlog_beyond_the_pending_queue_pauses_reading_without_reconnecting(
+        private_broker: Broker) -> None:
+    """A consumer far behind: the broker keeps what we have not read; no connection is dropped
+    (dropping it made the broker send the whole backlog again, over and over)."""
+    topic = unique("backlog")
+    total = 2500  # well over the actor's pending queue of 1000
+    with trio.fail_after(WATCHDOG * 3):
+        async with trio.open_nursery() as nursery:
+            slow, inbox = await start_actor(nursery, private_broker.url, unique_id("slow"),
+                                            [(topic, 1)], buffer=0)
+            feeder, _ = await start_actor(nursery, private_broker.url, unique_id("feeder"))
+            async with trio.open_nursery() as feeding:
+                for i in range(total):
+                    feeding.start_soon(feeder.publish, topic, b"%d" % i)
+            await trio.sleep(0.5)  # the consumer has not read anything yet: the queue fills
+            seen = set()
+            while len(seen) < total:
+                message = await inbox.receive()
+                seen.add(message.payload)
+                await slow.ack(message)
+            assert slow.statistics().reconnects == 0
+            nursery.cancel_scope.cancel()
+
+
 # -- failures --------------------------------------------------------------------------------
 
 
