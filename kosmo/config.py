@@ -41,7 +41,8 @@ def parse_duration(text: str) -> float:
 
 def parse_bind(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 0 <= int(port) <= 65535):
         raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -40,47 +40,56 @@ class Stored:
     user_id: UUID | None
 
 
-def _owner(conn: psycopg.Connection[Any], packet: InboundPacket, since: datetime) -> UUID | None:
-    if packet.reply_to_packet_id is not None:
-        row = conn.execute(
-            "SELECT user_id FROM messages WHERE direction = 'outbound' AND node_id = %s"
-            " AND packet_id = %s ORDER BY created_at DESC LIMIT 1",
-            (packet.from_node_id, packet.reply_to_packet_id)).fetchone()
-        if row is not None:
-            return row[0]  # type: ignore[no-any-return]
-    row = conn.execute(
-        "SELECT user_id FROM messages WHERE direction = 'outbound' AND node_id = %s"
-        " AND created_at >= %s ORDER BY created_at DESC LIMIT 1",
-        (packet.from_node_id, since)).fetchone()
-    return None if row is None else row[0]
+# One round trip for the whole batch: each packet's owner by the threading rule above.
+_OWNERS = """
+SELECT COALESCE(
+    (SELECT m.user_id FROM messages m
+     WHERE m.direction = 'outbound' AND m.node_id = p.node AND p.reply_to IS NOT NULL
+       AND m.packet_id = p.reply_to ORDER BY m.created_at DESC LIMIT 1),
+    (SELECT m.user_id FROM messages m
+     WHERE m.direction = 'outbound' AND m.node_id = p.node AND m.created_at >= %s
+     ORDER BY m.created_at DESC LIMIT 1))
+FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS p (node, reply_to, ord)
+ORDER BY p.ord
+"""
+
+# The first copy of a packet wins, also when two copies are in the same batch.
+_INSERT_REPLIES = """
+INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at, updated_at,
+                      packet_id, bridge_id, reply_to_packet_id, rx_time)
+SELECT i, 'inbound', u, n, t, 'received', c, c, p, b, r, x
+FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[],
+            %s::text[], %s::bigint[], %s::timestamptz[]) WITH ORDINALITY
+     AS v (i, u, n, t, c, p, b, r, x, ord)
+ORDER BY ord
+ON CONFLICT (node_id, packet_id) WHERE direction = 'inbound' DO NOTHING
+RETURNING id
+"""
 
 
 def store_inbound(conn: psycopg.Connection[Any], packets: list[InboundPacket],
                   dead: list[DeadLetter], now: datetime, window: float
                   ) -> tuple[list[Stored], list[Event]]:
+    """Store the batch's replies and dead letters: a fixed number of statements per batch."""
     if dead:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO dead_letters (topic, payload, reason, received_at)"
                             " VALUES (%s, %s, %s, %s)",
                             [(d.topic, d.payload, d.reason, now) for d in dead])
-    since = now - timedelta(seconds=window)
-    stored: list[Stored] = []
-    history: list[HistoryRow] = []
-    for packet in packets:
-        owner = _owner(conn, packet, since)
-        message_id = uuid.uuid4()
-        row = conn.execute("""
-            INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at,
-                                  updated_at, packet_id, bridge_id, reply_to_packet_id, rx_time)
-            VALUES (%s, 'inbound', %s, %s, %s, 'received', %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (node_id, packet_id) WHERE direction = 'inbound' DO NOTHING
-            RETURNING id""",
-            (message_id, owner, packet.from_node_id, packet.text, now, now, packet.packet_id,
-             packet.bridge_id, packet.reply_to_packet_id, packet.rx_time)).fetchone()
-        if row is None:
-            stored.append(Stored(packet, None, None))
-            continue
-        stored.append(Stored(packet, message_id, owner))
-        history.append(HistoryRow(message_id, owner, "inbound", packet.from_node_id,
-                                  packet.text, now, "received", None, now))
+    if not packets:
+        return [], []
+    owners = [row[0] for row in conn.execute(_OWNERS, (
+        now - timedelta(seconds=window), [p.from_node_id for p in packets],
+        [p.reply_to_packet_id for p in packets])).fetchall()]
+    ids = [uuid.uuid4() for _ in packets]
+    # Strictly increasing times keep the batch's order in conversations.
+    times = [now + timedelta(microseconds=i) for i in range(len(packets))]
+    inserted = {row[0] for row in conn.execute(_INSERT_REPLIES, (
+        ids, owners, [p.from_node_id for p in packets], [p.text for p in packets], times,
+        [p.packet_id for p in packets], [p.bridge_id for p in packets],
+        [p.reply_to_packet_id for p in packets], [p.rx_time for p in packets])).fetchall()}
+    stored = [Stored(p, i, o) if i in inserted else Stored(p, None, None)
+              for p, i, o in zip(packets, ids, owners, strict=True)]
+    history = [HistoryRow(i, o, "inbound", p.from_node_id, p.text, t, "received", None, t)
+               for p, i, o, t in zip(packets, ids, owners, times, strict=True) if i in inserted]
     return stored, record_history(conn, history)

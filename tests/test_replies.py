@@ -136,3 +136,16 @@ async def test_bridge_states_show_in_healthz(gateway: Gateway, bridge, topic_roo
         while len(found := await states()) > 1:
             await trio.sleep(0.02)
     bridge.publish(f"{topic_root}/bridge/!b0000001/state", b"", retain=True)
+
+
+def test_two_copies_of_a_packet_in_one_batch_are_stored_once(sql):
+    from kosmo.inbound_store import store_inbound
+    from kosmo.wire import InboundPacket
+
+    now = datetime.now(UTC)
+    packet = InboundPacket(NODE, "answer", 6001, "!b0000001", now, None)
+    copy = InboundPacket(NODE, "answer", 6001, "!b0000002", now, None)
+    stored, events = store_inbound(sql, [packet, copy], [], now, 3600)
+    assert [s.message_id is not None for s in stored] == [True, False]
+    assert events == []  # nobody messaged that node: unassigned, no event
+    assert db_value(sql, "SELECT count(*) FROM messages WHERE direction = 'inbound'") == 1
