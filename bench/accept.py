@@ -50,7 +50,13 @@ from typing import Any
 import h11
 import psycopg
 import trio
-from common import say, source_version  # bench/ is on sys.path when run as a script
+from common import (  # bench/ is on sys.path when run as a script
+    BenchError,
+    run_main,
+    say,
+    sigterm_interrupts,
+    source_version,
+)
 from profile_summary import summarize  # bench/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
@@ -63,10 +69,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 PROFILE_RATE = 200  # py-spy samples per second
 RATIO_TARGET = 0.75
 P99_TARGET_MS = 10.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; ``str()`` says why."""
 
 
 # --- processes, database, readiness (plain blocking code, outside Trio) ---------------------
@@ -432,43 +434,35 @@ async def measure(args: argparse.Namespace, hello: Any, gateway: Any, db_url: st
         return [row[0] for row in rows]
 
     try:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def on_sigterm() -> None:
-                    async for _ in signals:
-                        raise KeyboardInterrupt
-
-                nursery.start_soon(on_sigterm)
-                hello_meter, gateway_meter = CpuMeter(hello.pid), CpuMeter(gateway.pid)
-                say(f"warm-up: {args.warmup:g} s each")
-                await run_wrk("hello", args.hello_url, args.warmup, args.connections,
-                              hello_meter)
-                await run_wrk("gateway", args.gateway_url, args.warmup, args.connections,
-                              gateway_meter)
+        async with sigterm_interrupts():
+            hello_meter, gateway_meter = CpuMeter(hello.pid), CpuMeter(gateway.pid)
+            say(f"warm-up: {args.warmup:g} s each")
+            await run_wrk("hello", args.hello_url, args.warmup, args.connections,
+                          hello_meter)
+            await run_wrk("gateway", args.gateway_url, args.warmup, args.connections,
+                          gateway_meter)
+            await drained()
+            for n in range(1, args.rounds + 1):
+                say(f"round {n}/{args.rounds}: hello-world then gateway, "
+                    f"{args.seconds:g} s each, {args.connections} connections")
+                results.hello.append(await run_wrk(
+                    "hello", args.hello_url, args.seconds, args.connections, hello_meter))
+                gateway_meter.backends = await backends()  # the pool may have grown
+                results.gateway.append(await run_wrk(
+                    "gateway", args.gateway_url, args.seconds, args.connections,
+                    gateway_meter))
                 await drained()
-                for n in range(1, args.rounds + 1):
-                    say(f"round {n}/{args.rounds}: hello-world then gateway, "
-                        f"{args.seconds:g} s each, {args.connections} connections")
-                    results.hello.append(await run_wrk(
-                        "hello", args.hello_url, args.seconds, args.connections, hello_meter))
-                    gateway_meter.backends = await backends()  # the pool may have grown
-                    results.gateway.append(await run_wrk(
-                        "gateway", args.gateway_url, args.seconds, args.connections,
-                        gateway_meter))
-                    await drained()
-                    say(f"round {n}/{args.rounds}: accept -> publish, {args.rate:g} req/s "
-                        f"for {args.rate_seconds:g} s")
-                    results.latency.append(await accept_to_publish(
-                        args, args.gateway_port, topic_root, drained))
-                if args.profile:
-                    results.profile = await profile(args, [
-                        ("hello", args.hello_url, hello_meter),
-                        ("gateway", args.gateway_url, gateway_meter)], drained)
-                results.stored, results.pending = await trio.to_thread.run_sync(
-                    query, "SELECT count(*), count(*) FILTER (WHERE status = 'pending')"
-                           " FROM messages")
-                nursery.cancel_scope.cancel()
+                say(f"round {n}/{args.rounds}: accept -> publish, {args.rate:g} req/s "
+                    f"for {args.rate_seconds:g} s")
+                results.latency.append(await accept_to_publish(
+                    args, args.gateway_port, topic_root, drained))
+            if args.profile:
+                results.profile = await profile(args, [
+                    ("hello", args.hello_url, hello_meter),
+                    ("gateway", args.gateway_url, gateway_meter)], drained)
+            results.stored, results.pending = await trio.to_thread.run_sync(
+                query, "SELECT count(*), count(*) FILTER (WHERE status = 'pending')"
+                       " FROM messages")
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(monitor.close)
@@ -611,20 +605,7 @@ def main() -> None:
     if args.profile and not (shutil.which("py-spy") or (BIN / "py-spy").exists()):
         parser.error("--profile needs py-spy (pip install py-spy)")
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # outside Trio; inside, measure() watches SIGTERM itself
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        text = run(args)
-    except* KeyboardInterrupt:
-        print("interrupted; servers stopped, database dropped", file=sys.stderr)
-        sys.exit(130)
-    except* BenchError as group:
-        for exc in group.exceptions:
-            print(f"bench: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(text)
+    run_main(lambda: run(args), "servers stopped, database dropped")
 
 
 def interrupted(exc: BaseException) -> bool:

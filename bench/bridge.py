@@ -42,7 +42,6 @@ import logging
 import math
 import secrets
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from common import say, source_version  # bench/ is on sys.path when run as a script
+from common import (  # bench/ is on sys.path when run as a script
+    BenchError,
+    run_main,
+    say,
+    sigterm_interrupts,
+    source_version,
+)
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from paho.mqtt.client import Client, MQTTMessage
@@ -82,10 +87,6 @@ RATE_SKIP = 5  # hand-overs left out of the sustained rate (intake of the backlo
 TARGET_RATIO = 0.95
 REFUSALS = ("RATE_LIMIT_EXCEEDED", "DUTY_CYCLE_LIMIT")
 MAX_PROBLEMS_SHOWN = 5
-
-
-class BenchError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -388,18 +389,10 @@ async def measure(args: argparse.Namespace, scenarios: list[Scenario], tag: str,
                   cleanup: contextlib.ExitStack, problems: Problems) -> list[Round]:
     endpoint = MqttEndpoint.from_url(args.mqtt_url)
     rounds: list[Round] = []
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def on_sigterm() -> None:
-                async for _ in signals:
-                    raise KeyboardInterrupt
-
-            nursery.start_soon(on_sigterm)
-            for sc in scenarios:
-                for n in range(1, args.rounds + 1):
-                    rounds.append(await run_round(sc, n, endpoint, tag, cleanup, problems))
-            nursery.cancel_scope.cancel()
+    async with sigterm_interrupts():
+        for sc in scenarios:
+            for n in range(1, args.rounds + 1):
+                rounds.append(await run_round(sc, n, endpoint, tag, cleanup, problems))
     return rounds
 
 
@@ -579,22 +572,14 @@ def main() -> None:
     problems = Problems()
     logging.getLogger().addHandler(problems)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # outside Trio; inside, measure() watches SIGTERM itself
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     tag = secrets.token_hex(4)
-    try:
+
+    def body() -> str:
         with contextlib.ExitStack() as cleanup:
             rounds = trio.run(measure, args, scenarios(args), tag, cleanup, problems)
-    except* KeyboardInterrupt:
-        print("interrupted; bridges stopped, broker sessions and state removed", file=sys.stderr)
-        sys.exit(130)
-    except* BenchError as group:
-        for problem in group.exceptions:
-            print(f"bench: error: {problem}", file=sys.stderr)
-        sys.exit(1)
-    print(report(args, rounds))
+        return report(args, rounds)
+
+    run_main(body, "bridges stopped, broker sessions and state removed")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""What the benchmarks share: progress lines and the version of the code measured."""
+"""What the benchmarks share: progress lines, the version measured, stopping and errors."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,3 +27,42 @@ def source_version() -> str:
     except OSError:
         return "unknown"
     return done.stdout.decode().strip() or "unknown"
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; ``str()`` says why."""
+
+
+@asynccontextmanager
+async def sigterm_interrupts() -> AsyncIterator[None]:
+    """Inside Trio, SIGTERM stops the body as Ctrl-C does (so cleanup runs the same way)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_sigterm() -> None:
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+            nursery.start_soon(on_sigterm)
+            yield
+            nursery.cancel_scope.cancel()
+
+
+def run_main(body: Callable[[], str], stopped: str) -> None:
+    """Run a benchmark's ``body`` and print its report; Ctrl-C or SIGTERM prints ``stopped``
+    and exits 130, a ``BenchError`` prints its reason and exits 1."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # outside Trio; inside, sigterm_interrupts() takes over
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        text = body()
+    except* KeyboardInterrupt:
+        print(f"interrupted; {stopped}", file=sys.stderr)
+        sys.exit(130)
+    except* BenchError as group:
+        for exc in group.exceptions:
+            print(f"bench: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(text)

@@ -60,7 +60,6 @@ import trio
 
 # Shared with the accept benchmark (bench/ is on sys.path when run as a script).
 from accept import (
-    BenchError,
     bench_database,
     forget_mqtt_session,
     free_port,
@@ -70,7 +69,7 @@ from accept import (
     process_cpu,
     wait_ready,
 )
-from common import say, source_version
+from common import BenchError, run_main, say, sigterm_interrupts, source_version
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -651,16 +650,8 @@ class Bench:
 
     async def run(self) -> Results:
         """The whole measurement; SIGTERM stops it as Ctrl-C does, through Trio."""
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def on_sigterm() -> None:
-                    async for _ in signals:
-                        raise KeyboardInterrupt
-
-                nursery.start_soon(on_sigterm)
-                await self.measure()
-                nursery.cancel_scope.cancel()
+        async with sigterm_interrupts():
+            await self.measure()
         return self.results
 
     async def measure(self) -> None:
@@ -1049,22 +1040,9 @@ def main() -> None:
     args.max_seconds = 600 + args.rounds * len(args.clients) * steps * (
         args.seconds + args.drain_timeout + 70)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # outside Trio; inside, Bench.run watches SIGTERM itself
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    try:
-        text = run(args)
-    except* KeyboardInterrupt:
-        print("interrupted; processes stopped, database dropped", file=sys.stderr)
-        sys.exit(130)
-    except* BenchError as group:
-        for exc in group.exceptions:
-            print(f"bench: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(text)
+    run_main(lambda: run(args), "processes stopped, database dropped")
 
 
 def run(args: argparse.Namespace) -> str:
