@@ -154,7 +154,21 @@ def test_delivery_to_a_node_behind_a_relay():
     assert reply.decoded.payload == b"ack: hi there"
     assert radio.stats.transmissions[pid] == 1
     assert radio.stats.transmissions_by_text["hi there"] == 1
+    assert radio.stats.accepted_by_text == {"hi there": 1}
+    assert radio.stats.delivered_by_text == {"hi there": 1}
     assert radio.stats.acks == {"implicit": 1, "delivered": 1}
+
+
+def test_a_text_handed_over_twice_counts_twice_a_retransmission_does_not():
+    radio = SimRadio(config())
+    phone = Phone(radio)
+    phone.text(0.0, "again")
+    phone.text(3.0, "again")  # a new packet: the same text sent a second time
+    phone.text(6.0, "lost", to=GHOST)
+    phone.run_until(600.0)
+    assert radio.stats.accepted_by_text == {"again": 2, "lost": 1}
+    assert radio.stats.transmissions_by_text["lost"] == 4
+    assert radio.stats.delivered_by_text == {"again": 2}
 
 
 def test_direct_neighbour_sends_only_its_own_ack():

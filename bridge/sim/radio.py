@@ -83,6 +83,10 @@ class SimStats:
     heartbeats: int = 0
     transmissions: Counter[int] = field(default_factory=Counter)
     transmissions_by_text: Counter[str] = field(default_factory=Counter)
+    # Texts taken onto the transmit queue, one per packet the client handed over: a text
+    # handed over twice (the same message sent twice) counts 2 here, a retransmission does not.
+    accepted_by_text: Counter[str] = field(default_factory=Counter)
+    delivered_by_text: Counter[str] = field(default_factory=Counter)  # delivery ACKs sent
     naks: Counter[str] = field(default_factory=Counter)  # by Routing.Error name
     acks: Counter[str] = field(default_factory=Counter)  # "implicit", "delivered"
     replies: int = 0
@@ -247,6 +251,8 @@ class SimRadio:
         if port == Port.TEXT_MESSAGE_APP:
             text = pkt.decoded.payload.decode(errors="replace")
         self._pending[pkt.id] = _Tx(pkt, text, data_size, self.config.retries)
+        if text is not None:
+            self.stats.accepted_by_text[text] += 1
         self._tx_queue.append(pkt.id)
         self._queue_status(ERRNO_OK, pkt.id)
         self._start_tx(now)
@@ -331,6 +337,8 @@ class SimRadio:
     def _ack(self, pkt: Message, node: SimNode | None, now: float) -> None:
         me = self.config.my_node_num
         self.stats.acks["implicit" if node is None else "delivered"] += 1
+        if node is not None and pkt.decoded.portnum == Port.TEXT_MESSAGE_APP:
+            self.stats.delivered_by_text[pkt.decoded.payload.decode(errors="replace")] += 1
         self._to_client(device.routing_packet(
             packet_id=self._new_id(), sender=node.num if node else me, to=me,
             request_id=pkt.id, error=Error.NONE, channel=pkt.channel, at=self._epoch + now,
