@@ -4,6 +4,7 @@ Rules:
 - Credentials are those of the API (``X-User-ID`` or ``?user_id=`` in header mode, a bearer token
   or ``?token=`` in jwt mode). They and ``?since=`` are checked before the upgrade: a bad one is
   answered with a plain HTTP problem (401, 422), never with a socket opened and then closed.
+  A plain GET on the path is checked for credentials too (401) before it is told to upgrade.
 - One text frame per event, ``{"type", "event_id", "message"}``, and only the caller's events.
 - Nothing missed, nothing twice: subscribe to the bus first, then replay the events after
   ``since`` from the database page by page, then forward live events, skipping those at or below
@@ -24,7 +25,7 @@ from uuid import UUID
 
 import trio
 from pydantic import BaseModel
-from quart import Response, websocket
+from quart import Response, request, websocket
 from quart_schema import document_querystring, document_response
 
 from kosmo.api import schemas
@@ -88,6 +89,7 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
 
     @app.get(PATH)
     @document_querystring(StreamQuery)
+    @document_response(schemas.ProblemOut, 401)
     @document_response(schemas.ProblemOut, 426)
     async def stream_without_upgrade() -> Response:
         """Live events of the caller (websocket only).
@@ -98,8 +100,9 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
         is `{"type": "message.created" | "message.status" | "message.inbound", "event_id": "...",
         "message": {...}}`. Close codes: 1001 when the gateway stops, 1013 when the client reads
         too slowly (the reason says the `since` to reconnect with). A request without a
-        websocket upgrade is answered 426.
+        websocket upgrade is answered 401 without valid credentials, else 426.
         """
+        authenticate(settings.auth_mode, settings.jwt_secret, request.headers, request.args)
         return Problem(426, "bad-request", "this path serves a websocket: send an upgrade",
                        headers={"Upgrade": "websocket"}).to_response()
 
