@@ -58,7 +58,7 @@ class Services:
 
 
 def create_app(settings: Settings, services: Services) -> QuartTrio:
-    app = QuartTrio("kosmo")
+    app = QuartTrio("kosmo", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, BODY_TIMEOUT=10, JSON_SORT_KEYS=False)
     scheme: dict[str, Any] = ({"bearer": {"type": "http", "scheme": "bearer",
                                           "bearer_format": "JWT"}}
