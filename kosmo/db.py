@@ -11,6 +11,11 @@ Rules:
 - Connection failures surface as ``DatabaseUnavailable`` (the HTTP front answers 503), after
   at most ``connect_timeout`` seconds: threads never queue for a connection (the limiter sees
   to that), so a longer wait can only mean the server is away.
+- Once a call failed that way, the database counts as down: further calls fail at once with
+  the same reason instead of each waiting ``connect_timeout``, except one probe call at a time,
+  at most every ``probe_interval`` seconds, which goes through and clears the state when it
+  succeeds. So an outage answers every request quickly, and the first probe after the server
+  is back ends it. The state lives in the Trio thread only (``run`` reads and writes it).
 """
 
 from __future__ import annotations
@@ -33,12 +38,17 @@ class DatabaseUnavailable(Exception):
 
 class Database:
     def __init__(self, url: str, *, size: int = 8, connect_timeout: float = 2.0,
-                 name: str = "kosmo") -> None:
+                 probe_interval: float = 0.5, name: str = "kosmo") -> None:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=size, open=False, timeout=connect_timeout, name=name,
             kwargs={"connect_timeout": max(1, int(connect_timeout)),
                     "application_name": name})
         self._limiter = trio.CapacityLimiter(size)
+        self._probe_interval = probe_interval
+        self._down: str | None = None  # why the last call failed, while the database is down
+        self._probing = False
+        self._next_probe = 0.0
+        self.attempts = 0  # calls that went to the pool (the rest failed fast)
 
     async def open(self, *, within: float = 30.0) -> None:
         """Open the pool; raise DatabaseUnavailable if no connection comes ``within`` seconds."""
@@ -52,9 +62,35 @@ class Database:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._pool.close, 5.0)
 
+    @property
+    def down(self) -> bool:
+        """True from a failed connection until a call succeeds again."""
+        return self._down is not None
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
-        return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+        probe = self._down is not None
+        if probe:
+            if self._probing or trio.current_time() < self._next_probe:
+                raise DatabaseUnavailable(self._down)
+            self._probing = True
+            self._next_probe = trio.current_time() + self._probe_interval
+        try:
+            self.attempts += 1
+            result = await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+        except DatabaseUnavailable as exc:
+            if self._down is None:
+                log.warning("database unavailable: %s", exc)
+                self._next_probe = trio.current_time() + self._probe_interval
+            self._down = str(exc)
+            raise
+        finally:
+            if probe:
+                self._probing = False
+        if self._down is not None:
+            log.info("database reachable again")
+            self._down = None
+        return result
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:

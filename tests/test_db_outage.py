@@ -13,6 +13,7 @@ import trio
 
 from kosmo import migrate
 from kosmo.config import Settings
+from kosmo.db import Database, DatabaseUnavailable
 from kosmo.embedded import EmbeddedPostgres, start_postgres
 from tests.conftest import WANDERER, start_gateway
 
@@ -58,3 +59,61 @@ async def test_outage_answers_503_and_recovers(nursery, settings: Settings,
         listing = (await gateway.get("/api/v1/messages/conversations/!a1b2c3d4",
                                      WANDERER)).json()
         assert [m["text"] for m in listing["messages"]] == ["before", "after"]
+
+
+def _one(conn) -> int:
+    return conn.execute("SELECT 1").fetchone()[0]
+
+
+async def test_a_down_database_fails_fast_and_one_probe_ends_the_outage(
+        own_postgres: EmbeddedPostgres):
+    db = Database(own_postgres.url, size=2, probe_interval=3600)
+    await db.open()
+    try:
+        assert await db.run(_one) == 1
+        await trio.to_thread.run_sync(own_postgres.stop)
+        with pytest.raises(DatabaseUnavailable):
+            await db.run(_one)
+        assert db.down
+        attempts = db.attempts
+        for _ in range(20):  # within the probe interval: no call reaches the pool
+            with pytest.raises(DatabaseUnavailable):
+                await db.run(_one)
+        assert db.attempts == attempts
+
+        await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
+        db._probe_interval = 0.0
+        db._next_probe = 0.0
+        with trio.fail_after(30):
+            while True:
+                try:
+                    assert await db.run(_one) == 1
+                    break
+                except DatabaseUnavailable:
+                    await trio.sleep(0.1)
+        assert not db.down
+        assert await db.run(_one) == 1
+    finally:
+        await db.close()
+
+
+async def test_every_send_in_an_outage_gets_its_503_without_queueing(
+        nursery, settings: Settings, own_postgres: EmbeddedPostgres):
+    settings = settings.replace(database_url=own_postgres.url, start_timeout=10.0)
+    async with start_gateway(nursery, settings) as gateway:
+        db = gateway.running.db
+        db._probe_interval = 3600  # no probe during the test's outage
+        await trio.to_thread.run_sync(own_postgres.stop)
+        assert (await gateway.send(WANDERER, text="first")).status_code == 503
+        attempts = db.attempts
+        statuses = [(await gateway.send(WANDERER, text=f"during {i}")).status_code
+                    for i in range(10)]
+        assert statuses == [503] * 10
+        assert db.attempts == attempts  # answered without waiting for a connection
+
+        await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
+        db._next_probe = 0.0
+        db._probe_interval = 0.1
+        with trio.fail_after(30):
+            while (await gateway.send(WANDERER, text="after")).status_code != 201:
+                await trio.sleep(0.1)
