@@ -12,10 +12,11 @@ Rules:
   at most ``connect_timeout`` seconds: threads never queue for a connection (the limiter sees
   to that), so a longer wait can only mean the server is away.
 - Once a call failed that way, the database counts as down: further calls fail at once with
-  the same reason instead of each waiting ``connect_timeout``, except one probe call at a time,
-  at most every ``probe_interval`` seconds, which goes through and clears the state when it
-  succeeds. So an outage answers every request quickly, and the first probe after the server
-  is back ends it. The state lives in the Trio thread only (``run`` reads and writes it).
+  the same reason instead of each waiting ``connect_timeout``. While ``watch`` runs (the
+  gateway runs it), it alone probes the server every ``probe_interval`` seconds and ends the
+  outage when a probe succeeds, so no request ever waits for a probe. Without a watcher, one
+  call at a time, at most every ``probe_interval`` seconds, goes through as the probe. The
+  state lives in the Trio thread only (``run`` and ``watch`` read and write it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _ping(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT 1")
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached or the connection broke mid-transaction."""
 
@@ -46,9 +51,12 @@ class Database:
         self._limiter = trio.CapacityLimiter(size)
         self._probe_interval = probe_interval
         self._down: str | None = None  # why the last call failed, while the database is down
+        self._went_down = trio.Event()
+        self._watched = False
         self._probing = False
         self._next_probe = 0.0
-        self.attempts = 0  # calls that went to the pool (the rest failed fast)
+        self.attempts = 0  # calls of ``run`` that went to the pool (the rest failed fast)
+        self.probes = 0  # the watcher's probes
 
     async def open(self, *, within: float = 30.0) -> None:
         """Open the pool; raise DatabaseUnavailable if no connection comes ``within`` seconds."""
@@ -71,7 +79,7 @@ class Database:
         """Run ``fn(conn, *args)`` in a worker thread, in one transaction."""
         probe = self._down is not None
         if probe:
-            if self._probing or trio.current_time() < self._next_probe:
+            if self._watched or self._probing or trio.current_time() < self._next_probe:
                 raise DatabaseUnavailable(self._down)
             self._probing = True
             self._next_probe = trio.current_time() + self._probe_interval
@@ -79,18 +87,47 @@ class Database:
             self.attempts += 1
             result = await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
         except DatabaseUnavailable as exc:
-            if self._down is None:
-                log.warning("database unavailable: %s", exc)
-                self._next_probe = trio.current_time() + self._probe_interval
-            self._down = str(exc)
+            self._mark_down(exc)
             raise
         finally:
             if probe:
                 self._probing = False
+        self._mark_up()
+        return result
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """While the database is down, probe it every ``probe_interval`` seconds; forever."""
+        self._watched = True
+        try:
+            task_status.started()
+            while True:
+                await self._went_down.wait()
+                while self._down is not None:
+                    await trio.sleep(self._probe_interval)
+                    try:
+                        self.probes += 1
+                        await trio.to_thread.run_sync(self._call, _ping, (),
+                                                      limiter=self._limiter)
+                    except DatabaseUnavailable as exc:
+                        self._down = str(exc)
+                    else:
+                        self._mark_up()
+        finally:
+            self._watched = False
+
+    def _mark_down(self, exc: DatabaseUnavailable) -> None:
+        if self._down is None:
+            log.warning("database unavailable: %s", exc)
+            self._next_probe = trio.current_time() + self._probe_interval
+            self._went_down.set()
+        self._down = str(exc)
+
+    def _mark_up(self) -> None:
         if self._down is not None:
             log.info("database reachable again")
             self._down = None
-        return result
+            self._went_down = trio.Event()
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:

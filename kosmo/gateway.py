@@ -91,6 +91,7 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
     await db.open(within=settings.start_timeout)
     try:
         async with trio.open_nursery() as infra:
+            await infra.start(db.watch)
             received_send, received = trio.open_memory_channel[MqttInbound](256)
             mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id,
                              subscriptions=subscriptions(settings), inbound=received_send)

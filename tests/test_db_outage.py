@@ -97,12 +97,36 @@ async def test_a_down_database_fails_fast_and_one_probe_ends_the_outage(
         await db.close()
 
 
+async def test_a_watched_database_ends_the_outage_by_itself(nursery,
+                                                            own_postgres: EmbeddedPostgres):
+    db = Database(own_postgres.url, size=2, probe_interval=0.1)
+    await db.open()
+    try:
+        await nursery.start(db.watch)
+        await trio.to_thread.run_sync(own_postgres.stop)
+        with pytest.raises(DatabaseUnavailable):
+            await db.run(_one)
+        attempts = db.attempts
+        for _ in range(20):  # no call waits for a connection, none probes
+            with pytest.raises(DatabaseUnavailable):
+                await db.run(_one)
+        assert db.attempts == attempts
+
+        await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
+        with trio.fail_after(30):
+            while db.down:  # nobody calls: the watcher's probe ends the outage
+                await trio.sleep(0.05)
+        assert db.probes > 0
+        assert await db.run(_one) == 1
+    finally:
+        await db.close()
+
+
 async def test_every_send_in_an_outage_gets_its_503_without_queueing(
         nursery, settings: Settings, own_postgres: EmbeddedPostgres):
     settings = settings.replace(database_url=own_postgres.url, start_timeout=10.0)
     async with start_gateway(nursery, settings) as gateway:
         db = gateway.running.db
-        db._probe_interval = 3600  # no probe during the test's outage
         await trio.to_thread.run_sync(own_postgres.stop)
         assert (await gateway.send(WANDERER, text="first")).status_code == 503
         attempts = db.attempts
@@ -112,8 +136,6 @@ async def test_every_send_in_an_outage_gets_its_503_without_queueing(
         assert db.attempts == attempts  # answered without waiting for a connection
 
         await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
-        db._next_probe = 0.0
-        db._probe_interval = 0.1
         with trio.fail_after(30):
             while (await gateway.send(WANDERER, text="after")).status_code != 201:
                 await trio.sleep(0.1)
