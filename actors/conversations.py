@@ -1,4 +1,5 @@
-"""Conversation actors: one per mesh node, spawned on demand and reaped when idle.
+"""Conversation actors: one per mesh node, spawned on demand, reaped when idle, at most
+``max_nodes`` at once.
 
 Rules:
 - The router owns the table of node actors; nobody else touches it. It receives stored messages
@@ -17,11 +18,24 @@ Rules:
 - A message id waiting in a node's channel, or handed out recently, is not handed out again;
   a message published twice anyway (by two processes, or after a crash) is fine: consumers
   dedupe by ``message_id``.
-- Reaping: after ``idle`` seconds without work a node actor tells the router; the router closes
-  its channel only if nothing was sent to it meanwhile, so no message is ever stranded.
-- A node record (channel, waiting ids, behind flag) belongs to the router and to the one node
-  task the router spawned for it, as its child; both run in the Trio thread and update it
-  without an await in between, so no lock is needed and no other actor sees it.
+- A node actor is *quiescent* when its channel is empty, it hands nothing out and it is not
+  behind; the router keeps the quiescent ones in the order they became so. Only a quiescent
+  node actor is ever stopped (its channel closed), so no message is ever stranded, and a
+  stopped one never publishes again, so a node never has two actors publishing at once.
+- Reaping: after ``idle`` seconds without work a node actor tells the router; the router stops
+  it if it is still quiescent.
+- Bound: the router holds at most ``max_nodes`` node actors. A message for a node without one,
+  when at the bound, first stops the quiescent node actor that has been so the longest
+  (eviction). If none is quiescent, no actor is started: the message stays ``pending`` in the
+  database and the node joins the *waiting* nodes, first come first served. The next node
+  actor to become quiescent is stopped and hands its place to the first waiting node (the
+  outbox, which hands pending messages out again, is the backstop). A waiting node's actor
+  starts by reading its pending messages from the database, oldest first, before any newer
+  message: order holds. So does the next actor of a node whose actor failed. Memory beyond
+  the actors: one entry per waiting node.
+- A node record (channel, waiting ids, behind flag) and the quiescent order belong to the router
+  and to the node tasks the router spawned, as its children; all run in the Trio thread and
+  update them without an await in between, so no lock is needed and no other actor sees them.
 - Supervision: a node actor contains and logs its own failure (the router forgets it and the
   outbox hands its messages out again); the router itself failing brings the gateway down.
 """
@@ -80,7 +94,7 @@ class Conversations:
                  broker_ready: Callable[[], Awaitable[None]],
                  report: Callable[[StatusReport], Awaitable[object]],
                  load_pending: LoadPending, topic_root: str,
-                 idle: float = 300.0, backoff_max: float = 5.0,
+                 idle: float = 300.0, max_nodes: int = 10_000, backoff_max: float = 5.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._start_publish = start_publish
         self._broker_ready = broker_ready
@@ -93,8 +107,16 @@ class Conversations:
         self._send, self._receive = trio.open_memory_channel[list[NewMessage] | _Idle](
             NODE_QUEUE)
         self._nodes: dict[str, _Node] = {}
+        self._quiescent: OrderedDict[str, _Node] = OrderedDict()  # longest quiescent first
+        # Nodes whose next actor must start from the database, first come first served.
+        self._from_database: OrderedDict[str, None] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self._max_nodes = max_nodes
         self._generation = 0
+        self._at_bound = False
         self.published = 0
+        self.evicted = 0  # quiescent node actors stopped to make room for another node
+        self.refused = 0  # messages left in the database because no actor could be started
 
     async def dispatch(self, messages: list[NewMessage]) -> None:
         """Hand over stored messages, oldest first; returns without waiting for any node."""
@@ -103,8 +125,16 @@ class Conversations:
     def active_nodes(self) -> int:
         return len(self._nodes)
 
+    def node_ids(self) -> list[str]:
+        return list(self._nodes)
+
+    def waiting_nodes(self) -> int:
+        """Nodes without an actor whose messages wait in the database for one."""
+        return len(self._from_database)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
             async with self._receive:
                 async for item in self._receive:
@@ -118,26 +148,69 @@ class Conversations:
     def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:
         node = self._nodes.get(message.node_id)
         if node is None:
-            self._generation += 1
-            send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
-            node = self._nodes[message.node_id] = _Node(send, self._generation)
-            nursery.start_soon(self._node_actor, message.node_id, node, receive)
+            node = self._spawn(nursery, message.node_id)
+            if node is None:
+                return  # it waits in the database; the outbox hands it out again
         if node.behind or message.message_id in node.waiting:
             return  # the node actor will read it from the database, or has it already
         try:
             node.send.send_nowait(message)
             node.waiting.add(message.message_id)
+            self._quiescent.pop(message.node_id, None)
         except trio.WouldBlock:
             log.info("node %s is behind: its next messages wait in the database",
                      message.node_id)
             node.behind = True
 
+    def _spawn(self, nursery: trio.Nursery, node_id: str) -> _Node | None:
+        """Start an actor for ``node_id``, making room by eviction if at the bound; None when
+        there is no room (the node is remembered: its next actor starts from the database)."""
+        if len(self._nodes) >= self._max_nodes:
+            if not self._quiescent:
+                self.refused += 1
+                self._from_database.setdefault(node_id)
+                if not self._at_bound:
+                    self._at_bound = True
+                    log.warning("%d conversation actors, none quiescent: messages for further "
+                                "nodes wait in the database", len(self._nodes))
+                return None
+            evicted_id, evicted = self._quiescent.popitem(last=False)
+            self._stop(evicted_id, evicted)
+            self.evicted += 1
+        self._generation += 1
+        send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
+        # A node some of whose messages may be in the database only (refused at the bound, or
+        # its actor failed) starts behind: it reads them first, oldest first.
+        behind = self._from_database.pop(node_id, 0) is None
+        if self._at_bound and not self._from_database:
+            self._at_bound = False
+            log.info("every waiting node has a conversation actor again (%d messages waited "
+                     "in the database so far)", self.refused)
+        node = self._nodes[node_id] = _Node(send, self._generation, behind=behind)
+        nursery.start_soon(self._node_actor, node_id, node, receive)
+        return node
+
+    def _stop(self, node_id: str, node: _Node) -> None:
+        del self._nodes[node_id]
+        self._quiescent.pop(node_id, None)
+        node.send.close()
+
     def _reap(self, idle: _Idle) -> None:
-        node = self._nodes.get(idle.node_id)
-        if (node is not None and node.generation == idle.generation and not node.waiting
-                and not node.behind):
-            del self._nodes[idle.node_id]
-            node.send.close()
+        node = self._quiescent.get(idle.node_id)
+        if node is not None and node.generation == idle.generation:
+            self._stop(idle.node_id, node)
+
+    def _mark_quiescent(self, node_id: str, node: _Node) -> None:
+        """Called by a node actor about to wait on its channel: it joins the quiescent ones,
+        or hands its place to the first waiting node (and then finds its channel closed)."""
+        if self._nodes.get(node_id) is not node or node.behind or node.waiting:
+            return
+        if self._from_database and self._nursery is not None:
+            self._stop(node_id, node)
+            self.evicted += 1
+            self._spawn(self._nursery, next(iter(self._from_database)))
+        elif node_id not in self._quiescent:
+            self._quiescent[node_id] = node
 
     async def _node_actor(self, node_id: str, node: _Node,
                           receive: trio.MemoryReceiveChannel[NewMessage]) -> None:
@@ -161,6 +234,7 @@ class Conversations:
                     if node.behind and receive.statistics().current_buffer_used == 0:
                         cursor = await self._catch_up(node_id, node, cursor, hand_out)
                         continue
+                    self._mark_quiescent(node_id, node)  # no await until receive()
                     with trio.move_on_after(self._idle) as idle:
                         try:
                             window = [await receive.receive()]
@@ -180,6 +254,8 @@ class Conversations:
             log.exception("conversation actor for node %s failed", node_id)
             if self._nodes.get(node_id) is node:
                 del self._nodes[node_id]
+                self._quiescent.pop(node_id, None)
+                self._from_database[node_id] = None  # what it held is in the database
 
     async def _catch_up(self, node_id: str, node: _Node, cursor: datetime,
                         hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> datetime:

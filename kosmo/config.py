@@ -156,6 +156,10 @@ OPTIONS: dict[str, Option] = {
     "outbox_interval": Option(
         "KOSMO_OUTBOX_INTERVAL", parse_duration, "30s",
         "how often messages still pending are handed out again"),
+    "max_conversations": Option(
+        "KOSMO_MAX_CONVERSATIONS", parse_positive_int, "10000",
+        "most node conversation actors held at once; messages for further nodes wait in "
+        "the database"),
 }
 
 
@@ -176,6 +180,7 @@ class Settings:
     db_pool_size: int = 8
     conversation_idle: float = 300.0
     outbox_interval: float = 30.0
+    max_conversations: int = 10000
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -109,7 +109,7 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
             conversations = Conversations(
                 start_publish=mqtt.start_publish, broker_ready=mqtt.wait_connected, report=report,
                 load_pending=load_pending, topic_root=settings.mqtt_topic_root,
-                idle=settings.conversation_idle)
+                idle=settings.conversation_idle, max_nodes=settings.max_conversations)
             ledger = Ledger(db, dispatch=conversations.dispatch,
                             message_ttl=settings.message_ttl, events=events)
             await infra.start(ledger.run)

@@ -7,6 +7,7 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import trio
 
 from actors.conversations import Conversations
@@ -65,13 +66,25 @@ class Store:
                 and m.message_id not in done][:limit]
 
 
+class Bounded(Conversations):
+    """Records the most node actors ever held: ``_spawn`` is the only place the table grows."""
+
+    peak = 0
+
+    def _spawn(self, nursery, node_id):  # type: ignore[no-untyped-def]
+        node = super()._spawn(nursery, node_id)
+        self.peak = max(self.peak, self.active_nodes())
+        return node
+
+
 async def start(nursery: trio.Nursery, broker: Publisher, reports: list[StatusReport],
-                idle: float = 300.0, store: Store | None = None) -> Conversations:
+                idle: float = 300.0, store: Store | None = None,
+                max_nodes: int = 10_000) -> Bounded:
     store = store or Store()
     store.reports = reports
-    conversations = Conversations(start_publish=broker.start_publish, broker_ready=broker.wait_up,
-                                  report=store.report, load_pending=store.load_pending,
-                                  topic_root="k", idle=idle)
+    conversations = Bounded(start_publish=broker.start_publish, broker_ready=broker.wait_up,
+                            report=store.report, load_pending=store.load_pending,
+                            topic_root="k", idle=idle, max_nodes=max_nodes)
     await nursery.start(conversations.run)
     return conversations
 
@@ -165,3 +178,135 @@ async def test_a_burst_beyond_the_node_queue_waits_in_the_database_in_order(
     broker.up.set()
     await trio.sleep(60)
     assert published_ids(broker, "!a1b2c3d4") == [str(m.message_id) for m in burst]
+
+
+# The bound on node actors (max_nodes): eviction of quiescent ones, refusal into the database.
+
+
+async def outbox(conversations: Conversations, store: Store, interval: float = 30.0) -> None:
+    """The outbox as the router sees it: every ``interval``, every message not yet queued is
+    handed out again (a harsher rule than the real one, which skips the recent ones)."""
+    while True:
+        await trio.sleep(interval)
+        done = {r.message_id for r in store.reports}
+        if pending := [m for m in store.stored if m.message_id not in done]:
+            await conversations.dispatch(pending)
+
+
+async def stored(conversations: Conversations, store: Store, *messages: NewMessage) -> None:
+    """What the ledger does: store, then hand over."""
+    store.stored.extend(messages)
+    await conversations.dispatch(list(messages))
+
+
+def ids(messages: list[NewMessage]) -> list[str]:
+    return [str(m.message_id) for m in messages]
+
+
+async def test_many_nodes_never_exceed_the_bound_and_all_go_out_in_order(
+        nursery, autojump_clock):
+    broker, reports, store = Publisher(), [], Store()
+    conversations = await start(nursery, broker, reports, store=store, max_nodes=10)
+    nodes = [f"!{i:08x}" for i in range(200)]
+    sent = [message(node, f"m{k}") for k in range(3) for node in nodes]
+    for start_at in range(0, len(sent), 25):  # batches, as the ledger hands them over
+        await stored(conversations, store, *sent[start_at:start_at + 25])
+    assert conversations.waiting_nodes() > 100  # a burst: most nodes wait for a place
+    # Without any outbox pass: each node actor that becomes quiescent hands its place on.
+    await trio.sleep(5)
+    assert conversations.peak == 10
+    assert conversations.evicted >= 190
+    for node in nodes:
+        assert published_ids(broker, node) == ids([m for m in sent if m.node_id == node])
+    assert conversations.waiting_nodes() == 0
+
+
+async def test_at_the_bound_with_every_actor_busy_messages_wait_in_the_database(
+        nursery, autojump_clock):
+    broker, reports, store = Publisher(), [], Store()
+    broker.up = trio.Event()  # down: every node actor is busy retrying its first message
+    conversations = await start(nursery, broker, reports, store=store, max_nodes=4)
+    nursery.start_soon(outbox, conversations, store)
+    nodes = [f"!{i:08x}" for i in range(10)]
+    sent = [message(node, f"m{k}") for k in range(3) for node in nodes]
+    with trio.fail_after(1):  # the router never waits for a node, even at the bound
+        for m in sent:
+            await stored(conversations, store, m)
+    await trio.sleep(0.1)
+    assert conversations.active_nodes() == 4
+    assert set(conversations.node_ids()) == set(nodes[:4])  # busy ones are never evicted
+    assert conversations.evicted == 0
+    assert conversations.refused == 18
+    assert conversations.waiting_nodes() == 6
+
+    await trio.sleep(100)  # outbox passes while the broker is still away: refused again
+    assert conversations.peak == 4
+    assert broker.published == []
+
+    broker.up.set()
+    await trio.sleep(120)
+    for node in nodes:
+        assert published_ids(broker, node) == ids([m for m in sent if m.node_id == node])
+    assert conversations.peak == 4
+    assert conversations.waiting_nodes() == 0
+
+
+async def test_a_newer_message_never_overtakes_one_left_in_the_database(nursery, autojump_clock):
+    broker, reports, store = Publisher(), [], Store()
+    broker.up = trio.Event()
+    conversations = await start(nursery, broker, reports, store=store, max_nodes=1)
+    a1, b1, b2 = message("!0000000a", "a1"), message("!0000000b", "b1"), message("!0000000b", "b2")
+    await stored(conversations, store, a1)
+    await stored(conversations, store, b1)  # no room: waits in the database
+    await stored(conversations, store, b2)  # still no room
+    await trio.sleep(1)
+    assert conversations.refused == 2
+    broker.up.set()
+    await trio.sleep(1)  # a1 goes out; a hands its place to b, whose actor reads b1 first
+    assert conversations.node_ids() == ["!0000000b"]
+    assert published_ids(broker, "!0000000b") == ids([b1, b2])  # no outbox pass was needed
+    b3 = message("!0000000b", "b3")
+    await stored(conversations, store, b3)
+    await trio.sleep(1)
+    assert published_ids(broker, "!0000000b") == ids([b1, b2, b3])
+
+
+async def test_eviction_takes_the_node_quiescent_the_longest(nursery, autojump_clock):
+    broker, reports = Publisher(), []
+    conversations = await start(nursery, broker, reports, max_nodes=3)
+    for node in ["!00000001", "!00000002", "!00000003", "!00000001"]:
+        await conversations.dispatch([message(node, "x")])
+        await trio.sleep(1)
+    await conversations.dispatch([message("!00000004", "x")])
+    await trio.sleep(1)
+    assert sorted(conversations.node_ids()) == ["!00000001", "!00000003", "!00000004"]
+    assert conversations.evicted == 1
+    await trio.sleep(400)  # idle reaping still applies below the bound
+    assert conversations.active_nodes() == 0
+
+
+class FailingStore(Store):
+    def __init__(self, fail: uuid.UUID) -> None:
+        super().__init__()
+        self.fail = fail
+
+    async def report(self, item: StatusReport) -> None:
+        if item.message_id == self.fail:
+            self.fail = uuid.UUID(int=0)
+            raise RuntimeError("boom")
+        await super().report(item)
+
+
+@pytest.mark.allow_error_logs
+async def test_after_a_node_actor_fails_its_next_one_starts_from_the_database(
+        nursery, autojump_clock):
+    f1, f2, f3 = (message("!0000000f", f"f{i}") for i in (1, 2, 3))
+    broker, reports, store = Publisher(), [], FailingStore(f1.message_id)
+    conversations = await start(nursery, broker, reports, store=store)
+    await stored(conversations, store, f1, f2)  # f1's queued report fails: the actor dies
+    await trio.sleep(1)
+    assert conversations.active_nodes() == 0
+    await stored(conversations, store, f3)
+    await trio.sleep(1)
+    # f1 and f2 may go out twice (consumers dedupe), but f3 never before them.
+    assert published_ids(broker, "!0000000f") == ids([f1, f2, f1, f2, f3])
