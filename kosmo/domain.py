@@ -23,13 +23,13 @@ from uuid import UUID
 
 from kosmo.clock import iso
 
-NODE_ID = re.compile(r"^![0-9a-fA-F]{8}$")
+NODE_ID = re.compile(r"![0-9a-fA-F]{8}")
 ACTIVE_STATUSES = frozenset({"active", "trialing"})
 
 
 def parse_node_id(value: object) -> str | None:
     """The normalised node id, or None when ``value`` is not one."""
-    if isinstance(value, str) and NODE_ID.match(value):
+    if isinstance(value, str) and NODE_ID.fullmatch(value):  # `$` would let "\n" through
         return value.lower()
     return None
 

@@ -8,6 +8,7 @@ it does no I/O. A payload that cannot be used raises ``BadPayload`` with the rea
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,13 +74,32 @@ class BridgeState:
     info: dict[str, Any]
 
 
+def _not_json(literal: str) -> Any:
+    raise BadPayload(f"payload is not JSON: {literal} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise BadPayload(f"number {literal[:20]} is out of range")
+    return value
+
+
+def _storable(text: str) -> bool:
+    """No NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8)."""
+    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def _object(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD:
         raise BadPayload(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
     try:
-        data = json.loads(payload.decode("utf-8"))
+        data = json.loads(payload.decode("utf-8"), parse_constant=_not_json,
+                          parse_float=_finite)
     except UnicodeDecodeError:
         raise BadPayload("payload is not UTF-8") from None
+    except BadPayload:
+        raise
     except (ValueError, RecursionError):
         raise BadPayload("payload is not JSON") from None
     if not isinstance(data, dict):
@@ -94,6 +114,8 @@ def _text_field(data: dict[str, Any], name: str, *, limit: int = 64,
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise BadPayload(f"{name} must be a string of 1..{limit} characters")
+    if not _storable(value):
+        raise BadPayload(f"{name} contains NUL or a lone surrogate")
     return value
 
 
@@ -119,7 +141,10 @@ def _timestamp(data: dict[str, Any], name: str) -> datetime:
         except ValueError:
             raise BadPayload(f"{name} is not an ISO 8601 time") from None
         if at.tzinfo is not None:
-            return at.astimezone(UTC)
+            try:
+                return at.astimezone(UTC)
+            except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+                raise BadPayload(f"{name} is out of range") from None
     raise BadPayload(f"{name} must be an ISO 8601 time with an offset, or epoch seconds")
 
 
@@ -128,12 +153,15 @@ def parse_status(payload: bytes) -> StatusReport:
     message_id = parse_uuid(data.get("message_id"))
     if message_id is None:
         raise BadPayload("message_id must be a UUID")
-    status = _REPORTED.get(data.get("status"))  # type: ignore[arg-type]
+    raw_status = data.get("status")
+    status = _REPORTED.get(raw_status) if isinstance(raw_status, str) else None
     if status is None:
         raise BadPayload("status must be transmitted, delivered or failed")
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise BadPayload("reason must be a string")
+    if reason is not None and not _storable(reason):
+        raise BadPayload("reason contains NUL or a lone surrogate")
     bridge_id = _text_field(data, "bridge_id")
     # A bridge's clock may run ahead; an event is never recorded as later than its arrival.
     at = min(_timestamp(data, "at"), datetime.now(UTC))
@@ -149,7 +177,7 @@ def parse_inbound(payload: bytes) -> InboundPacket:
     text = data.get("text")
     if not isinstance(text, str) or not text:
         raise BadPayload("text must be a non-empty string")
-    if "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text):
+    if not _storable(text):
         raise BadPayload("text contains NUL or a lone surrogate")
     if len(text.encode("utf-8")) > MAX_INBOUND_TEXT:
         raise BadPayload(f"text is over {MAX_INBOUND_TEXT} bytes")

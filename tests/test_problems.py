@@ -53,6 +53,7 @@ async def test_precedence(gateway: Gateway, sql, headers, body, status, slug):
     ({"target_node_id": "a1b2c3d4", "text": "hi"}, "target_node_id"),
     ({"target_node_id": "!a1b2c3d", "text": "hi"}, "target_node_id"),
     ({"target_node_id": "!a1b2c3dg", "text": "hi"}, "target_node_id"),
+    ({"target_node_id": "!a1b2c3d4\n", "text": "hi"}, "target_node_id"),  # not the same node
     ({"target_node_id": 12345678, "text": "hi"}, "target_node_id"),
     ({"target_node_id": None, "text": "hi"}, "target_node_id"),
     ({"target_node_id": "!a1b2c3d4", "text": ""}, "text"),
