@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +60,12 @@ def _dumps(data: dict[str, Any]) -> bytes:
 
 def _timestamp(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
+        # NaN would be stored as NULL by SQLite; neither it nor Infinity is a time.
+        return seconds if math.isfinite(seconds) else None
     if isinstance(value, str):
         try:
             at = datetime.fromisoformat(value)
