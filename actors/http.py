@@ -2,13 +2,23 @@
 
 Rules: ready (``started(binds)``) only once the socket is listening; it stops gracefully when
 ``shutdown`` is set, letting requests in progress finish within ``graceful_timeout`` seconds.
+
+After a complete response the server itself ends the request (``http.disconnect``) and then, in
+the same task, closes the connection (``Connection: close``) or restarts the keep-alive timer.
+Quart-Trio cancels the request's tasks on that disconnect, which cancelled this work half way:
+a connection answered ``Connection: close`` stayed open (for ever, for a client sending a byte
+now and then), and a kept-alive one had no idle timer. ``_finish_responses`` withholds that
+disconnect from the application once its response is complete.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart_trio import QuartTrio
 
 
@@ -33,5 +43,32 @@ class HttpFront:
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        await serve(self._app, self._config, shutdown_trigger=self._shutdown.wait,
-                    task_status=task_status)
+        await serve(_finish_responses(self._app), self._config,
+                    shutdown_trigger=self._shutdown.wait, task_status=task_status)
+
+
+def _finish_responses(app: QuartTrio) -> Any:
+    """The app, except that a request whose response is complete is not told of the disconnect
+    that follows: the task that sent the response must be left to finish the server's part."""
+
+    async def finish_responses(scope: Scope, receive: ASGIReceiveCallable,
+                               send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        complete = False
+
+        async def receive_until_complete() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" and complete:
+                await trio.sleep_forever()  # the request's tasks end with the response's send
+            return message
+
+        async def send_marking_complete(message: Any) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        return await app(scope, receive_until_complete, send_marking_complete)
+
+    return finish_responses
