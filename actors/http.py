@@ -3,12 +3,22 @@
 Rules: ready (``started(binds)``) only once the socket is listening; it stops gracefully when
 ``shutdown`` is set, letting requests in progress finish within ``graceful_timeout`` seconds.
 
-After a complete response the server itself ends the request (``http.disconnect``) and then, in
-the same task, closes the connection (``Connection: close``) or restarts the keep-alive timer.
-Quart-Trio cancels the request's tasks on that disconnect, which cancelled this work half way:
-a connection answered ``Connection: close`` stayed open (for ever, for a client sending a byte
-now and then), and a kept-alive one had no idle timer. ``_finish_responses`` withholds that
-disconnect from the application once its response is complete.
+Bounds against slow or hostile clients (the application adds the body limit and timeout, and
+the exact head limits, in ``kosmo.api``):
+- ``idle_timeout``: a connection that has not delivered a complete request head this long after
+  it opened, or after its previous response, is closed (Hypercorn's keep-alive timer, which runs
+  until a head is parsed: it also ends a client sending its head a byte at a time).
+- ``read_timeout``: a connection that sends nothing for this long is closed, whatever its state.
+- ``HEAD_BACKSTOP``: an incomplete request head over this many bytes is refused by the HTTP
+  parser itself (an empty ``431``, then close). It is twice the application's head limit, so a
+  head just over that limit reaches the application and gets a problem+json answer.
+- A websocket message over 4 KiB from a client closes its stream with 1009.
+- After a complete response the server itself ends the request (``http.disconnect``) and then,
+  in the same task, closes the connection (``Connection: close``) or restarts the idle timer.
+  Quart-Trio cancels the request's tasks on that disconnect, which cancelled this work half
+  way: a connection answered ``Connection: close`` stayed open (for ever, for a client sending
+  a byte now and then), and a kept-alive one had no idle timer. ``_finish_responses`` withholds
+  that disconnect from the application once its response is complete.
 """
 
 from __future__ import annotations
@@ -21,10 +31,15 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart_trio import QuartTrio
 
+from kosmo.api.limits import MAX_HEAD_BYTES
+
+HEAD_BACKSTOP = 2 * MAX_HEAD_BYTES
+
 
 class HttpFront:
     def __init__(self, app: QuartTrio, bind: tuple[str, int], *, shutdown: trio.Event,
-                 graceful_timeout: float = 5.0) -> None:
+                 graceful_timeout: float = 5.0, idle_timeout: float = 30.0,
+                 read_timeout: float = 30.0) -> None:
         self._app = app
         self._shutdown = shutdown
         host, port = bind
@@ -33,12 +48,12 @@ class HttpFront:
         self._config.accesslog = None
         self._config.errorlog = "-"
         self._config.graceful_timeout = graceful_timeout
-        self._config.keep_alive_timeout = 30
-        self._config.read_timeout = 30
-        self._config.h11_max_incomplete_size = 16 * 1024
+        self._config.keep_alive_timeout = idle_timeout
+        self._config.read_timeout = read_timeout  # type: ignore[assignment]  # a float works
+        self._config.h11_max_incomplete_size = HEAD_BACKSTOP
         # Streams are quiet for long stretches: ping them, so that a live client's pongs count
         # as reads for read_timeout and a dead one is noticed. Clients send nothing we read.
-        self._config.websocket_ping_interval = 10
+        self._config.websocket_ping_interval = min(10.0, read_timeout / 3)
         self._config.websocket_max_message_size = 4 * 1024
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

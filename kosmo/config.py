@@ -160,6 +160,16 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_MAX_CONVERSATIONS", parse_positive_int, "10000",
         "most node conversation actors held at once; messages for further nodes wait in "
         "the database"),
+    "http_idle_timeout": Option(
+        "KOSMO_HTTP_IDLE_TIMEOUT", parse_duration, "30s",
+        "an HTTP connection is closed when it has not sent a complete request head this long "
+        "after it opened or after the previous response"),
+    "http_read_timeout": Option(
+        "KOSMO_HTTP_READ_TIMEOUT", parse_duration, "30s",
+        "an HTTP connection that sends nothing for this long is closed"),
+    "http_body_timeout": Option(
+        "KOSMO_HTTP_BODY_TIMEOUT", parse_duration, "10s",
+        "a request body not complete this long after its head is answered 408"),
 }
 
 
@@ -181,6 +191,9 @@ class Settings:
     conversation_idle: float = 300.0
     outbox_interval: float = 30.0
     max_conversations: int = 10000
+    http_idle_timeout: float = 30.0
+    http_read_timeout: float = 30.0
+    http_body_timeout: float = 10.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

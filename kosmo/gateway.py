@@ -126,7 +126,9 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
 
             app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
                                                 shutdown, consumer.bridges))
-            front = HttpFront(app, settings.http_bind, shutdown=shutdown)
+            front = HttpFront(app, settings.http_bind, shutdown=shutdown,
+                              idle_timeout=settings.http_idle_timeout,
+                              read_timeout=settings.http_read_timeout)
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))

@@ -43,6 +43,10 @@ def test_help_lists_commands_and_settings():
     ({"KOSMO_DATABASE_URL": "postgresql://u@h/db", "KOSMO_AUTH_MODE": "open"}, ["gateway"],
      "KOSMO_AUTH_MODE is invalid"),
     ({"KOSMO_DATABASE_URL": "postgresql://u@h/db"}, ["gateway"], "KOSMO_JWT_SECRET is not set"),
+    ({"KOSMO_DATABASE_URL": "postgresql://u@h/db", "KOSMO_MAX_CONVERSATIONS": "0"}, ["gateway"],
+     "KOSMO_MAX_CONVERSATIONS is invalid"),
+    ({"KOSMO_DATABASE_URL": "postgresql://u@h/db", "KOSMO_HTTP_READ_TIMEOUT": "0s"}, ["gateway"],
+     "KOSMO_HTTP_READ_TIMEOUT is invalid"),
     ({"KOSMO_DATABASE_URL": "postgresql://u@h/db", "KOSMO_AUTH_MODE": "header"},
      ["gateway", "--max-text-bytes", "-3"], "--max-text-bytes is invalid"),
 ])

@@ -2,8 +2,9 @@
 
 Rules:
 - Sends go to the quota ledger actor; reads go to the database through ``kosmo.reads``.
-- A send is checked in this order, and the first failure answers: 413 body too large (from the
-  bytes actually read) -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields ->
+- A send is checked in this order, and the first failure answers: 431 head too large
+  (``kosmo.api.limits``) -> 413 body too large (from the bytes actually read) -> 408 body too
+  slow -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields ->
   403 plan -> 429 quota. A refused request never debits the quota.
 - Every error is RFC 9457 problem+json (``kosmo.api.problems``). No input yields a 500: an
   unexpected exception is logged and answered as a problem, and a database outage is a 503 with
@@ -30,6 +31,7 @@ from actors.ledger import Ledger
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.auth import authenticate
+from kosmo.api.limits import register_limits
 from kosmo.api.problems import TITLES, Problem, for_status
 from kosmo.api.stream import register_stream
 from kosmo.clock import utcnow
@@ -59,7 +61,9 @@ class Services:
 
 def create_app(settings: Settings, services: Services) -> QuartTrio:
     app = QuartTrio("kosmo", static_folder=None)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, BODY_TIMEOUT=10, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, BODY_TIMEOUT=settings.http_body_timeout,
+                      JSON_SORT_KEYS=False)
+    register_limits(app)
     scheme: dict[str, Any] = ({"bearer": {"type": "http", "scheme": "bearer",
                                           "bearer_format": "JWT"}}
               if settings.auth_mode == "jwt" else

@@ -21,6 +21,7 @@ TITLES: dict[str, str] = {
     "invalid-json": "The body is not valid JSON",
     "unsupported-media-type": "The body must be application/json",
     "body-too-large": "The request body is too large",
+    "headers-too-large": "The request headers are too large",
     "invalid-fields": "Some fields are invalid",
     "unauthorized": "Missing or bad credentials",
     "subscription-inactive": "No active subscription",
@@ -60,7 +61,8 @@ class Problem(Exception):
 
 STATUS_SLUGS = {400: "bad-request", 401: "unauthorized", 404: "not-found",
                 405: "method-not-allowed", 408: "request-timeout", 413: "body-too-large",
-                415: "unsupported-media-type", 503: "service-unavailable"}
+                415: "unsupported-media-type", 431: "headers-too-large",
+                503: "service-unavailable"}
 
 
 def for_status(status: int, detail: str | None = None) -> Problem:
