@@ -16,15 +16,18 @@ import schemathesis
 MEDIA_TYPE = "application/problem+json"
 
 
-def problem_json_violation(status_code: int, headers: dict[str, list[str]],
-                           content: bytes) -> str | None:
-    """Why this response breaks the rule, or None when it keeps it (or is not an error)."""
+def problem_json_violation(status_code: int, headers: dict[str, list[str]], content: bytes,
+                           method: str = "GET") -> str | None:
+    """Why this response breaks the rule, or None when it keeps it (or is not an error).
+    An answer to HEAD has no body: only its media type is judged."""
     if status_code < 400:
         return None
     types = [v for k, values in headers.items() if k.lower() == "content-type" for v in values]
     media = types[0].split(";", 1)[0].strip().lower() if types else ""
     if media != MEDIA_TYPE:
         return f"{status_code} answered as {media or 'no Content-Type'!r}, not {MEDIA_TYPE}"
+    if method.upper() == "HEAD":
+        return None
     try:
         body: Any = json.loads(content)
     except (UnicodeDecodeError, ValueError):
@@ -43,6 +46,7 @@ def problem_json_violation(status_code: int, headers: dict[str, list[str]],
 @schemathesis.check
 def error_is_problem_json(ctx: Any, response: Any, case: Any) -> None:
     """Every error response is RFC 9457 problem+json with type, title and the HTTP status."""
-    why = problem_json_violation(response.status_code, response.headers, response.content)
+    why = problem_json_violation(response.status_code, response.headers, response.content,
+                                 case.method)
     if why is not None:
         raise AssertionError(why)

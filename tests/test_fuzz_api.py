@@ -107,6 +107,12 @@ def test_the_problem_check_judges_responses(status, headers, body, broken):
     assert (problem_json_violation(status, headers, body) is not None) == broken
 
 
+def test_the_problem_check_wants_no_body_from_head():
+    assert problem_json_violation(404, PROBLEM, b"", "HEAD") is None
+    assert problem_json_violation(404, PROBLEM, b"", "GET") is not None
+    assert problem_json_violation(404, {"content-type": ["text/plain"]}, b"", "HEAD") is not None
+
+
 class _PlainErrors(BaseHTTPRequestHandler):
     """An API whose one operation answers errors as text/plain: the check must fail it."""
 
