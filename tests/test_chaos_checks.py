@@ -13,7 +13,7 @@ from tests.chaos.harness import ChaosConfig, ChaosResult, Fault, Send, bad_5xx
 def clean() -> ChaosResult:
     result = ChaosResult(ChaosConfig())
     result.sends = [Send(0, "a", 1.0, 1.1, 201, "m1"), Send(0, "b", 2.0, 2.1, 429)]
-    result.quota = {"u0": {"used": 1, "delivered_on_air": 1, "charged": 1, "messages": 1}}
+    result.quota = {"u0": {"used": 1, "on_air": 1, "charged": 1, "messages": 1}}
     result.error_logs = {"gateway": [], "bridge": []}
     result.faults = [Fault("gateway", 1.5, 1.6, 2.0, 0.5, 0.6, 0.0)]
     return result
@@ -33,7 +33,7 @@ def test_a_clean_run_has_no_violations_and_a_table():
     (lambda r: r.duplicates_on_air.append("a"), "on air twice"),
     (lambda r: r.unknown_on_air.append("z"), "unknown to the database"),
     (lambda r: r.quota["u0"].update(used=2), "quota mismatch for u0"),
-    (lambda r: r.quota["u0"].update(delivered_on_air=0), "quota mismatch for u0"),
+    (lambda r: r.quota["u0"].update(on_air=0), "quota mismatch for u0"),
     (lambda r: r.bad_5xx.append("500 at 3.0 s"), "500 at 3.0 s"),
     (lambda r: r.error_logs["bridge"].append("x ERROR y"), "ERROR lines in the bridge log"),
     (lambda r: r.sends.clear(), "no message was accepted"),

@@ -168,6 +168,7 @@ def test_a_text_handed_over_twice_counts_twice_a_retransmission_does_not():
     phone.run_until(600.0)
     assert radio.stats.accepted_by_text == {"again": 2, "lost": 1}
     assert radio.stats.transmissions_by_text["lost"] == 4
+    assert radio.stats.heard_by_text == {"again": 2}
     assert radio.stats.delivered_by_text == {"again": 2}
 
 

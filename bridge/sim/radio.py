@@ -87,6 +87,7 @@ class SimStats:
     # handed over twice (the same message sent twice) counts 2 here, a retransmission does not.
     accepted_by_text: Counter[str] = field(default_factory=Counter)
     delivered_by_text: Counter[str] = field(default_factory=Counter)  # delivery ACKs sent
+    heard_by_text: Counter[str] = field(default_factory=Counter)  # transmissions someone heard
     naks: Counter[str] = field(default_factory=Counter)  # by Routing.Error name
     acks: Counter[str] = field(default_factory=Counter)  # "implicit", "delivered"
     replies: int = 0
@@ -323,6 +324,8 @@ class SimRadio:
 
     def _heard(self, pkt: Message, node: SimNode | None, text: str | None, now: float) -> None:
         """Someone heard ``pkt``: schedule what the mesh answers."""
+        if text is not None:
+            self.stats.heard_by_text[text] += 1
         step = self.config.latency
         relayed = node is None or node.reach is Reach.SILENT or node.hops_away > 0
         if pkt.want_ack and relayed:

@@ -22,7 +22,8 @@ Invariants (``ChaosResult.violations``):
   or ``expired`` (none stuck);
 - no text was handed to the air twice (the radio's ``accepted_by_text``), and nothing went on
   air that the database does not hold;
-- per user: quota used = their messages the radio delivered = their messages still charged;
+- per user: quota used = their messages that reached the air (some node heard them, by the
+  radio's ``heard_by_text``) = their messages still charged;
 - no 5xx but 503 with ``Retry-After``, and those only while the database was down (from its
   stop until the gateway reported ready again).
 
@@ -138,7 +139,7 @@ class ChaosResult:
 
     def quota_mismatches(self) -> list[str]:
         return [user for user, q in self.quota.items()
-                if not q["used"] == q["delivered_on_air"] == q["charged"]]
+                if not q["used"] == q["on_air"] == q["charged"]]
 
     def violations(self) -> list[str]:
         out = []
@@ -525,9 +526,11 @@ class Run:
             mine = [r for r in rows if r[1] == user]
             result.quota[user] = {
                 "used": used.get(user, 0),
-                "delivered_on_air": sum(1 for r in mine if stats.delivered_by_text[r[2]]),
+                "on_air": sum(1 for r in mine if stats.heard_by_text[r[2]]),
                 "charged": sum(1 for r in mine if r[5]),
                 "messages": len(mine),
+                "delivered": sum(1 for r in mine if r[3] == "delivered"),
+                "delivery_acks": sum(1 for r in mine if stats.delivered_by_text[r[2]]),
             }
         result.bad_5xx = bad_5xx(result.sends, self.db_down)
         for fault in result.faults:
