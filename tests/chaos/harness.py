@@ -122,6 +122,7 @@ class ChaosResult:
     final: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
+    unanswered_stored: int = 0  # stored, but the client got no 201 (the gateway died first)
     stuck: list[str] = field(default_factory=list)
     duplicates_on_air: list[str] = field(default_factory=list)
     unknown_on_air: list[str] = field(default_factory=list)
@@ -168,6 +169,7 @@ class ChaosResult:
             ("faults injected", ", ".join(f.kind for f in self.faults)),
             ("sends", f"{len(self.sends)} ({_counts(statuses)})"),
             ("accepted (201)", str(self.accepted)),
+            ("stored, client got no answer", str(self.unanswered_stored)),
             ("final states", _counts(self.final)),
             ("failure reasons", _counts(self.reasons) or "-"),
             ("lost", str(len(self.lost))),
@@ -201,7 +203,8 @@ class ChaosResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "sends": len(self.sends), "statuses": dict(self.statuses()),
-            "accepted": self.accepted, "final": dict(self.final), "reasons": dict(self.reasons),
+            "accepted": self.accepted, "unanswered_stored": self.unanswered_stored,
+            "final": dict(self.final), "reasons": dict(self.reasons),
             "lost": len(self.lost), "stuck": len(self.stuck),
             "duplicates_on_air": len(self.duplicates_on_air),
             "unknown_on_air": len(self.unknown_on_air),
@@ -518,6 +521,8 @@ class Run:
         result.lost = [str(s.message_id) for s in result.sends
                        if s.status == 201 and s.message_id not in by_id]
         result.stuck = [f"{r[0]} {r[3]}" for r in rows if r[3] not in FINAL]
+        answered = {s.message_id for s in result.sends if s.status == 201}
+        result.unanswered_stored = sum(1 for r in rows if r[0] not in answered)
         result.final = Counter(r[3] for r in rows)
         result.reasons = Counter(f"{r[3]}/{r[4]}" for r in rows if r[4])
         result.duplicates_on_air = [t for t, n in stats.accepted_by_text.items() if n > 1]
