@@ -8,7 +8,11 @@ the exact head limits, in ``kosmo.api``):
 - ``idle_timeout``: a connection that has not delivered a complete request head this long after
   it opened, or after its previous response, is closed (Hypercorn's keep-alive timer, which runs
   until a head is parsed: it also ends a client sending its head a byte at a time).
-- ``read_timeout``: a connection that sends nothing for this long is closed, whatever its state.
+- ``read_timeout``: a connection that sends nothing for this long is closed, whatever its state;
+  and one that takes in nothing of what the gateway sends for this long is aborted by the
+  kernel (``TCP_USER_TIMEOUT`` on the listening socket, inherited by each connection, where the
+  system has it): Hypercorn's writes cannot be cancelled, so without it a client that never
+  reads its answers would hold its connection and a task for ever.
 - ``HEAD_BACKSTOP``: an incomplete request head over this many bytes is refused by the HTTP
   parser itself (an empty ``431``, then close). It is twice the application's head limit, so a
   head just over that limit reaches the application and gets a problem+json answer.
@@ -23,12 +27,14 @@ the exact head limits, in ``kosmo.api``):
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.trio.run import worker_serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from kosmo.api.limits import MAX_HEAD_BYTES
@@ -42,6 +48,7 @@ class HttpFront:
                  read_timeout: float = 30.0) -> None:
         self._app = app
         self._shutdown = shutdown
+        self._read_timeout = read_timeout
         host, port = bind
         self._config = Config()
         self._config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -58,8 +65,16 @@ class HttpFront:
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        await serve(_finish_responses(self._app), self._config,
-                    shutdown_trigger=self._shutdown.wait, task_status=task_status)
+        # hypercorn.trio.serve, with sockets of our own making.
+        sockets = self._config.create_sockets()
+        for sock in sockets.insecure_sockets:
+            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                int(self._read_timeout * 1000))
+            sock.listen(self._config.backlog)
+        app = wrap_app(_finish_responses(self._app), self._config.wsgi_max_body_size, "asgi")
+        await worker_serve(app, self._config, sockets=sockets,
+                           shutdown_trigger=self._shutdown.wait, task_status=task_status)
 
 
 def _finish_responses(app: QuartTrio) -> Any:

@@ -166,7 +166,8 @@ OPTIONS: dict[str, Option] = {
         "after it opened or after the previous response"),
     "http_read_timeout": Option(
         "KOSMO_HTTP_READ_TIMEOUT", parse_duration, "30s",
-        "an HTTP connection that sends nothing for this long is closed"),
+        "an HTTP connection that sends nothing, or (on Linux) takes in nothing, for this long "
+        "is closed"),
     "http_body_timeout": Option(
         "KOSMO_HTTP_BODY_TIMEOUT", parse_duration, "10s",
         "a request body not complete this long after its head is answered 408"),

@@ -11,9 +11,11 @@ slow for its buffer (closed with 1013) in test_stream.py.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +26,7 @@ from trio_websocket import ConnectionClosed
 from kosmo.api.app import MAX_BODY
 from kosmo.api.limits import MAX_HEAD_BYTES, MAX_HEADERS
 from kosmo.config import Settings
-from tests.conftest import WANDERER, Gateway, start_gateway
+from tests.conftest import SANCTUARY, WANDERER, Gateway, start_gateway
 from tests.test_stream import connect, problem, rejected, until_closed, wait_until
 
 IDLE, READ, BODY = 1.0, 4.0, 1.0
@@ -121,7 +123,7 @@ async def served(gateway: Gateway) -> None:
     """Another client is served at once: a read and a send."""
     with trio.fail_after(2):
         assert (await gateway.client.get("/healthz")).status_code == 200
-        response = await gateway.send(WANDERER, text="meanwhile")
+        response = await gateway.send(SANCTUARY, text="meanwhile")  # no quota to run out
         assert response.status_code == 201, response.text
 
 
@@ -387,6 +389,41 @@ async def test_a_silent_stream_client_is_closed_after_the_read_timeout(gw: Gatew
     assert READ * 0.9 < silent
     await wait_until(lambda: bus.statistics().subscribers == 0, timeout=2)
     await served(gw)
+
+
+def gateway_end(gateway_port: int, client_port: int) -> str | None:
+    """The TCP state of the gateway's end of a connection on this machine, None once gone."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
+                    gateway_port, client_port):
+                return state
+    return None
+
+
+@pytest.mark.skipif(not (hasattr(socket, "TCP_USER_TIMEOUT") and Path("/proc/net/tcp").exists()),
+                    reason="Linux: TCP_USER_TIMEOUT, and /proc/net/tcp to watch the connection")
+async def test_a_client_that_never_reads_its_answers_is_cut_off_after_the_read_timeout(
+        gw: Gateway):
+    """Pipelined requests whose answers (4.6 MB) the client never reads: the gateway's writes
+    stall on a closed TCP window, and the kernel aborts the connection after the read timeout.
+    The client only learns of it when it reads, so watch the gateway's end."""
+    port = urlsplit(gw.url).port or 80
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with trio.SocketStream(sock) as stream, trio.open_nursery() as nursery:
+        await sock.connect(("127.0.0.1", port))
+        client_port = sock.getsockname()[1]
+        await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: gw\r\n\r\n" * 300)
+        sent = trio.current_time()
+        done = trio.Event()
+        nursery.start_soon(served_until, gw, done)
+        with trio.fail_after(READ + SLACK):
+            while gateway_end(port, client_port) is not None:
+                await trio.sleep(0.05)
+        done.set()
+    assert trio.current_time() - sent > READ * 0.9
 
 
 # -- websocket frames: 4 KiB ------------------------------------------------------------------
