@@ -208,7 +208,15 @@ async def test_public_routes_need_no_credentials(nursery, settings: Settings, mo
                                                        jwt_secret=SECRET)) as gateway:
         answered = {path: (await gateway.client.get(path)).status_code
                     for path in PUBLIC.values()}
+        spec = (await gateway.client.get("/openapi.json")).json()
     assert answered == {path: 200 for path in PUBLIC.values()}
+    # The description says the same: public operations need no scheme, the rest the global one.
+    assert spec["security"] == [{"user_id" if mode == "header" else "bearer": []}]
+    needs = {(method.upper(), path.replace("{", "<").replace("}", ">")): op.get("security")
+             for path, ops in spec["paths"].items() for method, op in ops.items()}
+    assert needs == {route: ([] if route in PUBLIC else None) for route in needs}
+    assert {route for route in needs if route in PUBLIC} == {
+        route for route in PUBLIC if route[1] not in ("/openapi.json", "/docs")}
 
 
 # No credentials.
