@@ -71,8 +71,8 @@ OPTIONS: dict[str, Option] = {
         "where the bridge keeps its queue and outbox (SQLite); one bridge per directory"),
     "result_timeout": Option(
         "KOSMO_BRIDGE_RESULT_TIMEOUT", parse_duration, "5m",
-        "how long to wait for the radio's routing result of a text before reporting it "
-        "failed (radio time)"),
+        "how long after the hand-over to wait for a text's routing result and delivery ACK "
+        "before reporting it failed (radio time)"),
     "time_scale": Option(
         "KOSMO_BRIDGE_TIME_SCALE", parse_time_scale, "1",
         "radio seconds per real second, for a simulated radio that runs faster (keep 1 with "

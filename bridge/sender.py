@@ -15,6 +15,10 @@ The at-most-once rule (never twice on air)
   waiting for its routing result for ``result_timeout``, as the radio may still report it;
   a ``handed`` one that hears nothing is reported ``failed``/``unknown_after_restart``.
   We prefer a possibly wrong ``failed`` (the gateway refunds the sender) to sending twice.
+- Every message handed to the radio ends with one final report within ``result_timeout``
+  (radio seconds) of its hand-over, or of the start for one an earlier run handed: one still
+  ``transmitted`` then (the destination's ACK never came) is reported ``failed`` with reason
+  ``no_delivery_ack``; the gateway does not refund it, as it went on air.
 - A message whose ``expires_at`` has passed is reported ``failed``/``expired`` instead of sent:
   when it arrives, while it waits (swept every few seconds) and right before the hand-over.
 
@@ -265,9 +269,7 @@ class Sender:
                                     packet_id),)
         ended = None
         if outcome.next is Next.DONE:
-            ended = outcome.status or "transmitted"
-            if outcome.reason:
-                ended += f": {outcome.reason}"
+            ended = f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
         return Change(outcome.message_id, outcome.next.value, ended, reports)
 
     async def _apply(self, outcomes: list[Outcome]) -> None:

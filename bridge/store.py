@@ -12,7 +12,8 @@ Rules:
   rule). Finished rows are kept until a day after the message expired, so a late copy is
   still recognised (and after that it would be reported expired, never sent).
 - ``outbox`` holds status reports and received texts until the broker acknowledged them.
-  A row's state change and the report it causes are written in one transaction.
+  A row's state change and the report it causes are written in one transaction; a change to a
+  row already ``done`` is dropped with its report, so each message has one final report.
 """
 
 from __future__ import annotations
@@ -200,12 +201,15 @@ class Store:
                        "WHERE message_id = ? AND state = 'sending'", (packet_id, message_id))
 
     def apply(self, changes: Sequence[Change]) -> None:
+        """Move open rows on and queue their reports. A change to a finished row (or an unknown
+        one) writes nothing: a message gets one final report, whatever comes later."""
         with self._tx() as db:
             for change in changes:
-                db.execute("UPDATE outbound SET state = ?, outcome = COALESCE(?, outcome) "
-                           "WHERE message_id = ? AND state <> 'done'",
-                           (change.state, change.outcome, change.message_id))
-                self._outbox(db, change.reports)
+                cur = db.execute("UPDATE outbound SET state = ?, outcome = COALESCE(?, outcome) "
+                                 "WHERE message_id = ? AND state <> 'done'",
+                                 (change.state, change.outcome, change.message_id))
+                if cur.rowcount:
+                    self._outbox(db, change.reports)
 
     def open_flights(self) -> list[Row]:
         """Rows handed (or being handed) to the radio and not finished, oldest first."""

@@ -21,9 +21,12 @@ Rules:
   ``max_attempts`` hand-overs in all; then it fails with that reason.
 - A result may arrive before the hand-over returns the packet id: it is kept as an orphan (a
   bounded number, for ``orphan_ttl``) and applied when the flight is added.
-- Deadline: a flight still ``handed`` when its deadline passes fails with ``no_routing_result``
-  (``unknown_after_restart`` if it was handed by an earlier run of the bridge); a
-  ``transmitted`` one just ends, its report already made.
+- Deadline (``result_timeout`` after the hand-over, or after the start for a flight an earlier
+  run of the bridge handed): every flight ends by then with exactly one final report. One still
+  ``handed`` fails with ``no_routing_result`` (``unknown_after_restart`` if it was handed by an
+  earlier run); one ``transmitted`` (it reached the air, but the destination's ACK never came:
+  lost on the way back, or written to a bridge that was killed) fails with
+  ``no_delivery_ack``. A result that comes later changes nothing (forward only).
 - Only flights handed over the current radio link count as in flight: a reconnected or
   rebooted radio reports its own queue afresh.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 
 RETRYABLE = frozenset({"RATE_LIMIT_EXCEEDED", "DUTY_CYCLE_LIMIT"})
 NO_RESULT = "no_routing_result"
+NO_DELIVERY_ACK = "no_delivery_ack"
 UNKNOWN_AFTER_RESTART = "unknown_after_restart"
 
 
@@ -57,7 +61,7 @@ class Outcome:
     message_id: str
     packet_id: int
     next: Next
-    status: str | None = None  # the report to publish: transmitted, delivered or failed
+    status: str | None = None  # the report: transmitted, delivered, failed; None to requeue
     reason: str | None = None
 
 
@@ -121,9 +125,9 @@ class Tracker:
         for flight in [f for f in self._flights.values() if f.deadline <= now]:
             if flight.phase is Phase.HANDED:
                 reason = UNKNOWN_AFTER_RESTART if flight.link == 0 else NO_RESULT
-                outcomes.append(self._end(flight, "failed", reason))
             else:
-                outcomes.append(self._end(flight, None, None))
+                reason = NO_DELIVERY_ACK
+            outcomes.append(self._end(flight, "failed", reason))
         for packet_id, orphans in list(self._orphans.items()):
             if all(now - o.at > self._orphan_ttl for o in orphans):
                 del self._orphans[packet_id]
@@ -139,7 +143,7 @@ class Tracker:
     def __len__(self) -> int:
         return len(self._flights)
 
-    def _end(self, flight: Flight, status: str | None, reason: str | None) -> Outcome:
+    def _end(self, flight: Flight, status: str, reason: str | None) -> Outcome:
         del self._flights[flight.packet_id]
         return Outcome(flight.message_id, flight.packet_id, Next.DONE, status, reason)
 

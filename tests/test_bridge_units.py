@@ -197,9 +197,61 @@ def test_deadlines_and_what_counts_as_in_flight() -> None:
     assert tracker.in_flight(3) == 1
     assert tracker.next_deadline() == 10.0
     expired = {o.message_id: (o.status, o.reason) for o in tracker.expire(15.0)}
-    assert expired == {"old": ("failed", "unknown_after_restart"), "sent": (None, None)}
+    assert expired == {"old": ("failed", "unknown_after_restart"),
+                       "sent": ("failed", "no_delivery_ack")}
     [late] = tracker.expire(25.0)
     assert (late.status, late.reason) == ("failed", "no_routing_result")
+
+
+def test_a_transmitted_flight_without_delivery_ack_fails_once_at_its_deadline() -> None:
+    tracker = _tracker()  # handed at 0, deadline 100
+    [transmitted] = tracker.result(7, RELAY, "NONE", 1.0)
+    assert (transmitted.status, transmitted.next) == ("transmitted", Next.TRANSMITTED)
+    assert tracker.expire(99.9) == []  # still waiting for the destination's ACK
+    assert tracker.next_deadline() == 100.0
+    [final] = tracker.expire(100.0)
+    assert (final.message_id, final.packet_id, final.next, final.status, final.reason) == (
+        "m1", 7, Next.DONE, "failed", "no_delivery_ack")
+    assert len(tracker) == 0
+    assert tracker.next_deadline() is None
+    assert tracker.expire(200.0) == []  # one final report, never a second
+    # The delivery ACK arrives after all: forward only, nothing changes.
+    assert tracker.result(7, DEST, "NONE", 101.0) == []
+    assert tracker.result(7, ME, "MAX_RETRANSMIT", 102.0) == []
+    assert tracker.expire(300.0) == []
+
+
+def test_a_delivery_ack_before_the_deadline_leaves_nothing_to_expire() -> None:
+    tracker = _tracker()
+    tracker.result(7, ME, "NONE", 1.0)
+    [delivered] = tracker.result(7, DEST, "NONE", 99.0)
+    assert (delivered.status, delivered.next) == ("delivered", Next.DONE)
+    assert tracker.expire(100.0) == []
+
+
+@pytest.mark.parametrize(("phase", "reason"), [
+    (Phase.TRANSMITTED, "no_delivery_ack"), (Phase.HANDED, "unknown_after_restart")])
+def test_a_flight_restored_after_a_restart_waits_then_fails(phase: Phase, reason: str) -> None:
+    # What Sender.restore makes of a row found transmitted (or handed): deadline = start +
+    # result_timeout, link 0 (an earlier run's).
+    tracker = Tracker(own_node=ME)
+    assert tracker.add(Flight("m9", 9, DEST, deadline=50.0 + 300.0, attempts=1, link=0,
+                              phase=phase), now=50.0) == []
+    assert tracker.in_flight(1) == 0
+    assert tracker.expire(349.0) == []
+    [final] = tracker.expire(350.0)
+    assert (final.next, final.status, final.reason) == (Next.DONE, "failed", reason)
+    assert tracker.result(9, DEST, "NONE", 351.0) == []
+
+
+def test_a_restored_transmitted_flight_can_still_be_delivered() -> None:
+    tracker = Tracker(own_node=ME)
+    tracker.add(Flight("m9", 9, DEST, deadline=350.0, attempts=1, link=0,
+                       phase=Phase.TRANSMITTED), now=50.0)
+    assert tracker.result(9, RELAY, "NONE", 60.0) == []  # already reported transmitted
+    [delivered] = tracker.result(9, DEST, "NONE", 70.0)
+    assert (delivered.status, delivered.next) == ("delivered", Next.DONE)
+    assert tracker.expire(400.0) == []
 
 
 # --- payloads ---------------------------------------------------------------------------------
@@ -320,6 +372,25 @@ def test_store_answers_expired_too_long_and_unreadable_messages_at_once(tmp_path
     store.outbox_done([i for i, _t, _p in store.outbox_head(10)])
     assert store.outbox_size() == 0
     assert store.prune(now + 2 * 86400) == 4
+    store.close()
+
+
+def test_store_writes_no_report_for_a_finished_message(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    now = time.time()
+    store.accept([Outbound("m1", "!a1b2c3d4", "hi", now + 60)], [], now, _report)
+    store.begin_send("m1", now, 0.5)
+    store.handed("m1", 1234)
+    store.apply([Change("m1", "transmitted", None, (_report("m1", "transmitted", None, 1234),))])
+    store.apply([Change("m1", "done", "failed: no_delivery_ack",
+                        (_report("m1", "failed", "no_delivery_ack", 1234),))])
+    assert store.open_flights() == []
+    # Anything after the final report (a late delivery, a second failure) changes nothing.
+    store.apply([Change("m1", "done", "delivered", (_report("m1", "delivered", None, 1234),)),
+                 Change("unknown", "done", "delivered", (_report("unknown", "delivered", None,
+                                                                 1),))])
+    reports = [json.loads(p) for _i, _t, p in store.outbox_head(10)]
+    assert reports == [["m1", "transmitted", None, 1234], ["m1", "failed", "no_delivery_ack", 1234]]
     store.close()
 
 
