@@ -23,7 +23,7 @@ from bridge.daemon import Bridge, run_bridge
 from bridge.payloads import Outbound
 from bridge.radio import Device
 from bridge.sim import SimConfig, SimRadio, make_nodes, serve_radio
-from bridge.store import DB_NAME, Store
+from bridge.store import DB_NAME, Change, Store
 from kosmo.embedded import Broker
 from tests.mesh import FakeBridgeLink
 
@@ -251,7 +251,8 @@ async def test_a_direct_neighbour_acknowledges_without_a_relay(mesh: Mesh, sim: 
 
 @pytest.mark.parametrize(("node", "expected"), [
     (UNREACHABLE, [("failed", "MAX_RETRANSMIT")]),  # nobody relays: no implicit ACK
-    (SILENT, [("transmitted", None)]),  # relayed, never acknowledged, no NAK either
+    # Relayed, never acknowledged, no NAK either: failed once the result timeout passed.
+    (SILENT, [("transmitted", None), ("failed", "no_delivery_ack")]),
 ])
 async def test_failures_report_the_radios_reason(nursery: trio.Nursery, tmp_path: Path,
                                                  mqtt_url: str, topic_root: str, mesh: Mesh,
@@ -263,11 +264,16 @@ async def test_failures_report_the_radios_reason(nursery: trio.Nursery, tmp_path
     await runner.start(nursery)
     target = f"!{node:08x}"
     message = outbound(target)
+    sent = trio.current_time()
     await mesh.send(message, target)
     mid = message["message_id"]
     await wait_for(lambda: len(mesh.statuses(mid)) == len(expected))
-    await trio.sleep(35 / TS)  # past the result timeout: a silent node gets no second report
-    assert [(p["status"], p.get("reason")) for p in mesh.statuses(mid)] == expected
+    if node == SILENT:  # not before the result timeout (30 s of radio time) after the hand-over
+        assert trio.current_time() - sent >= 30 / TS
+    await trio.sleep(35 / TS)  # past the result timeout: nothing after the final report
+    reports = mesh.statuses(mid)
+    assert [(p["status"], p.get("reason")) for p in reports] == expected
+    assert len({p.get("packet_id") for p in reports}) == 1
     assert sim.texts_on_air(message["text"]) == (4 if node == UNREACHABLE else 1)
     await runner.stop()
 
@@ -322,6 +328,33 @@ async def test_a_message_is_sent_once_however_often_it_comes(
     assert sim.texts_on_air(message["text"]) == 1
     assert mesh.status_names(mid) == ["transmitted", "delivered"]
     await second.stop()
+
+
+async def test_a_transmitted_message_found_at_start_fails_without_a_delivery_ack(
+        nursery: trio.Nursery, tmp_path: Path, mqtt_url: str, topic_root: str, mesh: Mesh,
+        sim: SimRunner) -> None:
+    settings = make_settings(tmp_path, mqtt_url, topic_root, sim, result_timeout=40.0)
+    # What a bridge killed after the implicit ACK leaves: a row reported transmitted whose
+    # delivery ACK went to the dead process.
+    store = Store(settings.state_dir)
+    now = time.time()
+    store.accept([Outbound("m-transmitted", NODE, "three", now + 60)], [], now,
+                 lambda *a: ("unused", b""))
+    store.begin_send("m-transmitted", now, 0.5)
+    store.handed("m-transmitted", 4343)
+    store.apply([Change("m-transmitted", "transmitted")])
+    store.close()
+
+    runner = BridgeRunner(settings)
+    started = trio.current_time()
+    await runner.start(nursery)
+    await wait_for(lambda: mesh.statuses("m-transmitted"), timeout=40 / TS + 5)
+    assert trio.current_time() - started >= 40 / TS  # it waited the result timeout first
+    [final] = mesh.statuses("m-transmitted")
+    assert (final["status"], final["reason"], final["packet_id"]) == (
+        "failed", "no_delivery_ack", 4343)
+    assert sim.radio.stats.received == 0
+    await runner.stop()
 
 
 async def test_after_a_crash_a_possibly_sent_message_is_failed_never_resent(
@@ -490,6 +523,33 @@ async def test_end_to_end_through_the_gateway(nursery: trio.Nursery, tmp_path: P
     await runner.stop()
 
 
+async def test_a_silent_node_ends_failed_through_the_gateway_not_refunded(
+        nursery: trio.Nursery, tmp_path: Path, mqtt_url: str, topic_root: str, sim: SimRunner,
+        gateway: Any) -> None:
+    from tests.conftest import WANDERER
+
+    runner = BridgeRunner(make_settings(tmp_path, mqtt_url, topic_root, sim,
+                                        result_timeout=30.0))
+    await runner.start(nursery)
+    target = f"!{SILENT:08x}"
+    sent = await gateway.send(WANDERER, target, "hello silence")
+    assert sent.status_code == 201, sent.text
+    mid, used = sent.json()["message_id"], sent.json()["quota"]["used"]
+
+    async def message() -> dict[str, Any]:
+        return dict((await gateway.get(f"/api/v1/messages/{mid}", WANDERER)).json())
+
+    with trio.fail_after(15):
+        while (body := await message())["status"] != "failed":
+            await trio.sleep(0.05)
+    assert body["reason"] == "no_delivery_ack"
+    assert [(e["status"], e["reason"]) for e in body["status_history"]][-2:] == [
+        ("transmitted", None), ("failed", "no_delivery_ack")]
+    after = await gateway.send(WANDERER, NODE, "and hello again")
+    assert after.json()["quota"]["used"] == used + 1  # the failed one went on air: no refund
+    await runner.stop()
+
+
 # --- a real process: kill -9, restart, SIGTERM ---------------------------------------------
 
 
@@ -543,7 +603,11 @@ async def _crash_and_restart(spawn: Callable[[], Awaitable[trio.Process]], mesh:
     for message in messages:
         on_air = sim.texts_on_air(message["text"])
         assert on_air <= 1
-        assert ("delivered" in mesh.status_names(message["message_id"])) == (on_air == 1)
+        reports = mesh.statuses(message["message_id"])
+        # On air: delivered, or failed for want of the delivery ACK (it went to the killed one).
+        reached = [p for p in reports if p["status"] == "delivered"
+                   or p.get("reason") == "no_delivery_ack"]
+        assert bool(reached) == (on_air == 1)
     await wait_for(lambda: last_state().get("state") == "online")
     stopping = trio.current_time()
     second.terminate()  # SIGTERM
