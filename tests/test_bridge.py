@@ -558,7 +558,7 @@ async def test_kill_9_then_restart_sends_nothing_twice_and_sigterm_stops_cleanly
     argv = [sys.executable, "-m", "bridge", "--device", f"tcp:127.0.0.1:{sim.port}",
             "--mqtt-url", mqtt_url, "--mqtt-topic-root", topic_root,
             "--state-dir", str(tmp_path / "bridge"), "--time-scale", str(TS),
-            "--bridge-id", f"br-{topic_root}"]
+            "--bridge-id", f"br-{topic_root}", "--result-timeout", "60s"]
     log = (tmp_path / "bridge.log").open("ab")
     processes: list[trio.Process] = []
 
