@@ -201,11 +201,13 @@ class Conversations:
             self._stop(idle.node_id, node)
 
     def _mark_quiescent(self, node_id: str, node: _Node) -> None:
-        """Called by a node actor about to wait on its channel: it joins the quiescent ones,
-        or hands its place to the first waiting node (and then finds its channel closed)."""
+        """Called by a node actor about to wait on its channel: it joins the quiescent ones, or,
+        at the bound, hands its place to the first waiting node (and finds its channel closed).
+        Below the bound a waiting node gets an actor with its next message."""
         if self._nodes.get(node_id) is not node or node.behind or node.waiting:
             return
-        if self._from_database and self._nursery is not None:
+        if (self._from_database and len(self._nodes) >= self._max_nodes
+                and self._nursery is not None):
             self._stop(node_id, node)
             self.evicted += 1
             self._spawn(self._nursery, next(iter(self._from_database)))
