@@ -81,7 +81,7 @@ class ChaosConfig:
     rate: float = 4.0  # sends per second, all users together
     rounds: int = 1  # the four faults, this many times
     faults: tuple[str, ...] = FAULTS
-    quiet: float = 12.0  # seconds of steady load before each fault
+    quiet: float = 12.0  # seconds of steady load before each fault (on average; +-25 %)
     outage: float = 4.0  # seconds a stopped broker or database stays down
     settle_timeout: float = 180.0
     time_scale: float = 30.0  # radio seconds per real second
@@ -482,7 +482,8 @@ class Run:
                     load.start_soon(self.load, client, index)
                 for _ in range(config.rounds):
                     for kind in config.faults:
-                        await trio.sleep(config.quiet)
+                        # Jittered, so that faults hit the flow at different moments.
+                        await trio.sleep(config.quiet * (0.75 + 0.5 * self._rng.random()))
                         self.result.faults.append(await self.inject(client, kind))
                 await trio.sleep(config.quiet)
                 self.stop_load.set()
