@@ -182,7 +182,7 @@ class MqttActor:
                  inbound: trio.MemorySendChannel[MqttInbound] | None = None,
                  will: tuple[str, bytes, int, bool] | None = None,
                  keepalive: float = 30, backoff_min: float = 0.2,
-                 backoff_max: float = 10.0) -> None:
+                 backoff_max: float = 5.0) -> None:
         if not client_id:
             raise ValueError("a persistent MQTT session needs a fixed, non-empty client id")
         self._endpoint, self._client_id = endpoint, client_id
