@@ -15,7 +15,7 @@ def clean() -> ChaosResult:
     result.sends = [Send(0, "a", 1.0, 1.1, 201, "m1"), Send(0, "b", 2.0, 2.1, 429)]
     result.quota = {"u0": {"used": 1, "on_air": 1, "charged": 1, "messages": 1}}
     result.error_logs = {"gateway": [], "bridge": []}
-    result.faults = [Fault("gateway", 1.5, 1.6, 2.0, 0.5, 0.6, 0.0)]
+    result.faults = [Fault("gateway", 1.5, 1.6, 2.0, 0.5, 0.6, 0.7, 0.0)]
     return result
 
 
@@ -23,7 +23,7 @@ def test_a_clean_run_has_no_violations_and_a_table():
     result = clean()
     assert result.violations() == []
     table = result.table()
-    assert "| gateway | 1.5 | 0.1 | 0.50 | 0.50 | 0.60 | 0.00 |" in table
+    assert "| gateway | 1.5 | 0.1 | 0.50 | 0.50 | 0.60 | 0.70 | 0.00 |" in table
     assert "sends                            2 (201: 1, 429: 1)" in table
 
 

@@ -30,7 +30,9 @@ Invariants (``ChaosResult.violations``):
 Recovery is measured per fault, from the harness's own clock:
 - *API back*: from the fault until the first 201 for a request sent after it started;
 - *air back*: from the moment the part is back (process started again, service accepting)
-  until the radio takes the first text that was sent after that moment.
+  until the radio takes the first text sent since the fault began;
+- *caught up*: from that moment until the radio takes the first text sent after it, which had
+  to wait for the backlog of the fault to go out first.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class Fault:
     ready: float = 0.0  # the gateway answers /readyz 200 again
     api_back: float | None = None
     air_back: float | None = None
+    caught_up: float | None = None
     slowest: float = 0.0  # the slowest answer (or give-up) to a send made while it lasted
 
 
@@ -184,17 +187,18 @@ class ChaosResult:
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
         lines += ["", "| fault | at (s) | down (s) | ready (s) | API back (s) | air back (s) "
-                      "| slowest answer (s) |", "|---|---|---|---|---|---|---|"]
+                      "| caught up (s) | slowest answer (s) |", "|---|---|---|---|---|---|---|---|"]
         for f in self.faults:
             lines.append(f"| {f.kind} | {f.start:.1f} | {f.back - f.start:.1f} | "
                          f"{f.ready - f.start:.2f} | {_seconds(f.api_back)} | "
-                         f"{_seconds(f.air_back)} | {f.slowest:.2f} |")
+                         f"{_seconds(f.air_back)} | {_seconds(f.caught_up)} | {f.slowest:.2f} |")
         for kind in dict.fromkeys(f.kind for f in self.faults):
             mine = [f for f in self.faults if f.kind == kind]
             if len(mine) > 1:
                 columns = [[f.ready - f.start for f in mine],
                            [f.api_back for f in mine if f.api_back is not None],
                            [f.air_back for f in mine if f.air_back is not None],
+                           [f.caught_up for f in mine if f.caught_up is not None],
                            [f.slowest for f in mine]]
                 lines.append(f"| {kind}: median, max | | | "
                              + " | ".join(_spread(c) for c in columns) + " |")
@@ -543,8 +547,11 @@ class Run:
             api = [s.answered for s in result.sends if s.status == 201 and s.sent >= fault.start]
             fault.api_back = min(api) - fault.start if api else None
             air = [self.on_air[s.text] for s in result.sends
-                   if s.status == 201 and s.sent >= fault.back and s.text in self.on_air]
+                   if s.status == 201 and s.sent >= fault.start and s.text in self.on_air]
             fault.air_back = min(air) - fault.back if air else None
+            later = [self.on_air[s.text] for s in result.sends
+                     if s.status == 201 and s.sent >= fault.back and s.text in self.on_air]
+            fault.caught_up = min(later) - fault.back if later else None
             fault.slowest = max([s.answered - s.sent for s in result.sends
                                  if fault.start <= s.sent <= fault.ready], default=0.0)
         result.error_logs = {part: _error_lines(self.stack.root / f"{part}.log")
