@@ -14,8 +14,8 @@ the exact head limits, in ``kosmo.api``):
   system has it): Hypercorn's writes cannot be cancelled, so without it a client that never
   reads its answers would hold its connection and a task for ever.
 - ``HEAD_BACKSTOP``: an incomplete request head over this many bytes is refused by the HTTP
-  parser itself (an empty ``431``, then close). It is twice the application's head limit, so a
-  head just over that limit reaches the application and gets a problem+json answer.
+  parser itself (a ``431``, then close). It is twice the application's head limit, so a head
+  just over that limit reaches the application and gets the application's answer.
 - A websocket message over 4 KiB from a client closes its stream with 1009.
 - After a complete response the server itself ends the request (``http.disconnect``) and then,
   in the same task, closes the connection (``Connection: close``) or restarts the idle timer.
@@ -23,23 +23,55 @@ the exact head limits, in ``kosmo.api``):
   way: a connection answered ``Connection: close`` stayed open (for ever, for a client sending
   a byte now and then), and a kept-alive one had no idle timer. ``_finish_responses`` withholds
   that disconnect from the application once its response is complete.
+
+The one place the project reaches into Hypercorn: a few requests never reach the application,
+and Hypercorn answers them itself with an empty body, through a private method
+(``_send_error_response(status_code)``) that no hook or setting replaces. At import, this module
+replaces it with a function of ours that answers the same status as problem+json, with
+``Connection: close``, on two classes:
+- ``H11Protocol`` (``_parser_problem``): what the HTTP/1.1 parser cannot read (400), a head
+  still incomplete past ``HEAD_BACKSTOP`` (431), a transfer coding other than chunked (501);
+- ``WSStream`` (``_handshake_problem``): a websocket handshake Hypercorn refuses (400: not a
+  valid one, or a frame came before it was answered); the stream then ends, so the connection
+  is closed at once (Hypercorn left it open until ``read_timeout``), and the application, which
+  may be accepting that stream meanwhile, is told of the disconnect.
+The method is the same in Hypercorn 0.17 and 0.18, which pyproject.toml allows; the import fails
+if it is gone, and tests/test_bounds.py checks its signature and its call sites.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.events import RawData
+from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.run import worker_serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from kosmo.api.limits import MAX_HEAD_BYTES
+from kosmo.api.problems import MEDIA_TYPE, for_status
 
 HEAD_BACKSTOP = 2 * MAX_HEAD_BYTES
+
+PARSER_DETAILS = {
+    400: "the request could not be parsed as HTTP/1.1",
+    431: f"the request line and headers are limited to {MAX_HEAD_BYTES} bytes",
+    501: "the only transfer coding accepted is chunked",
+}
+HANDSHAKE_DETAILS = {
+    400: "not a valid websocket handshake (Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are"
+         " required), or data sent before the handshake was answered",
+}
 
 
 class HttpFront:
@@ -102,3 +134,50 @@ def _finish_responses(app: QuartTrio) -> Any:
         return await app(scope, receive_until_complete, send_marking_complete)
 
     return finish_responses
+
+
+def _problem(status: int, detail: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of the problem+json answer with this status."""
+    body = json.dumps(for_status(status, detail).body()).encode()
+    return [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close")], body
+
+
+async def _parser_problem(self: H11Protocol, status_code: int) -> None:
+    """``H11Protocol._send_error_response``: the parser's answer, as a problem. In one write, so
+    that nothing of a response the application may be sending meanwhile (h11 refuses it after
+    this one) comes between. Hypercorn closes the connection after it."""
+    headers, body = _problem(status_code, PARSER_DETAILS.get(status_code))
+    data = b""
+    try:
+        for event in (h11.Response(status_code=status_code,
+                                   headers=headers + self.config.response_headers("h11")),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            data += self.connection.send(event) or b""
+    except h11.LocalProtocolError:  # no body in an answer to HEAD
+        pass
+    await self.send(RawData(data=data))
+
+
+async def _handshake_problem(self: WSStream, status_code: int) -> None:
+    """``WSStream._send_error_response``: a refused handshake, as a problem. The stream is marked
+    closed first, so that what the application sends meanwhile (its accept, racing a client's
+    early frame) is dropped instead of coming between; then the application is told of the
+    disconnect and the stream ends, which closes the connection (Hypercorn left it open)."""
+    self.closed = True
+    headers, body = _problem(status_code, HANDSHAKE_DETAILS.get(status_code))
+    await self.send(Response(stream_id=self.stream_id, status_code=status_code, headers=headers))
+    await self.send(Body(stream_id=self.stream_id, data=body))
+    await self.send(EndBody(stream_id=self.stream_id))
+    await self.config.log.access(self.scope, {"status": status_code, "headers": []},
+                                 time.time() - self.start_time)
+    if self.app_put is not None:
+        await self.app_put({"type": "websocket.disconnect", "code": 1006})
+    await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+for _owner, _ours in ((H11Protocol, _parser_problem), (WSStream, _handshake_problem)):
+    if not callable(getattr(_owner, "_send_error_response", None)):
+        raise ImportError(f"hypercorn's {_owner.__name__}._send_error_response is gone: "
+                          "see the docstring of actors/http.py")
+    _owner._send_error_response = _ours  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ slow for its buffer (closed with 1013) in test_stream.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -19,12 +20,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import hypercorn.protocol.h11
+import hypercorn.protocol.ws_stream
 import pytest
 import trio
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 from trio_websocket import ConnectionClosed
 
+from actors import http
 from kosmo.api.app import MAX_BODY
 from kosmo.api.limits import MAX_HEAD_BYTES, MAX_HEADERS
+from kosmo.api.problems import TITLES
 from kosmo.config import Settings
 from tests.conftest import SANCTUARY, WANDERER, Gateway, start_gateway
 from tests.test_stream import connect, problem, rejected, until_closed, wait_until
@@ -52,7 +59,8 @@ class Answer:
         assert self.status == status, (self.status, self.body)
         assert self.headers["content-type"] == "application/problem+json"
         body: dict[str, Any] = json.loads(self.body)
-        assert (body["type"], body["status"]) == (f"/problems/{slug}", status)
+        assert (body["type"], body["title"], body["status"]) == (
+            f"/problems/{slug}", TITLES[slug], status)
         return body
 
 
@@ -237,9 +245,9 @@ async def test_a_head_at_the_limit_is_served(gw: Gateway, request_head: bytes):
         assert (await client.answer()).status == 200
 
 
-async def test_a_head_the_parser_gives_up_on_is_a_bare_431(gw: Gateway):
-    """The documented exception to problem+json: Hypercorn's HTTP/1.1 parser answers a head
-    still incomplete past twice the limit by itself, with an empty body, and closes."""
+async def test_a_head_the_parser_gives_up_on_is_a_431_problem(gw: Gateway):
+    """A head still incomplete past twice the limit is answered by Hypercorn's HTTP/1.1 parser,
+    not the application: with the same problem (actors/http.py), and closed."""
     async with raw(gw) as client:
         assert await client.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n")
         for i in range(2 * MAX_HEAD_BYTES // 1024 + 1):  # in pieces, never finished
@@ -247,50 +255,97 @@ async def test_a_head_the_parser_gives_up_on_is_a_bare_431(gw: Gateway):
                 break
             await trio.sleep(0.001)
         answer = await client.answer()
-        assert (answer.status, answer.body, answer.headers["connection"]) == (431, b"", "close")
+        detail = answer.problem(431, "headers-too-large")["detail"]
+        assert detail == f"the request line and headers are limited to {MAX_HEAD_BYTES} bytes"
+        assert answer.headers["connection"] == "close"
         await client.closed(within=1)
     await served(gw)
 
 
-@pytest.mark.parametrize(("request_head", "status"), [
-    pytest.param(b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, id="bad-field"),
+@pytest.mark.parametrize(("request_head", "status", "slug"), [
+    pytest.param(b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad-request",
+                 id="bad-field"),
     pytest.param(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nBad Name: x\r\n\r\n", 400,
-                 id="bad-name"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\n\r\n", 400, id="no-host"),
+                 "bad-request", id="bad-name"),
+    pytest.param(b"GET /he\x00lthz HTTP/1.1\r\nHost: gw\r\n\r\n", 400, "bad-request",
+                 id="bad-request-line"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\n\r\n", 400, "bad-request", id="no-host"),
     pytest.param(post_head(extra=b"Content-Length: 1x\r\n")
-                 .replace(b"Transfer-Encoding: chunked\r\n", b""), 400, id="bad-length"),
+                 .replace(b"Transfer-Encoding: chunked\r\n", b""), 400, "bad-request",
+                 id="bad-length"),
+    pytest.param(post_head() + b"zz\r\nxx\r\n", 400, "bad-request", id="bad-chunk"),
     pytest.param(post_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: gzip"), 501,
-                 id="unknown-transfer-coding"),
+                 "not-implemented", id="unknown-transfer-coding"),
 ])
-async def test_what_the_parser_cannot_read_is_a_bare_answer(gw: Gateway, request_head: bytes,
-                                                            status: int):
-    """The same exception: answered by the parser, no body, closed at once. An unknown
-    transfer coding is 501, as RFC 9112 (section 6.1) asks."""
+async def test_what_the_parser_cannot_read_is_a_problem(gw: Gateway, request_head: bytes,
+                                                        status: int, slug: str):
+    """Answered by the parser (actors/http.py gives the answer its body), closed at once. An
+    unknown transfer coding is 501, as RFC 9112 (section 6.1) asks."""
     async with raw(gw) as client:
         assert await client.send(request_head)
         answer = await client.answer()
-        assert (answer.status, answer.body, answer.headers["connection"]) == (status, b"", "close")
+        body = answer.problem(status, slug)
+        assert body["detail"]
+        assert answer.headers["connection"] == "close"
         await client.closed(within=1)
+    described = await gw.client.get(body["type"])  # the type resolves
+    assert described.json() == {"type": body["type"], "title": body["title"]}
     await served(gw)
 
 
-async def test_a_handshake_the_server_refuses_is_a_bare_400_closed_by_the_read_timeout(
-        gw: Gateway):
-    """Hypercorn answers a websocket handshake it cannot accept (no key) by itself and does not
-    close the connection: the read timeout does, once the client is silent for that long."""
+async def test_a_handshake_the_server_refuses_is_a_400_problem_and_closed(gw: Gateway):
+    """Hypercorn refuses a websocket handshake it cannot accept (here, no key) by itself:
+    answered with a problem, and closed at once."""
     async with raw(gw) as client:
         assert await client.send(head(b"/api/v1/stream", [
             b"Host: gw", b"Upgrade: websocket", b"Connection: Upgrade",
             b"Sec-WebSocket-Version: 13"]))
         answer = await client.answer()
-        assert (answer.status, answer.body) == (400, b"")
-        answered = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-            nursery.start_soon(served_until, gw, done)
-            await client.closed(within=READ + SLACK)
-            done.set()
-    assert trio.current_time() - answered > READ * 0.9
+        assert "Sec-WebSocket-Key" in answer.problem(400, "bad-request")["detail"]
+        assert answer.headers["connection"] == "close"
+        await client.closed(within=1)
+    assert gw.running.events.statistics().subscribers == 0
+    await served(gw)
+
+
+async def test_a_frame_sent_before_the_handshake_is_answered_is_a_400_problem(gw: Gateway):
+    """A client that sends a frame with its handshake, without waiting for the 101: Hypercorn
+    refuses the stream while the application is still accepting it. Answered with a problem and
+    closed, the application's late accept dropped (no error, nothing left subscribed). Should
+    the application accept first, the frame is just a frame."""
+    upgrade = head(f"/api/v1/stream?user_id={WANDERER}".encode(), [
+        b"Host: gw", b"Upgrade: websocket", b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13"])
+    frame = b"\x81\x82abcd" + bytes([ord("h") ^ ord("a"), ord("i") ^ ord("b")])  # masked "hi"
+    for _ in range(5):
+        async with raw(gw) as client:
+            assert await client.send(upgrade + frame)
+            answer = await client.answer()
+            if answer.status != 101:
+                answer.problem(400, "bad-request")
+                assert answer.headers["connection"] == "close"
+                await client.closed(within=1)
+        await served(gw)
+    await wait_until(lambda: gw.running.events.statistics().subscribers == 0, timeout=2)
+
+
+@pytest.mark.parametrize(("owner", "ours", "module", "call_sites"), [
+    pytest.param(H11Protocol, http._parser_problem, hypercorn.protocol.h11,
+                 ["await self._send_error_response(error.error_status_hint)"], id="h11"),
+    pytest.param(WSStream, http._handshake_problem, hypercorn.protocol.ws_stream,
+                 ["await self._send_error_response(400)"], id="websocket"),
+])
+def test_the_hypercorn_method_the_gateway_replaces_is_still_there(owner, ours, module,
+                                                                   call_sites):
+    """actors/http.py replaces Hypercorn's private ``_send_error_response(status_code)``; on a
+    Hypercorn where it is gone, renamed or called otherwise, the answers above would silently
+    lose their problem body (or the import of actors.http would fail)."""
+    assert owner._send_error_response is ours
+    source = inspect.getsource(module)  # as installed, not as replaced
+    assert "def _send_error_response(self, status_code: int) -> None:" in source
+    for call in call_sites:
+        assert call in source
+    assert list(inspect.signature(ours).parameters) == ["self", "status_code"]
 
 
 async def test_a_stream_handshake_head_over_the_limit_is_431(gw: Gateway):

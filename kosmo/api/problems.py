@@ -32,6 +32,7 @@ TITLES: dict[str, str] = {
     "request-timeout": "The request took too long to arrive",
     "method-not-allowed": "Method not allowed",
     "service-unavailable": "The service is temporarily unavailable",
+    "not-implemented": "Not implemented",
     "internal-error": "Internal error",
 }
 
@@ -46,7 +47,7 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
 
-    def to_response(self, instance: str | None = None) -> Response:
+    def body(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"type": f"/problems/{self.slug}", "title": TITLES[self.slug],
                                 "status": self.status}
         if self.detail:
@@ -54,7 +55,11 @@ class Problem(Exception):
         if instance:
             body["instance"] = instance
         body.update(self.extra)
-        response = Response(json.dumps(body), status=self.status, mimetype=MEDIA_TYPE)
+        return body
+
+    def to_response(self, instance: str | None = None) -> Response:
+        response = Response(json.dumps(self.body(instance)), status=self.status,
+                            mimetype=MEDIA_TYPE)
         response.headers.update(self.headers)
         return response
 
@@ -62,7 +67,7 @@ class Problem(Exception):
 STATUS_SLUGS = {400: "bad-request", 401: "unauthorized", 404: "not-found",
                 405: "method-not-allowed", 408: "request-timeout", 413: "body-too-large",
                 415: "unsupported-media-type", 431: "headers-too-large",
-                503: "service-unavailable"}
+                501: "not-implemented", 503: "service-unavailable"}
 
 
 def for_status(status: int, detail: str | None = None) -> Problem:
