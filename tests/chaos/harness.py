@@ -30,7 +30,7 @@ Invariants (``ChaosResult.violations``):
 Recovery is measured per fault, from the harness's own clock:
 - *API back*: from the fault until the first 201 for a request sent after it started;
 - *air back*: from the moment the part is back (process started again, service accepting)
-  until the radio takes the first text sent since the fault began;
+  until the radio next takes a text sent since the fault began;
 - *caught up*: from that moment until the radio takes the first text sent after it, which had
   to wait for the backlog of the fault to go out first.
 """
@@ -546,8 +546,10 @@ class Run:
         for fault in result.faults:
             api = [s.answered for s in result.sends if s.status == 201 and s.sent >= fault.start]
             fault.api_back = min(api) - fault.start if api else None
+            # (A text sent just as the fault began may have gone out before it took effect.)
             air = [self.on_air[s.text] for s in result.sends
-                   if s.status == 201 and s.sent >= fault.start and s.text in self.on_air]
+                   if s.status == 201 and s.sent >= fault.start
+                   and self.on_air.get(s.text, -1.0) >= fault.back]
             fault.air_back = min(air) - fault.back if air else None
             later = [self.on_air[s.text] for s in result.sends
                      if s.status == 201 and s.sent >= fault.back and s.text in self.on_air]
