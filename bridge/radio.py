@@ -5,8 +5,8 @@ Rules:
   ``connect_timeout``), reads on its own reader thread and publishes events through pypubsub on
   its single "publishing" thread. We build the interface with ``connectNow=False`` (so we know
   the object before its first event), connect it in a worker thread and call ``sendText`` in a
-  worker thread, one call at a time. A connect still running when we stop is abandoned; the
-  thread closes what it opened.
+  worker thread, one call at a time (``_send_limiter``). A connect still running when we stop
+  is abandoned; the thread closes what it opened.
 - pypubsub keeps weak references: we subscribe bound methods of this object, which the daemon
   keeps alive, and unsubscribe when ``run`` ends. Events of any interface but the current one
   (an older link, another bridge in the same process) are ignored.
@@ -25,6 +25,19 @@ Rules:
   attempt (the radio may be plugged in later), logged with the ports seen.
 - The library re-sends every packet the radio has not confirmed with a QueueStatus at each
   later write; Meshtastic firmware confirms every packet, so a packet reaches the radio once.
+- Packet ids are chosen before the hand-over (``new_packet_id``), so the sender can commit a
+  text's id with its ``sending`` mark and a restart knows which routing results are its own.
+  The library has no parameter for the id (``sendData`` always takes the next one from
+  ``MeshInterface._generatePacketId``), so ``send_as`` overrides that method on the interface
+  *instance* for the one ``sendText`` call and removes the override after it. This is the one
+  place the bridge reaches into the library. It is safe because every draw and every send on
+  an interface hold ``_send_limiter`` (a capacity of 1; an abandoned send keeps it until its
+  thread ends), and the library draws ids only when asked to send a packet (its heartbeats
+  and configuration requests are not mesh packets). ``new_packet_id`` draws from the
+  library's own generator, so its id scheme is kept. tests/test_bridge_units.py and
+  tests/test_bridge.py fail if a library upgrade breaks this; should it break unnoticed, the
+  text goes out under the library's id, which ``send_text`` logs and returns (only a restart
+  between the hand-over and its record then falls back to ``unknown_after_restart``).
 """
 
 from __future__ import annotations
@@ -182,6 +195,22 @@ def radio_info(iface: Any) -> RadioInfo:
         queue_max=int(queue.maxlen) if queue is not None and queue.maxlen else None)
 
 
+def next_packet_id(iface: Any) -> int:
+    """Draw a packet id from the interface's generator (never 0: the firmware's "unset")."""
+    return int(iface._generatePacketId() or iface._generatePacketId())
+
+
+def send_as(iface: Any, packet_id: int, destination: str, text: str) -> int:
+    """``sendText`` with ``packet_id`` as the packet's id; return the id the packet went as.
+    Callers hold the radio's send limiter (see the module docstring)."""
+    iface._generatePacketId = lambda: packet_id
+    try:
+        packet = iface.sendText(text, destinationId=destination, wantAck=True)
+    finally:
+        del iface._generatePacketId  # the class's own generator again
+    return int(packet.id)
+
+
 class Radio:
     def __init__(self, device: Device, events: trio.MemorySendChannel[RadioEvent], *,
                  connect_timeout: int = 30, close_timeout: float = 3.0,
@@ -214,20 +243,29 @@ class Radio:
             link.reason = reason
             link.lost.set()
 
-    async def send_text(self, link: Link, destination: str, text: str) -> int:
-        """Hand a text to the radio, asking for an acknowledgement; return its packet id."""
+    async def new_packet_id(self, link: Link) -> int:
+        """The packet id for the next text on ``link``, from the library's own generator."""
+        async with self._send_limiter:
+            try:
+                return next_packet_id(link.iface)
+            except Exception as exc:  # MeshInterfaceError: the interface is not connected
+                raise RadioUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def send_text(self, link: Link, destination: str, text: str, packet_id: int) -> int:
+        """Hand a text to the radio as packet ``packet_id``, asking for an acknowledgement;
+        return the packet id it went as (``packet_id`` unless the library ignored it)."""
         if link.lost.is_set():
             raise RadioUnavailable(f"radio link to {self.device} is down")
-
-        def call() -> int:
-            packet = link.iface.sendText(text, destinationId=destination, wantAck=True)
-            return int(packet.id)
-
         try:
-            return await trio.to_thread.run_sync(call, limiter=self._send_limiter,
-                                                 abandon_on_cancel=True)
+            sent_as = await trio.to_thread.run_sync(
+                send_as, link.iface, packet_id, destination, text,
+                limiter=self._send_limiter, abandon_on_cancel=True)
         except Exception as exc:  # the library raises OSError, MeshInterfaceError, ...
             raise RadioUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if sent_as != packet_id:
+            log.error("the meshtastic library sent packet %d instead of the chosen %d: its "
+                      "packet id generation changed (see bridge/radio.py)", sent_as, packet_id)
+        return sent_as
 
     async def run(self, *, task_status: trio.TaskStatus[RadioInfo] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -2,19 +2,24 @@
 
 The at-most-once rule (never twice on air)
 ------------------------------------------
-- A message is handed to the radio only from ``queued``, and its row is set to ``sending``
-  and committed (fsync) *before* the hand-over. Nothing ever moves a row from ``sending``,
-  ``handed`` or ``transmitted`` back to ``queued``, except a refusal by our own radio that
-  means the text did not go on air (RATE_LIMIT_EXCEEDED, DUTY_CYCLE_LIMIT; see
-  bridge/tracking.py).
+- A message is handed to the radio only from ``queued``. Its packet id is drawn from the
+  library's generator first; its row is set to ``sending`` with that packet id and committed
+  (fsync) *before* the hand-over, which sends the text as exactly that packet (see
+  bridge/radio.py); the row becomes ``handed`` once the library returned. Nothing ever moves a
+  row from ``sending``, ``handed`` or ``transmitted`` back to ``queued``, except a refusal by
+  our own radio that means the text did not go on air (RATE_LIMIT_EXCEEDED, DUTY_CYCLE_LIMIT;
+  see bridge/tracking.py).
 - A failed hand-over (the write raised) is not retried: the radio may have the bytes. The
   message is reported ``failed`` with reason ``send_error``.
-- After a restart (including kill -9) a row found in ``sending`` (the hand-over may or may
-  not have reached the radio, and its packet id is unknown) is reported ``failed`` with reason
-  ``unknown_after_restart``. A row found ``handed`` or ``transmitted`` (the radio had it) keeps
-  waiting for its routing result for ``result_timeout``, as the radio may still report it;
-  a ``handed`` one that hears nothing is reported ``failed``/``unknown_after_restart``.
-  We prefer a possibly wrong ``failed`` (the gateway refunds the sender) to sending twice.
+- After a restart (including kill -9) a row found ``sending`` (the hand-over may or may not
+  have reached the radio) or ``handed`` keeps waiting for the routing result of its packet id
+  for ``result_timeout``, as the radio keeps results for its client across reconnects; it is
+  reported by what arrives (``transmitted``, ``delivered``, ``failed``), or ``failed`` with
+  reason ``unknown_after_restart`` if nothing does. One found ``transmitted`` waits as long for
+  the destination's ACK. A row ``sending`` without a packet id (written by an older bridge) is
+  reported ``failed``/``unknown_after_restart`` at once. None is handed over again (but for
+  the refusals above): we prefer a possibly wrong ``failed`` (the gateway refunds the sender)
+  to sending twice.
 - Every message handed to the radio ends with one final report within ``result_timeout``
   (radio seconds) of its hand-over, or of the start for one an earlier run handed: one still
   ``transmitted`` then (the destination's ACK never came) is reported ``failed`` with reason
@@ -132,17 +137,18 @@ class Sender:
         radio_now = self.clock.now()
         changes: list[Change] = []
         for row in rows:
-            if row.state == "sending" or row.packet_id is None:
-                log.warning("message %s was being handed to the radio when the bridge stopped:"
-                            " reported failed (%s), never sent again", row.message_id,
-                            UNKNOWN_AFTER_RESTART)
-                changes.append(self._change(Outcome(
-                    row.message_id, 0, Next.DONE, "failed", UNKNOWN_AFTER_RESTART)))
+            found = restored(row, radio_now, self._result_timeout)
+            if isinstance(found, Outcome):
+                log.warning("message %s was being handed to the radio (by an older bridge, "
+                            "no packet id kept) when the bridge stopped: reported failed (%s),"
+                            " never sent again", row.message_id, UNKNOWN_AFTER_RESTART)
+                changes.append(self._change(found))
                 continue
-            phase = Phase.TRANSMITTED if row.state == "transmitted" else Phase.HANDED
-            self.tracker.add(Flight(row.message_id, row.packet_id, _node_num(row.target),
-                                    radio_now + self._result_timeout, row.attempts, link=0,
-                                    phase=phase), radio_now)
+            if row.state == "sending":
+                log.warning("message %s was being handed to the radio as packet %d when the "
+                            "bridge stopped: waiting for the radio's result for it, never sent"
+                            " again", row.message_id, found.packet_id)
+            self.tracker.add(found, radio_now)
         if changes:
             await self._db.call(self._store.apply, changes)
             self._changed()
@@ -189,10 +195,18 @@ class Sender:
     async def _hand_over(self, link: Link, row: Row, air: float) -> None:
         self._idle = trio.Event()
         try:
-            await self._db.call(self._store.begin_send, row.message_id, time.time(), air)
+            try:
+                chosen = await self._radio.new_packet_id(link)
+            except RadioUnavailable as exc:  # nothing was marked: the text stays queued
+                log.warning("no packet id from the radio link (%s): message %s stays queued",
+                            exc, row.message_id)
+                self._radio.mark_broken(link, f"no packet id: {exc}")
+                return
+            await self._db.call(self._store.begin_send, row.message_id, chosen, time.time(),
+                                air)
             self.pacer.started(self.clock.now(), air)
             try:
-                packet_id = await self._radio.send_text(link, row.target, row.text)
+                packet_id = await self._radio.send_text(link, row.target, row.text, chosen)
             except RadioUnavailable as exc:
                 self.pacer.finished(self.clock.now())
                 log.warning("handing message %s to the radio failed (%s): reported failed, "
@@ -307,6 +321,18 @@ class Sender:
                          airtime_used_s=round(self.pacer.used(radio_now), 1),
                          duty_cycle_percent=None if duty is None else round(duty * 100, 2))
         return state
+
+
+def restored(row: Row, now: float, result_timeout: float) -> Flight | Outcome:
+    """What becomes of a row an earlier run left open (``sending``, ``handed`` or
+    ``transmitted``) at a start at radio time ``now``: a flight waiting for the routing results
+    of its packet id until ``now + result_timeout``, or, for a row ``sending`` without a packet
+    id (an older bridge's), its final report. Never a second hand-over."""
+    if row.packet_id is None:
+        return Outcome(row.message_id, 0, Next.DONE, "failed", UNKNOWN_AFTER_RESTART)
+    phase = Phase.TRANSMITTED if row.state == "transmitted" else Phase.HANDED
+    return Flight(row.message_id, row.packet_id, _node_num(row.target), now + result_timeout,
+                  row.attempts, link=0, phase=phase)
 
 
 def _node_num(node_id: str) -> int:

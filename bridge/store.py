@@ -9,8 +9,10 @@ Rules:
   and its row moves only forward, ``queued -> sending -> handed -> transmitted -> done``, except
   that a text the radio refused without sending may go back to ``queued``. A row past
   ``queued`` is never handed to the radio again (see bridge/sender.py for the at-most-once
-  rule). Finished rows are kept until a day after the message expired, so a late copy is
-  still recognised (and after that it would be reported expired, never sent).
+  rule). The packet id is chosen before the hand-over and committed with ``sending``; a row
+  ``sending`` without one was written by an older bridge. Finished rows are kept until a day
+  after the message expired, so a late copy is still recognised (and after that it would be
+  reported expired, never sent).
 - ``outbox`` holds status reports and received texts until the broker acknowledged them.
   A row's state change and the report it causes are written in one transaction; a change to a
   row already ``done`` is dropped with its report, so each message has one final report.
@@ -185,17 +187,20 @@ class Store:
                                "ORDER BY rowid LIMIT 1").fetchone()
         return None if row is None else Row(*row)
 
-    def begin_send(self, message_id: str, at: float, airtime: float) -> None:
-        """Committed before the hand-over: from here on the message is never handed again."""
+    def begin_send(self, message_id: str, packet_id: int, at: float, airtime: float) -> None:
+        """Committed before the hand-over, with the packet id the text will go as: from here
+        on the message is never handed again, and a restart knows its routing results."""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE outbound SET state = 'sending', attempts = attempts + 1, sent_at = ?,"
-                " airtime = ?, packet_id = NULL WHERE message_id = ? AND state = 'queued'",
-                (at, airtime, message_id))
+                " airtime = ?, packet_id = ? WHERE message_id = ? AND state = 'queued'",
+                (at, airtime, packet_id, message_id))
             if cur.rowcount != 1:
                 raise RuntimeError(f"message {message_id} is not queued")
 
     def handed(self, message_id: str, packet_id: int) -> None:
+        """The radio took it, as ``packet_id`` (the id chosen at ``begin_send`` unless the
+        library sent it under another)."""
         with self._tx() as db:
             db.execute("UPDATE outbound SET state = 'handed', packet_id = ? "
                        "WHERE message_id = ? AND state = 'sending'", (packet_id, message_id))

@@ -19,14 +19,18 @@ Rules:
 - A local refusal that means the text never went on air (RATE_LIMIT_EXCEEDED,
   DUTY_CYCLE_LIMIT) before it was transmitted sends the text back to the queue, at most
   ``max_attempts`` hand-overs in all; then it fails with that reason.
-- A result may arrive before the hand-over returns the packet id: it is kept as an orphan (a
-  bounded number, for ``orphan_ttl``) and applied when the flight is added.
+- A result may arrive before the hand-over returns and the flight is added: it is kept as an
+  orphan (a bounded number, for ``orphan_ttl``) and applied when the flight is added.
+- A flight an earlier run of the bridge left (link 0) is known by the packet id it committed
+  before its hand-over, whether or not the hand-over finished (bridge/sender.py ``restored``):
+  the radio's results for that id end it as they would a flight of this run.
 - Deadline (``result_timeout`` after the hand-over, or after the start for a flight an earlier
-  run of the bridge handed): every flight ends by then with exactly one final report. One still
-  ``handed`` fails with ``no_routing_result`` (``unknown_after_restart`` if it was handed by an
-  earlier run); one ``transmitted`` (it reached the air, but the destination's ACK never came:
-  lost on the way back, or written to a bridge that was killed) fails with
-  ``no_delivery_ack``. A result that comes later changes nothing (forward only).
+  run of the bridge left): every flight ends by then with exactly one final report. One still
+  ``handed`` fails with ``no_routing_result`` (``unknown_after_restart`` for an earlier run's:
+  its result went to that run, or it never reached the radio); one ``transmitted`` (it reached
+  the air, but the destination's ACK never came: lost on the way back, or written to a bridge
+  that was killed) fails with ``no_delivery_ack``. A result that comes later changes nothing
+  (forward only).
 - Only flights handed over the current radio link count as in flight: a reconnected or
   rebooted radio reports its own queue afresh.
 """

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,9 +17,10 @@ from bridge import airtime
 from bridge.config import BridgeSettings, add_arguments, load
 from bridge.pacing import Pacer, PacingRules
 from bridge.payloads import BadOutbound, Outbound, parse_outbound, status_payload
-from bridge.radio import Device
-from bridge.store import Change, Store, StoreLocked
-from bridge.tracking import Flight, Next, Phase, Tracker
+from bridge.radio import Device, next_packet_id, send_as
+from bridge.sender import restored
+from bridge.store import Change, Row, Store, StoreLocked
+from bridge.tracking import Flight, Next, Outcome, Phase, Tracker
 from kosmo.config import ConfigError
 
 ME, DEST, RELAY = 0x0A0A0A0A, 0xA1B2C3D4, 0x12345678
@@ -254,6 +256,95 @@ def test_a_restored_transmitted_flight_can_still_be_delivered() -> None:
     assert tracker.expire(400.0) == []
 
 
+@pytest.mark.parametrize(("state", "packet_id", "phase"), [
+    ("sending", 77, Phase.HANDED),  # killed mid-hand-over: the radio may have packet 77
+    ("handed", 77, Phase.HANDED),
+    ("transmitted", 77, Phase.TRANSMITTED),
+])
+def test_a_row_left_open_with_a_packet_id_waits_for_that_packets_results(
+        state: str, packet_id: int, phase: Phase) -> None:
+    row = Row("m9", "!a1b2c3d4", "hi", 0.0, state, 1, packet_id)
+    flight = restored(row, 50.0, 300.0)
+    assert flight == Flight("m9", 77, DEST, deadline=350.0, attempts=1, link=0, phase=phase)
+
+
+def test_a_row_left_sending_without_a_packet_id_fails_at_once() -> None:
+    # Written by an older bridge, which learnt the packet id only after the hand-over.
+    row = Row("m9", "!a1b2c3d4", "hi", 0.0, "sending", 1, None)
+    assert restored(row, 50.0, 300.0) == Outcome("m9", 0, Next.DONE, "failed",
+                                                 "unknown_after_restart")
+
+
+def test_a_text_restored_from_sending_is_reported_by_what_the_radio_says() -> None:
+    tracker = Tracker(own_node=ME)
+    row = Row("m9", "!a1b2c3d4", "hi", 0.0, "sending", 1, 77)
+    flight = restored(row, 50.0, 300.0)
+    assert isinstance(flight, Flight)
+    # The radio kept the results of packet 77 for its next client: they arrive after the start.
+    assert tracker.add(flight, now=50.0) == []
+    [transmitted] = tracker.result(77, RELAY, "NONE", 51.0)
+    assert (transmitted.status, transmitted.packet_id) == ("transmitted", 77)
+    [delivered] = tracker.result(77, DEST, "NONE", 52.0)
+    assert (delivered.message_id, delivered.next, delivered.status) == (
+        "m9", Next.DONE, "delivered")
+    assert tracker.expire(400.0) == []  # one final report
+
+
+def test_a_text_restored_from_sending_that_the_radio_never_took_fails_at_its_deadline() -> None:
+    tracker = Tracker(own_node=ME)
+    flight = restored(Row("m9", "!a1b2c3d4", "hi", 0.0, "sending", 1, 77), 50.0, 300.0)
+    assert isinstance(flight, Flight)
+    tracker.add(flight, now=50.0)
+    assert tracker.expire(349.9) == []
+    [final] = tracker.expire(350.0)
+    assert (final.status, final.reason, final.packet_id) == ("failed", "unknown_after_restart",
+                                                             77)
+
+
+# --- the packet id, chosen before the hand-over --------------------------------------------
+
+
+def test_the_library_sends_a_text_as_the_packet_id_drawn_before() -> None:
+    # The real meshtastic interface without a device (noProto): sendText builds the packet and
+    # returns it without writing. A library upgrade that changes how sendData takes its packet
+    # id fails here.
+    from meshtastic.mesh_interface import MeshInterface
+
+    iface = MeshInterface(noProto=True)
+    try:
+        chosen = next_packet_id(iface)
+        assert chosen != 0
+        assert chosen == iface.currentPacketId  # the library's own generator and id scheme
+        assert send_as(iface, chosen, "!a1b2c3d4", "hello") == chosen
+        assert "_generatePacketId" not in vars(iface)  # the override was for that call only
+        assert iface._generatePacketId() != chosen
+        with pytest.raises(MeshInterface.MeshInterfaceError):
+            send_as(iface, 4242, "!a1b2c3d4", "x" * 300)  # the library refuses it
+        assert "_generatePacketId" not in vars(iface)
+        assert iface._generatePacketId() != 4242
+    finally:
+        iface.close()
+
+
+def test_the_library_packet_carries_the_chosen_id_to_the_radio() -> None:
+    from meshtastic.mesh_interface import MeshInterface
+
+    written: list[int] = []
+
+    class Recording(MeshInterface):  # writes nowhere: records the packets it would write
+        def _sendToRadioImpl(self, toRadio: Any) -> None:
+            if toRadio.HasField("packet"):
+                written.append(int(toRadio.packet.id))
+
+    iface = Recording(noProto=False)
+    try:
+        chosen = next_packet_id(iface)
+        assert send_as(iface, chosen, "!a1b2c3d4", "hello") == chosen
+        assert written == [chosen]
+    finally:
+        iface.close()
+
+
 # --- payloads ---------------------------------------------------------------------------------
 
 
@@ -346,10 +437,10 @@ def test_store_keeps_each_message_once_and_never_requeues_a_handed_one(tmp_path:
     row = store.next_queued()
     assert row is not None
     assert row.message_id == "m1"
-    store.begin_send("m1", now, 0.5)
+    store.begin_send("m1", 1234, now, 0.5)
     assert store.next_queued() is None
     with pytest.raises(RuntimeError):
-        store.begin_send("m1", now, 0.5)  # never handed twice
+        store.begin_send("m1", 1235, now, 0.5)  # never handed twice
     store.handed("m1", 1234)
     store.apply([Change("m1", "done", "delivered", (("status", b"x"),))])
     assert store.accept([m], [], now, _report) == 0  # still known once finished
@@ -379,7 +470,7 @@ def test_store_writes_no_report_for_a_finished_message(tmp_path: Path) -> None:
     store = Store(tmp_path)
     now = time.time()
     store.accept([Outbound("m1", "!a1b2c3d4", "hi", now + 60)], [], now, _report)
-    store.begin_send("m1", now, 0.5)
+    store.begin_send("m1", 1234, now, 0.5)
     store.handed("m1", 1234)
     store.apply([Change("m1", "transmitted", None, (_report("m1", "transmitted", None, 1234),))])
     store.apply([Change("m1", "done", "failed: no_delivery_ack",
@@ -391,6 +482,26 @@ def test_store_writes_no_report_for_a_finished_message(tmp_path: Path) -> None:
                                                                  1),))])
     reports = [json.loads(p) for _i, _t, p in store.outbox_head(10)]
     assert reports == [["m1", "transmitted", None, 1234], ["m1", "failed", "no_delivery_ack", 1234]]
+    store.close()
+
+
+def test_store_commits_the_packet_id_with_the_sending_mark(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    now = time.time()
+    store.accept([Outbound("m1", "!a1b2c3d4", "hi", now + 60)], [], now, _report)
+    store.begin_send("m1", 4242, now, 0.5)
+    store.close()  # what a kill right after the commit leaves on disk
+    store = Store(tmp_path)
+    [row] = store.open_flights()
+    assert (row.state, row.packet_id, row.attempts) == ("sending", 4242, 1)
+    store.handed("m1", 4242)
+    [row] = store.open_flights()
+    assert (row.state, row.packet_id) == ("handed", 4242)
+    # Refused by our own radio without going on air: queued again, a new id at the next try.
+    store.apply([Change("m1", "queued")])
+    store.begin_send("m1", 5151, now, 0.5)
+    [row] = store.open_flights()
+    assert (row.state, row.packet_id, row.attempts) == ("sending", 5151, 2)
     store.close()
 
 
