@@ -36,7 +36,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +51,8 @@ import psycopg
 import trio
 from common import (  # bench/ is on sys.path when run as a script
     BenchError,
+    log_dir,
+    log_problems,
     run_main,
     say,
     sigterm_interrupts,
@@ -608,60 +609,41 @@ def main() -> None:
     run_main(lambda: run(args), "servers stopped, database dropped")
 
 
-def interrupted(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(interrupted(e) for e in exc.exceptions)
-    return isinstance(exc, KeyboardInterrupt)
-
-
 def run(args: argparse.Namespace) -> str:
     args.code = source_version()  # what the servers start from, before any edit lands
     tag = secrets.token_hex(4)
     topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
-    logs = Path(tempfile.mkdtemp(prefix="kosmo_bench_"))
-    keep_logs = False
-    try:
-        with contextlib.ExitStack() as stack:
-            say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
-            db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
-            env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=args.mqtt_url,
-                       KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
-                       KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
-            for command in ("migrate", "seed"):
-                done = subprocess.run([str(BIN / "kosmo"), command], env=env,
-                                      capture_output=True, timeout=60, check=False)
-                if done.returncode != 0:
-                    raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
-            hello_port = args.gateway_port = free_port()
-            while args.gateway_port == hello_port:
-                args.gateway_port = free_port()
-            args.hello_url = f"http://127.0.0.1:{hello_port}"
-            args.gateway_url = f"http://127.0.0.1:{args.gateway_port}"
-            env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{args.gateway_port}"
-            stack.callback(forget_mqtt_session, args.mqtt_url, client_id)
-            hello = stack.enter_context(server(
-                "hello-world", [sys.executable, str(HERE / "hello.py"), "--bind",
-                                f"127.0.0.1:{hello_port}"], env, logs / "hello.log"))
-            gateway = stack.enter_context(server(
-                "gateway", shlex.split(args.gateway_cmd), env, logs / "gateway.log"))
-            wait_ready("hello-world", hello, args.hello_url + PATH, logs / "hello.log",
-                       any_answer=True)
-            wait_ready("gateway", gateway, args.gateway_url + "/readyz", logs / "gateway.log",
-                       any_answer=False)
-            results = trio.run(measure, args, hello, gateway, db_url, topic_root)
-            results.log_problems = [
-                line for line in (logs / "gateway.log").read_text(errors="replace").splitlines()
-                if (" WARNING " in line or " ERROR " in line) and "auth mode is" not in line]
-            return report(args, results)
-    except BaseException as exc:
-        keep_logs = not interrupted(exc)  # the logs say why a run failed
-        raise
-    finally:
-        if keep_logs:
-            print(f"server logs kept in {logs}", file=sys.stderr)
-        else:
-            shutil.rmtree(logs, ignore_errors=True)
+    with log_dir("kosmo_bench_") as logs, contextlib.ExitStack() as stack:
+        say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
+        db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
+        env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=args.mqtt_url,
+                   KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
+                   KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
+        for command in ("migrate", "seed"):
+            done = subprocess.run([str(BIN / "kosmo"), command], env=env,
+                                  capture_output=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
+        hello_port = args.gateway_port = free_port()
+        while args.gateway_port == hello_port:
+            args.gateway_port = free_port()
+        args.hello_url = f"http://127.0.0.1:{hello_port}"
+        args.gateway_url = f"http://127.0.0.1:{args.gateway_port}"
+        env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{args.gateway_port}"
+        stack.callback(forget_mqtt_session, args.mqtt_url, client_id)
+        hello = stack.enter_context(server(
+            "hello-world", [sys.executable, str(HERE / "hello.py"), "--bind",
+                            f"127.0.0.1:{hello_port}"], env, logs / "hello.log"))
+        gateway = stack.enter_context(server(
+            "gateway", shlex.split(args.gateway_cmd), env, logs / "gateway.log"))
+        wait_ready("hello-world", hello, args.hello_url + PATH, logs / "hello.log",
+                   any_answer=True)
+        wait_ready("gateway", gateway, args.gateway_url + "/readyz", logs / "gateway.log",
+                   any_answer=False)
+        results = trio.run(measure, args, hello, gateway, db_url, topic_root)
+        results.log_problems = log_problems(logs / "gateway.log")
+        return report(args, results)
 
 
 if __name__ == "__main__":

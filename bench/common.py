@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -31,6 +33,36 @@ def source_version() -> str:
 
 class BenchError(Exception):
     """The benchmark cannot go on; ``str()`` says why."""
+
+
+def interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C or SIGTERM, also inside exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(interrupted(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
+@contextmanager
+def log_dir(prefix: str, *, keep: bool = False) -> Iterator[Path]:
+    """A new directory for the servers' logs, removed afterwards unless ``keep`` or the run
+    failed other than by an interruption (the logs say why); a kept one is named on stderr."""
+    logs = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield logs
+    except BaseException as exc:
+        keep = keep or not interrupted(exc)
+        raise
+    finally:
+        if keep:
+            print(f"logs kept in {logs}", file=sys.stderr)
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
+
+
+def log_problems(path: Path) -> list[str]:
+    """The WARNING and ERROR lines of a gateway's log, but the header auth mode's warning."""
+    return [line for line in path.read_text(errors="replace").splitlines()
+            if (" WARNING " in line or " ERROR " in line) and "auth mode is" not in line]
 
 
 @asynccontextmanager

@@ -44,7 +44,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -63,13 +62,20 @@ from accept import (
     bench_database,
     forget_mqtt_session,
     free_port,
-    interrupted,
     machine_cpu,
     percentile,
     process_cpu,
     wait_ready,
 )
-from common import BenchError, run_main, say, sigterm_interrupts, source_version
+from common import (
+    BenchError,
+    log_dir,
+    log_problems,
+    run_main,
+    say,
+    sigterm_interrupts,
+    source_version,
+)
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -1050,74 +1056,62 @@ def run(args: argparse.Namespace) -> str:
     tag = secrets.token_hex(4)
     topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
     args.topic_root = topic_root
-    logs = Path(tempfile.mkdtemp(prefix="kosmo_bench_inbound_"))
-    keep_logs = args.keep_logs
-    try:
-        with contextlib.ExitStack() as stack:
-            say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
-            mqtt_url, broker_pid = stack.enter_context(mqtt_broker(args.mqtt_url, logs / "mqtt"))
-            args.mqtt_url = mqtt_url
-            args.broker_label = (f"private mosquitto as `kosmo up` ({mqtt_url}, "
-                                 "max_inflight_messages 100, max_queued_messages 100000)"
-                                 if broker_pid else mqtt_url)
-            db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
-            env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=mqtt_url,
-                       KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
-                       KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
-            for command in ("migrate", "seed"):
-                done = subprocess.run([str(BIN / "kosmo"), command], env=env,
-                                      capture_output=True, timeout=60, check=False)
-                if done.returncode != 0:
-                    raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
-            status_items = sum(int(r * args.seconds) + 1 for r in args.status_rates)
-            messages = max(args.users, (args.rounds * len(args.clients) * status_items
-                                        + (int(args.profile_rate * args.seconds) if args.profile
-                                           else 0)) // 2 + 16)
-            say(f"adding {args.users} users and {messages} outbound messages")
-            populate(db_url, args.users, messages)
-            port = free_port()
-            args.gateway_url = f"http://127.0.0.1:{port}"
-            env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{port}"
-            stack.callback(forget_mqtt_session, mqtt_url, client_id)
-            gateway = GatewayProcess(shlex.split(args.gateway_cmd), env, logs / "gateway.log",
-                                     args.gateway_url, mqtt_url, client_id)
-            stack.callback(gateway.stop)
-            gateway.start()
-            poller = Poller(db_url, args.poll_ms / 1000)
-            thread = threading.Thread(target=poller.run, args=(
-                time.monotonic() + args.max_seconds,), name="db-poller", daemon=True)
-            thread.start()
-            try:
-                results = trio.run(Bench(args, gateway, broker_pid, db_url, poller).run)
-            finally:
-                poller.stop.set()
-                thread.join(timeout=10)
-            took = [1000 * d for d in poller.durations]
-            results.poll_ms = (percentile(took, 50), percentile(took, 99), max(took, default=0))
-            with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
-                row_ = conn.execute("""
-                    SELECT count(*) FILTER (WHERE direction = 'inbound'),
-                           count(*) FILTER (WHERE direction = 'inbound' AND user_id IS NULL),
-                           count(*) FILTER (WHERE status = 'delivered'),
-                           (SELECT count(*) FROM dead_letters)
-                    FROM messages""").fetchone()
-                assert row_ is not None
-                results.totals = dict(zip(("replies stored", "replies unthreaded",
-                                           "messages delivered", "dead letters"), row_,
-                                          strict=True))
-            results.log_problems = [
-                line for line in (logs / "gateway.log").read_text(errors="replace").splitlines()
-                if (" WARNING " in line or " ERROR " in line) and "auth mode is" not in line]
-            return report(args, results)
-    except BaseException as exc:
-        keep_logs = keep_logs or not interrupted(exc)
-        raise
-    finally:
-        if keep_logs:
-            print(f"logs kept in {logs}", file=sys.stderr)
-        else:
-            shutil.rmtree(logs, ignore_errors=True)
+    with log_dir("kosmo_bench_inbound_", keep=args.keep_logs) as logs, \
+            contextlib.ExitStack() as stack:
+        say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
+        mqtt_url, broker_pid = stack.enter_context(mqtt_broker(args.mqtt_url, logs / "mqtt"))
+        args.mqtt_url = mqtt_url
+        args.broker_label = (f"private mosquitto as `kosmo up` ({mqtt_url}, "
+                             "max_inflight_messages 100, max_queued_messages 100000)"
+                             if broker_pid else mqtt_url)
+        db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
+        env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=mqtt_url,
+                   KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
+                   KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
+        for command in ("migrate", "seed"):
+            done = subprocess.run([str(BIN / "kosmo"), command], env=env,
+                                  capture_output=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
+        status_items = sum(int(r * args.seconds) + 1 for r in args.status_rates)
+        messages = max(args.users, (args.rounds * len(args.clients) * status_items
+                                    + (int(args.profile_rate * args.seconds) if args.profile
+                                       else 0)) // 2 + 16)
+        say(f"adding {args.users} users and {messages} outbound messages")
+        populate(db_url, args.users, messages)
+        port = free_port()
+        args.gateway_url = f"http://127.0.0.1:{port}"
+        env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{port}"
+        stack.callback(forget_mqtt_session, mqtt_url, client_id)
+        gateway = GatewayProcess(shlex.split(args.gateway_cmd), env, logs / "gateway.log",
+                                 args.gateway_url, mqtt_url, client_id)
+        stack.callback(gateway.stop)
+        gateway.start()
+        poller = Poller(db_url, args.poll_ms / 1000)
+        thread = threading.Thread(target=poller.run, args=(
+            time.monotonic() + args.max_seconds,), name="db-poller", daemon=True)
+        thread.start()
+        try:
+            results = trio.run(Bench(args, gateway, broker_pid, db_url, poller).run)
+        finally:
+            poller.stop.set()
+            thread.join(timeout=10)
+        took = [1000 * d for d in poller.durations]
+        results.poll_ms = (percentile(took, 50), percentile(took, 99), max(took, default=0))
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
+            row_ = conn.execute("""
+                SELECT count(*) FILTER (WHERE direction = 'inbound'),
+                       count(*) FILTER (WHERE direction = 'inbound' AND user_id IS NULL),
+                       count(*) FILTER (WHERE status = 'delivered'),
+                       (SELECT count(*) FROM dead_letters)
+                FROM messages""").fetchone()
+            assert row_ is not None
+            results.totals = dict(zip(("replies stored", "replies unthreaded",
+                                       "messages delivered", "dead letters"), row_,
+                                      strict=True))
+        results.log_problems = log_problems(logs / "gateway.log")
+        return report(args, results)
 
 
 if __name__ == "__main__":
