@@ -181,7 +181,8 @@ class Conversations:
         send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
         # A node some of whose messages may be in the database only (refused at the bound, or
         # its actor failed) starts behind: it reads them first, oldest first.
-        behind = self._from_database.pop(node_id, 0) is None
+        behind = node_id in self._from_database
+        self._from_database.pop(node_id, None)
         if self._at_bound and not self._from_database:
             self._at_bound = False
             log.info("every waiting node has a conversation actor again (%d messages waited "
@@ -255,8 +256,7 @@ class Conversations:
         except Exception:
             log.exception("conversation actor for node %s failed", node_id)
             if self._nodes.get(node_id) is node:
-                del self._nodes[node_id]
-                self._quiescent.pop(node_id, None)
+                self._stop(node_id, node)
                 self._from_database[node_id] = None  # what it held is in the database
 
     async def _catch_up(self, node_id: str, node: _Node, cursor: datetime,
