@@ -97,6 +97,22 @@ def bench_database(admin_url: str, name: str) -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def gateway_env(db_url: str, mqtt_url: str, topic_root: str, client_id: str) -> dict[str, str]:
+    """The environment a benchmarked gateway runs with (header auth, its own topic root and
+    MQTT session, no other KOSMO_* setting), once ``kosmo migrate`` and ``kosmo seed`` have run
+    with it on the bench database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
+    env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=mqtt_url, KOSMO_AUTH_MODE="header",
+               KOSMO_MQTT_TOPIC_ROOT=topic_root, KOSMO_MQTT_CLIENT_ID=client_id,
+               KOSMO_LOG_LEVEL="WARNING")
+    for command in ("migrate", "seed"):
+        done = subprocess.run([str(BIN / "kosmo"), command], env=env,
+                              capture_output=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
+    return env
+
+
 def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -616,15 +632,7 @@ def run(args: argparse.Namespace) -> str:
     with log_dir("kosmo_bench_") as logs, contextlib.ExitStack() as stack:
         say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
         db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
-        env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=args.mqtt_url,
-                   KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
-                   KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
-        for command in ("migrate", "seed"):
-            done = subprocess.run([str(BIN / "kosmo"), command], env=env,
-                                  capture_output=True, timeout=60, check=False)
-            if done.returncode != 0:
-                raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
+        env = gateway_env(db_url, args.mqtt_url, topic_root, client_id)
         hello_port = args.gateway_port = free_port()
         while args.gateway_port == hello_port:
             args.gateway_port = free_port()

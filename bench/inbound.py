@@ -62,6 +62,7 @@ from accept import (
     bench_database,
     forget_mqtt_session,
     free_port,
+    gateway_env,
     machine_cpu,
     percentile,
     process_cpu,
@@ -1065,15 +1066,7 @@ def run(args: argparse.Namespace) -> str:
                              "max_inflight_messages 100, max_queued_messages 100000)"
                              if broker_pid else mqtt_url)
         db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
-        env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=mqtt_url,
-                   KOSMO_AUTH_MODE="header", KOSMO_MQTT_TOPIC_ROOT=topic_root,
-                   KOSMO_MQTT_CLIENT_ID=client_id, KOSMO_LOG_LEVEL="WARNING")
-        for command in ("migrate", "seed"):
-            done = subprocess.run([str(BIN / "kosmo"), command], env=env,
-                                  capture_output=True, timeout=60, check=False)
-            if done.returncode != 0:
-                raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
+        env = gateway_env(db_url, mqtt_url, topic_root, client_id)
         status_items = sum(int(r * args.seconds) + 1 for r in args.status_rates)
         messages = max(args.users, (args.rounds * len(args.clients) * status_items
                                     + (int(args.profile_rate * args.seconds) if args.profile
