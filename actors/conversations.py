@@ -57,7 +57,7 @@ from actors.mqtt import MqttUnavailable
 from kosmo.clock import utcnow
 from kosmo.db import DatabaseUnavailable
 from kosmo.delivery import Report, Status
-from kosmo.ledger_store import NewMessage, StatusReport
+from kosmo.messages import NewMessage, StatusReport
 from kosmo.wire import outbound_payload, outbound_topic
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from actors.ledger import Ledger
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Report, Status
-from kosmo.ledger_store import StatusReport, expired_messages
+from kosmo.ledger_store import expired_messages
+from kosmo.messages import StatusReport
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from kosmo import wire
 from kosmo.clock import iso, utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.inbound_store import DeadLetter, store_inbound
-from kosmo.ledger_store import Applied, StatusReport
+from kosmo.ledger_store import Applied
+from kosmo.messages import StatusReport
 
 log = logging.getLogger(__name__)
 

@@ -37,15 +37,8 @@ from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
 from kosmo.events import Event
-from kosmo.ledger_store import (
-    Accepted,
-    Applied,
-    NewMessage,
-    Refused,
-    StatusReport,
-    accept_sends,
-    apply_reports,
-)
+from kosmo.ledger_store import Accepted, Applied, Refused, accept_sends, apply_reports
+from kosmo.messages import NewMessage, StatusReport
 
 log = logging.getLogger(__name__)
 QUEUED_LINGER = 0.01  # seconds a batch of only ``queued`` marks waits for more

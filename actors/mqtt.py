@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import socket
 import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import trio
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, error_string
@@ -52,49 +50,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from kosmo.config import MqttEndpoint
+
 log = logging.getLogger(__name__)
 
 _PENDING_MAX = 1000  # received messages not yet taken by the consumer
 _HEADROOM = 64  # reading pauses this far from full (one read hands over at most a few)
 _HANDSHAKE_TIMEOUT = 10.0  # socket open -> CONNACK (+ SUBACK)
 _CLOSE_TIMEOUT = 1.0  # flushing DISCONNECT on the way out
-
-
-@dataclass(frozen=True)
-class MqttEndpoint:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def from_url(cls, url: str) -> MqttEndpoint:
-        shown = re.sub(r"(//[^:@/]*):[^/]*@", r"\1:***@", url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
-        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"bad MQTT URL {shown!r}: expected mqtt[s]://[user[:pass]@]host[:port]")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=port if port is not None else (8883 if tls else 1883),
-            username=unquote(parts.username) if parts.username is not None else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            tls=tls,
-        )
-
-    def redacted(self) -> str:
-        user = ""
-        if self.username is not None:
-            user = self.username + (":***" if self.password is not None else "") + "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import trio
 
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
-from kosmo.ledger_store import NewMessage, pending_messages
+from kosmo.ledger_store import pending_messages
+from kosmo.messages import NewMessage
 
 log = logging.getLogger(__name__)
 

@@ -165,7 +165,7 @@ def forget_mqtt_session(mqtt_url: str, client_id: str) -> None:
     from paho.mqtt.client import Client
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from actors.mqtt import MqttEndpoint
+    from kosmo.config import MqttEndpoint
 
     endpoint = MqttEndpoint.from_url(mqtt_url)
     client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)

@@ -73,12 +73,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from actors.mqtt import MqttEndpoint  # noqa: E402
 from bridge import airtime  # noqa: E402
 from bridge.config import BridgeSettings  # noqa: E402
 from bridge.daemon import Bridge, run_bridge  # noqa: E402
 from bridge.radio import Device  # noqa: E402
 from bridge.sim import SimConfig, SimRadio, SimRadioServer, make_nodes  # noqa: E402
+from kosmo.config import MqttEndpoint  # noqa: E402
 
 NODE = "!a1b2c3d4"  # the simulated mesh's first node: one relay away, it acknowledges
 FIRMWARE_GAP = 2.0  # radio seconds: firmware 2.7 refuses a text sooner after the previous one

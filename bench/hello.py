@@ -18,7 +18,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from actors.http import HttpFront
+from actors.http.server import HttpFront
 from kosmo.config import parse_bind
 
 

@@ -709,7 +709,7 @@ class Bench:
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py")),
     ("live stream: forwarder, JSON, websocket send (quart, hypercorn, wsproto)",
-     ("kosmo/api/stream.py", "wsproto/", "hypercorn/", "quart/", "quart_trio/")),
+     ("actors/http/stream.py", "wsproto/", "hypercorn/", "quart/", "quart_trio/")),
     ("event bus fan-out", ("actors/events.py",)),
     ("inbound consumer: parse, batch, acks, thread hand-off",
      ("actors/inbound.py", "kosmo/wire.py")),

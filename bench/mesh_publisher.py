@@ -41,7 +41,7 @@ from typing import Any
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from actors.mqtt import MqttEndpoint
+from kosmo.config import MqttEndpoint
 
 ACK_GRACE = 10.0  # seconds after a step's last publish to collect its PUBACKs
 

@@ -20,7 +20,7 @@ from typing import Any
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion
 
-from actors.mqtt import MqttEndpoint
+from kosmo.config import MqttEndpoint
 
 
 def main() -> None:

@@ -19,11 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors.mqtt import MqttEndpoint
 from bridge.airtime import REGION_DUTY_PERCENT
 from bridge.radio import Device
 from kosmo import config as kosmo_config
-from kosmo.config import Option, parse_duration, parse_topic_root
+from kosmo.config import MqttEndpoint, Option, parse_duration, parse_topic_root
 
 
 def parse_bridge_id(text: str) -> str:

@@ -147,7 +147,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, shutdown: trio.Event) -> None:
-    from kosmo.gateway import run_gateway
+    from actors.gateway import run_gateway
 
     await run_gateway(settings, shutdown)
 

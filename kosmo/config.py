@@ -16,9 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
-
-from actors.mqtt import MqttEndpoint
+from urllib.parse import unquote, urlsplit
 
 
 class ConfigError(Exception):
@@ -98,6 +96,43 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttEndpoint:
+        shown = re.sub(r"(//[^:@/]*):[^/]*@", r"\1:***@", url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad MQTT URL {shown!r}: {exc}") from None
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"bad MQTT URL {shown!r}: scheme must be mqtt:// or mqtts://")
+        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"bad MQTT URL {shown!r}: expected mqtt[s]://[user[:pass]@]host[:port]")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port if port is not None else (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username is not None else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=tls,
+        )
+
+    def redacted(self) -> str:
+        user = ""
+        if self.username is not None:
+            user = self.username + (":***" if self.password is not None else "") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
 
 
 @dataclass(frozen=True)

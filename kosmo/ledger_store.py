@@ -23,19 +23,10 @@ from uuid import UUID
 import psycopg
 
 from kosmo import delivery
-from kosmo.delivery import Report, Status
+from kosmo.delivery import Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
 from kosmo.events import Event, lock_event_order, make_event
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    message_id: UUID
-    user_id: UUID
-    node_id: str
-    text: str
-    created_at: datetime
-    expires_at: datetime
+from kosmo.messages import NewMessage, StatusReport
 
 
 @dataclass(frozen=True)
@@ -48,15 +39,6 @@ class Accepted:
 class Refused:
     refusal: Refusal
     quota: Quota | None = None
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    message_id: UUID
-    report: Report
-    at: datetime
-    packet_id: int | None = None
-    bridge_id: str | None = None
 
 
 @dataclass(frozen=True)

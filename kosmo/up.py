@@ -15,13 +15,8 @@ from collections.abc import Mapping
 
 import trio
 
-from bridge.config import BridgeSettings
-from bridge.daemon import run_bridge
-from bridge.radio import Device
-from bridge.sim.server import serve_sim_radio
 from kosmo import config, migrate
 from kosmo.embedded import start_broker, start_postgres
-from kosmo.gateway import Running, run_gateway
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +47,13 @@ API description: {url}/openapi.json   Press Ctrl-C to stop.
 
 async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
                  shutdown: trio.Event) -> None:
+    # The composition root: the upper layers are imported here, where they are wired together.
+    from actors.gateway import Running, run_gateway
+    from bridge.config import BridgeSettings
+    from bridge.daemon import run_bridge
+    from bridge.radio import Device
+    from bridge.sim.server import serve_sim_radio
+
     data = args.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", data / "postgres")

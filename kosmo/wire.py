@@ -16,7 +16,7 @@ from typing import Any
 from kosmo.clock import iso
 from kosmo.delivery import Report, Status
 from kosmo.domain import parse_node_id, parse_uuid
-from kosmo.ledger_store import NewMessage, StatusReport
+from kosmo.messages import NewMessage, StatusReport
 
 
 def outbound_topic(root: str, node_id: str) -> str:

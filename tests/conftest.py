@@ -24,9 +24,9 @@ import psycopg
 import pytest
 import trio
 
+from actors.gateway import Running, run_gateway
 from kosmo import migrate
 from kosmo.config import Settings
-from kosmo.gateway import Running, run_gateway
 
 pytest_plugins = ["tests.services"]
 
@@ -91,7 +91,7 @@ def topic_root() -> str:
 
 @pytest.fixture
 def settings(database_url: str, mqtt_url: str, topic_root: str) -> Settings:
-    from actors.mqtt import MqttEndpoint
+    from kosmo.config import MqttEndpoint
 
     return Settings(
         database_url=database_url, mqtt_url=MqttEndpoint.from_url(mqtt_url),
@@ -136,7 +136,7 @@ class Subscriber:
     """A plain paho client on its own thread, collecting what the gateway publishes."""
 
     def __init__(self, url: str, topic: str) -> None:
-        from actors.mqtt import MqttEndpoint
+        from kosmo.config import MqttEndpoint
 
         endpoint = MqttEndpoint.from_url(url)
         self.messages: list[tuple[str, dict[str, Any]]] = []

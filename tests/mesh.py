@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from actors.mqtt import MqttEndpoint
+from kosmo.config import MqttEndpoint
 
 
 class FakeBridgeLink:

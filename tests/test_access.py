@@ -31,8 +31,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected
 
+from actors import gateway
+from actors.http.app import create_app
+from actors.http.services import Services
 from kosmo import migrate, up
-from kosmo.api.app import Services, create_app
 from kosmo.cli import build_parser
 from kosmo.config import OPTIONS, Settings, load
 from tests.conftest import GUARDIAN, WANDERER, Gateway, db_value, start_gateway
@@ -581,7 +583,7 @@ async def test_kosmo_up_serves_header_mode_only_because_it_sets_it(monkeypatch, 
     monkeypatch.setattr(up, "start_broker", lambda _: _Service("mqtt://127.0.0.1:1"))
     monkeypatch.setattr(migrate, "migrate", lambda _: [])
     monkeypatch.setattr(migrate, "seed", lambda _: None)
-    monkeypatch.setattr(up, "run_gateway", serve)
+    monkeypatch.setattr(gateway, "run_gateway", serve)  # up imports it when it runs
     args = build_parser().parse_args(["up", "--data-dir", str(tmp_path)])
     assert not hasattr(args, "auth_mode")
     environ = {"KOSMO_AUTH_MODE": "jwt"}

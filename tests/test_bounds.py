@@ -29,7 +29,7 @@ from hypercorn.protocol.ws_stream import WSStream
 from trio_websocket import ConnectionClosed
 
 from actors import http
-from kosmo.api.app import MAX_BODY
+from actors.http.app import MAX_BODY
 from kosmo.api.limits import MAX_HEAD_BYTES, MAX_HEADERS
 from kosmo.api.problems import TITLES
 from kosmo.config import Settings
@@ -247,7 +247,7 @@ async def test_a_head_at_the_limit_is_served(gw: Gateway, request_head: bytes):
 
 async def test_a_head_the_parser_gives_up_on_is_a_431_problem(gw: Gateway):
     """A head still incomplete past twice the limit is answered by Hypercorn's HTTP/1.1 parser,
-    not the application: with the same problem (actors/http.py), and closed."""
+    not the application: with the same problem (actors/http/server.py), and closed."""
     async with raw(gw) as client:
         assert await client.send(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n")
         for i in range(2 * MAX_HEAD_BYTES // 1024 + 1):  # in pieces, never finished
@@ -279,7 +279,7 @@ async def test_a_head_the_parser_gives_up_on_is_a_431_problem(gw: Gateway):
 ])
 async def test_what_the_parser_cannot_read_is_a_problem(gw: Gateway, request_head: bytes,
                                                         status: int, slug: str):
-    """Answered by the parser (actors/http.py gives the answer its body), closed at once. An
+    """Answered by the parser (actors/http/server.py gives the answer its body), closed at once. An
     unknown transfer coding is 501, as RFC 9112 (section 6.1) asks."""
     async with raw(gw) as client:
         assert await client.send(request_head)
@@ -337,9 +337,9 @@ async def test_a_frame_sent_before_the_handshake_is_answered_is_a_400_problem(gw
 ])
 def test_the_hypercorn_method_the_gateway_replaces_is_still_there(owner, ours, module,
                                                                    call_sites):
-    """actors/http.py replaces Hypercorn's private ``_send_error_response(status_code)``; on a
-    Hypercorn where it is gone, renamed or called otherwise, the answers above would silently
-    lose their problem body (or the import of actors.http would fail)."""
+    """actors/http/server.py replaces Hypercorn's private ``_send_error_response(status_code)``;
+    on a Hypercorn where it is gone, renamed or called otherwise, the answers above would
+    silently lose their problem body (or the import of actors.http.server would fail)."""
     assert owner._send_error_response is ours
     source = inspect.getsource(module)  # as installed, not as replaced
     assert "def _send_error_response(self, status_code: int) -> None:" in source

@@ -13,7 +13,7 @@ import trio
 
 from actors.conversations import Conversations
 from actors.mqtt import MqttUnavailable
-from kosmo.ledger_store import NewMessage, StatusReport
+from kosmo.messages import NewMessage, StatusReport
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 FAR = datetime(2100, 1, 1, tzinfo=UTC)

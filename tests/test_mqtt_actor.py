@@ -16,7 +16,8 @@ import trio.testing
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion
 
-from actors.mqtt import MqttActor, MqttEndpoint, MqttInbound, MqttUnavailable
+from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
+from kosmo.config import MqttEndpoint
 from kosmo.embedded import Broker, free_port
 
 WATCHDOG = 10.0

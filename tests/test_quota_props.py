@@ -23,7 +23,8 @@ from hypothesis.stateful import (
 )
 
 from kosmo.delivery import Report, Status
-from kosmo.ledger_store import Accepted, NewMessage, StatusReport, accept_sends, apply_reports
+from kosmo.ledger_store import Accepted, accept_sends, apply_reports
+from kosmo.messages import NewMessage, StatusReport
 from tests.conftest import GUARDIAN, SANCTUARY, WANDERER
 
 USERS = [WANDERER, GUARDIAN, SANCTUARY]

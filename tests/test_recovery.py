@@ -5,8 +5,7 @@ from __future__ import annotations
 import trio
 
 from actors.ledger import Ledger
-from actors.mqtt import MqttEndpoint
-from kosmo.config import Settings
+from kosmo.config import MqttEndpoint, Settings
 from kosmo.db import Database
 from kosmo.ledger_store import Accepted
 from tests.conftest import (

@@ -1,7 +1,7 @@
 """Request and response shapes of the HTTP API, declared for the OpenAPI document.
 
 The handlers validate requests by hand (the error precedence is part of the contract, see
-``kosmo.api.app``); these models are what ``/openapi.json`` shows clients.
+``actors.http.app``); these models are what ``/openapi.json`` shows clients.
 """
 
 from __future__ import annotations

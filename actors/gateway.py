@@ -26,16 +26,18 @@ import trio
 from actors.conversations import Conversations
 from actors.events import EventBus
 from actors.expiry import Expiry
-from actors.http import HttpFront
+from actors.http.app import create_app
+from actors.http.server import HttpFront
+from actors.http.services import Services
 from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
 from kosmo import wire
-from kosmo.api.app import Services, create_app
 from kosmo.config import Settings
 from kosmo.db import Database
-from kosmo.ledger_store import NewMessage, StatusReport, pending_for_node
+from kosmo.ledger_store import pending_for_node
+from kosmo.messages import NewMessage, StatusReport
 
 log = logging.getLogger(__name__)
 

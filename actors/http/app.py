@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import trio
 from quart import Response, has_request_context, has_websocket_context, request
 from quart_schema import (
     QuartSchema,
@@ -32,17 +30,16 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.events import EventBus
-from actors.ledger import Ledger
+from actors.http.services import Services
+from actors.http.stream import register_stream
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.auth import authenticate
 from kosmo.api.limits import register_limits
 from kosmo.api.problems import TITLES, Problem, for_status
-from kosmo.api.stream import register_stream
 from kosmo.clock import utcnow
 from kosmo.config import Settings
-from kosmo.db import Database, DatabaseUnavailable
+from kosmo.db import DatabaseUnavailable
 from kosmo.domain import Refusal, parse_node_id, parse_uuid, text_problem
 from kosmo.ledger_store import Accepted
 
@@ -51,18 +48,6 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_BODY = 16 * 1024
 RETRY_AFTER_DB = "5"
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the HTTP front talks to; owned by the gateway supervisor."""
-
-    db: Database
-    ledger: Ledger
-    broker_connected: Callable[[], bool]
-    events: EventBus
-    shutdown: trio.Event  # set when the gateway stops: long-lived connections close
-    bridges: Callable[[], list[dict[str, Any]]] = list  # latest state of each bridge
 
 
 def create_app(settings: Settings, services: Services) -> QuartTrio:

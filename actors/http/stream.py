@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
     from actors.events import Subscription
-    from kosmo.api.app import Services
+    from actors.http.services import Services
     from kosmo.config import Settings
 
 log = logging.getLogger(__name__)

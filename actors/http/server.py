@@ -179,5 +179,5 @@ async def _handshake_problem(self: WSStream, status_code: int) -> None:
 for _owner, _ours in ((H11Protocol, _parser_problem), (WSStream, _handshake_problem)):
     if not callable(getattr(_owner, "_send_error_response", None)):
         raise ImportError(f"hypercorn's {_owner.__name__}._send_error_response is gone: "
-                          "see the docstring of actors/http.py")
+                          "see the docstring of actors/http/server.py")
     _owner._send_error_response = _ours  # type: ignore[method-assign]

@@ -1,0 +1,35 @@
+"""The values that travel between the actors, the MQTT wire and the store.
+
+Rules: frozen, plain data, no I/O; times are aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from kosmo.delivery import Report
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message the ledger accepted: what a conversation actor publishes."""
+
+    message_id: UUID
+    user_id: UUID
+    node_id: str
+    text: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """A bridge's (or the expiry's) report about one message."""
+
+    message_id: UUID
+    report: Report
+    at: datetime
+    packet_id: int | None = None
+    bridge_id: str | None = None
