@@ -28,7 +28,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
 from trio_websocket import ConnectionClosed
 
-from actors import http
+from actors.http import server
 from actors.http.app import MAX_BODY
 from kosmo.api.limits import MAX_HEAD_BYTES, MAX_HEADERS
 from kosmo.api.problems import TITLES
@@ -330,9 +330,9 @@ async def test_a_frame_sent_before_the_handshake_is_answered_is_a_400_problem(gw
 
 
 @pytest.mark.parametrize(("owner", "ours", "module", "call_sites"), [
-    pytest.param(H11Protocol, http._parser_problem, hypercorn.protocol.h11,
+    pytest.param(H11Protocol, server._parser_problem, hypercorn.protocol.h11,
                  ["await self._send_error_response(error.error_status_hint)"], id="h11"),
-    pytest.param(WSStream, http._handshake_problem, hypercorn.protocol.ws_stream,
+    pytest.param(WSStream, server._handshake_problem, hypercorn.protocol.ws_stream,
                  ["await self._send_error_response(400)"], id="websocket"),
 ])
 def test_the_hypercorn_method_the_gateway_replaces_is_still_there(owner, ours, module,
