@@ -28,6 +28,7 @@ from actors.events import EventBus
 from actors.ledger import Ledger
 from actors.mqtt import MqttInbound
 from kosmo import wire
+from kosmo.channels import take_waiting
 from kosmo.clock import iso, utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.inbound_store import DeadLetter, store_inbound
@@ -70,12 +71,7 @@ class InboundConsumer:
         task_status.started()
         async with receive:
             async for first in receive:
-                batch = [first]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
+                batch = take_waiting(receive, [first], self._max_batch)
                 await self._until_stored(batch)
                 for message in batch:
                     await self._ack(message)

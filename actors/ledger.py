@@ -33,6 +33,7 @@ import trio
 
 from actors.events import EventBus
 from actors.reply import Reply
+from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
@@ -106,21 +107,13 @@ class Ledger:
                     process: Callable[[list[R]], Awaitable[None]]) -> None:
         async with receive:
             async for first in receive:
-                batch = self._drain(receive, [first])
+                batch = take_waiting(receive, [first], self._max_batch)
                 if all(_lingers(r) for r in batch):
                     # Nobody waits on ``queued`` marks: gather a few ms of them into one
                     # transaction instead of one small transaction per published message.
                     await trio.sleep(QUEUED_LINGER)
-                    batch = self._drain(receive, batch)
+                    batch = take_waiting(receive, batch, self._max_batch)
                 await process(batch)
-
-    def _drain(self, receive: trio.MemoryReceiveChannel[R], batch: list[R]) -> list[R]:
-        while len(batch) < self._max_batch:
-            try:
-                batch.append(receive.receive_nowait())
-            except trio.WouldBlock:
-                break
-        return batch
 
     async def _process_sends(self, batch: list[Send]) -> None:
         new = [self._new_message(s) for s in batch]
