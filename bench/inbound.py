@@ -707,7 +707,7 @@ class Bench:
 
 # (component, substrings of a stack, any of which puts it there); first match wins.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py")),
+    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py", "actors/mqtt_link.py")),
     ("live stream: forwarder, JSON, websocket send (quart, hypercorn, wsproto)",
      ("actors/http/stream.py", "wsproto/", "hypercorn/", "quart/", "quart_trio/")),
     ("event bus fan-out", ("actors/events.py",)),

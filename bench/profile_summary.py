@@ -19,7 +19,7 @@ from pathlib import Path
 
 # (component, substrings of a stack, any of which puts it there); first match wins.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py")),
+    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py", "actors/mqtt_link.py")),
     ("conversations: router + node actors", ("actors/conversations.py",)),
     ("event bus (live stream)", ("actors/events.py", "kosmo/events.py")),
     ("ledger actor, replies, thread hand-off (Trio side)",
