@@ -56,30 +56,27 @@ from typing import Any
 
 import psycopg
 import trio
-
-# Shared with the accept benchmark (bench/ is on sys.path when run as a script).
-from accept import (
-    bench_database,
-    forget_mqtt_session,
-    free_port,
-    gateway_env,
-    machine_cpu,
-    percentile,
-    process_cpu,
-    wait_ready,
-)
-from common import (
+from common import (  # bench/ is on sys.path when run as a script
     BenchError,
     log_dir,
     log_problems,
+    percentile,
     run_main,
     say,
     sigterm_interrupts,
     source_version,
 )
+from proc_stats import machine_cpu, process_cpu, rss_kib
+from servers import (
+    BIN,
+    bench_database,
+    forget_mqtt_session,
+    free_port,
+    gateway_env,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 USER_TEMPLATE = "b0b0b0b0-0000-4000-8000-{:012x}"  # synthetic user u
 NODE_TEMPLATE = "!b{:07x}"  # the node of user u: its replies are threaded to u
 MESSAGE_PREFIX = "0b0b0b0b-0000-4000-8000-"
@@ -319,13 +316,6 @@ async def start_helper(name: str, cmd: list[str], ready: str, within: float) -> 
 
 
 # --- CPU and memory -------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 @dataclass
