@@ -25,7 +25,7 @@ COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
     ("ledger actor, replies, thread hand-off (Trio side)",
      ("actors/ledger.py", "actors/reply.py", "kosmo/db.py", "trio/_threads.py")),
     ("send handler: auth, validation, JSON, response body",
-     ("kosmo/api/", "hello (hello.py:")),
+     ("kosmo/api/", "actors/http/app.py", "hello (hello.py:")),
     ("HTTP front: hypercorn, h11, quart, werkzeug",
      ("hypercorn/", "h11/", "quart/", "quart_trio/", "quart_schema/", "werkzeug/")),
     ("Trio scheduler and epoll, not attributable", ("trio/",)),
