@@ -44,11 +44,11 @@ from kosmo.messages import NewMessage, StatusReport
 log = logging.getLogger(__name__)
 QUEUED_LINGER = 0.01  # seconds a batch of only ``queued`` marks waits for more
 T = TypeVar("T")
-R = TypeVar("R", "Send", "Report")
+R = TypeVar("R", "SendRequest", "ReportRequest")
 
 
 @dataclass(frozen=True)
-class Send:
+class SendRequest:
     user_id: UUID
     node_id: str
     text: str
@@ -56,12 +56,12 @@ class Send:
 
 
 @dataclass(frozen=True)
-class Report:
+class ReportRequest:
     report: StatusReport
     reply: Reply[Applied] | None = field(default=None, compare=False)
 
 
-Request = Send | Report
+Request = SendRequest | ReportRequest
 
 
 class Ledger:
@@ -77,20 +77,20 @@ class Ledger:
         self._max_batch = max_batch
         self._clock = clock
         self._last_created = datetime.min.replace(tzinfo=clock().tzinfo)
-        self._sends = trio.open_memory_channel[Send](max_batch)
-        self._reports = trio.open_memory_channel[Report](max_batch)
+        self._sends = trio.open_memory_channel[SendRequest](max_batch)
+        self._reports = trio.open_memory_channel[ReportRequest](max_batch)
         self.batches = 0
 
     async def send(self, user_id: UUID, node_id: str, text: str) -> Accepted | Refused:
         """Check, debit and store one outbound message; the reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
-        await self._sends[0].send(Send(user_id, node_id, text, reply))
+        await self._sends[0].send(SendRequest(user_id, node_id, text, reply))
         return await reply.wait()
 
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
         """Apply a delivery report; with ``wait``, return what it did once committed."""
         reply: Reply[Applied] | None = Reply() if wait else None
-        await self._reports[0].send(Report(report, reply))
+        await self._reports[0].send(ReportRequest(report, reply))
         return await reply.wait() if reply is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -115,7 +115,7 @@ class Ledger:
                     batch = take_waiting(receive, batch, self._max_batch)
                 await process(batch)
 
-    async def _process_sends(self, batch: list[Send]) -> None:
+    async def _process_sends(self, batch: list[SendRequest]) -> None:
         new = [self._new_message(s) for s in batch]
         results = await self._commit(batch, accept_sends, new, self._clock())
         if results is None:
@@ -126,7 +126,7 @@ class Ledger:
         if accepted:
             await self._dispatch(accepted)  # one hand-over for the whole batch
 
-    async def _process_reports(self, batch: list[Report]) -> None:
+    async def _process_reports(self, batch: list[ReportRequest]) -> None:
         results = await self._commit(batch, apply_reports, [r.report for r in batch])
         if results is None:
             return
@@ -158,13 +158,13 @@ class Ledger:
                 await publish(events)
                 return results
         for request in batch:  # outside the ordering lock: each takes it again
-            if isinstance(request, Send):
+            if isinstance(request, SendRequest):
                 await self._process_sends([request])
             else:
                 await self._process_reports([request])
         return None
 
-    def _new_message(self, send: Send) -> NewMessage:
+    def _new_message(self, send: SendRequest) -> NewMessage:
         created = max(self._clock(), self._last_created + timedelta(microseconds=1))
         self._last_created = created
         return NewMessage(uuid.uuid4(), send.user_id, send.node_id, send.text, created,
@@ -180,7 +180,7 @@ async def _no_events() -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[No
 
 
 def _lingers(request: Request) -> bool:
-    return (isinstance(request, Report) and request.reply is None
+    return (isinstance(request, ReportRequest) and request.reply is None
             and request.report.report.status is Status.QUEUED)
 
 

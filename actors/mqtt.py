@@ -5,11 +5,12 @@ Rules
   `connect()` (DNS, TCP, TLS handshake, queueing CONNECT) runs in a worker thread; every paho
   callback is installed after it returns, so all of them run in the Trio thread, inside
   `loop_read`/`loop_write`/`loop_misc` or `publish`/`ack`/`disconnect` calls made from Trio.
-- Ownership. Each connection attempt gets a NEW `Client` (a `_Link`, numbered by `epoch`), so
-  paho never re-sends its old out-queue behind our back: callers of `publish()` see
-  MqttUnavailable and re-publish themselves; consumers dedupe by message id. The session is
-  persistent (MQTT 3.1.1, clean_session=False, fixed client id) and inbound QoS 1 messages are
-  acked by hand, only once the consumer has stored them: unacked ones come back after a reconnect.
+- Ownership. Each connection attempt gets a NEW `Client` (a `Link`, numbered by `epoch`, in
+  actors/mqtt_link.py with the TLS context), so paho never re-sends its old out-queue behind
+  our back: callers of `publish()` see MqttUnavailable and re-publish themselves; consumers
+  dedupe by message id. The session is persistent (MQTT 3.1.1, clean_session=False, fixed
+  client id) and inbound QoS 1 messages are acked by hand, only once the consumer has stored
+  them: unacked ones come back after a reconnect.
 - publish() calls paho directly rather than over a channel to the actor task: paho's publish is
   non-blocking (it queues the packet and asks us, via on_socket_register_write, to wait for
   writability), and between the `connected` check, `client.publish()` and registering the PUBACK
@@ -39,7 +40,6 @@ import logging
 import random
 import socket
 import ssl
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from actors.mqtt_link import Link, tls_context
 from kosmo.config import MqttEndpoint
 
 log = logging.getLogger(__name__)
@@ -83,48 +84,10 @@ class MqttUnavailable(Exception):
     """Not connected, or the connection was lost before the broker acknowledged."""
 
 
-class _Link:
-    """One connection attempt: a fresh paho Client and what the Trio side knows about it."""
-
-    def __init__(self, client: Client, epoch: int) -> None:
-        self.client = client
-        self.epoch = epoch
-        self.sock: Any = None  # paho's SocketLike, until on_socket_close
-        self.want_write = False
-        self.writable = trio.lowlevel.ParkingLot()
-        self.ready = trio.Event()  # CONNACK and SUBACK received
-        self.lost = False
-        self.reason: str | None = None
-        self.scope = trio.CancelScope()  # cancelled when the connection is lost
-        # mid -> publish() awaiting its PUBACK. on_publish removes the entry and wakes the
-        # waiter; a lost connection only wakes it, so an entry left behind means "not acked".
-        self.waiters: dict[int, trio.Event] = {}
-        self.sub_mid: int | None = None
-        self.lock = threading.Lock()  # hands the socket over from the connect thread
-        self.abandoned = self.handed_over = False
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    # paho does not close the socket when the TLS handshake fails (ResourceWarning, fd leak).
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-def _tls_context() -> ssl.SSLContext:
-    # What client.tls_set() builds (system CAs, verified host name), with the socket class above.
-    context = ssl.create_default_context()
-    context.sslsocket_class = _ClosingSSLSocket
-    return context
-
-
 class Publication:
     """A publish handed to the connection; ``wait()`` returns at its PUBACK."""
 
-    def __init__(self, actor: MqttActor, link: _Link, mid: int, acked: trio.Event) -> None:
+    def __init__(self, actor: MqttActor, link: Link, mid: int, acked: trio.Event) -> None:
         self._actor, self._link, self._mid, self._acked = actor, link, mid, acked
 
     async def wait(self) -> None:
@@ -154,7 +117,7 @@ class MqttActor:
         self._where = f"{endpoint.redacted()} as {client_id!r}"
         self._pending_send, self._pending_recv = trio.open_memory_channel[MqttInbound](_PENDING_MAX)
         self._room = trio.lowlevel.ParkingLot()
-        self._link: _Link | None = None  # the current connection, from socket open until lost
+        self._link: Link | None = None  # the current connection, from socket open until lost
         self._connected, self._up = False, trio.Event()
         self._epoch = self._ready_count = self._in_flight = self._published = self._received = 0
 
@@ -247,21 +210,21 @@ class MqttActor:
                self._pending_send.statistics().current_buffer_used >= _PENDING_MAX - _HEADROOM):
             await self._room.park()
 
-    def _new_link(self) -> _Link:
+    def _new_link(self) -> Link:
         self._epoch += 1
         client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
                         clean_session=False, protocol=MQTTProtocolVersion.MQTTv311, manual_ack=True)
-        link = _Link(client, self._epoch)
+        link = Link(client, self._epoch)
         client.user_data_set(link)
         if self._endpoint.username is not None:
             client.username_pw_set(self._endpoint.username, self._endpoint.password)
         if self._endpoint.tls:
-            client.tls_set_context(_tls_context())
+            client.tls_set_context(tls_context())
         if self._will is not None:
             client.will_set(*self._will)
         return link
 
-    def _connect_blocking(self, link: _Link) -> None:
+    def _connect_blocking(self, link: Link) -> None:
         # No callbacks are installed yet, so paho writes CONNECT itself, here.
         link.client.connect(self._endpoint.host, self._endpoint.port, self._keepalive)
         with link.lock:
@@ -270,7 +233,7 @@ class MqttActor:
                 return
         link.client.disconnect()  # run() was cancelled meanwhile: close it from here
 
-    async def _open(self, link: _Link) -> None:
+    async def _open(self, link: Link) -> None:
         try:
             await trio.to_thread.run_sync(self._connect_blocking, link, abandon_on_cancel=True)
         except trio.Cancelled:
@@ -290,7 +253,7 @@ class MqttActor:
         link.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._link = link
 
-    async def _serve(self, link: _Link, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(self, link: Link, task_status: trio.TaskStatus[None]) -> None:
         try:
             with link.scope:
                 async with trio.open_nursery() as nursery:
@@ -320,7 +283,7 @@ class MqttActor:
                     trio.lowlevel.notify_closing(sock)
                     sock.close()
 
-    async def _read_loop(self, link: _Link) -> None:
+    async def _read_loop(self, link: Link) -> None:
         sock = link.sock
         try:
             while not link.lost:
@@ -334,7 +297,7 @@ class MqttActor:
         except trio.ClosedResourceError:
             pass
 
-    async def _write_loop(self, link: _Link) -> None:
+    async def _write_loop(self, link: Link) -> None:
         sock = link.sock
         try:
             while not link.lost:
@@ -346,16 +309,16 @@ class MqttActor:
         except trio.ClosedResourceError:
             pass
 
-    async def _misc_loop(self, link: _Link) -> None:
+    async def _misc_loop(self, link: Link) -> None:
         while not link.lost:
             await trio.sleep(1)
             self._check(link, link.client.loop_misc())
 
-    def _check(self, link: _Link, rc: MQTTErrorCode) -> None:
+    def _check(self, link: Link, rc: MQTTErrorCode) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lose(link, error_string(rc))
 
-    def _lose(self, link: _Link, reason: str | None) -> None:
+    def _lose(self, link: Link, reason: str | None) -> None:
         if link.reason is None:
             link.reason = reason
         if link.lost:
@@ -369,26 +332,26 @@ class MqttActor:
             if self._up.is_set():
                 self._up = trio.Event()
 
-    # paho callbacks: all run in the Trio thread (see the header), `userdata` is the _Link.
+    # paho callbacks: all run in the Trio thread (see the header), `userdata` is the Link.
 
-    def _on_socket_close(self, client: Client, link: _Link, sock: Any) -> None:
+    def _on_socket_close(self, client: Client, link: Link, sock: Any) -> None:
         if link.sock is sock:
             link.sock = None
             trio.lowlevel.notify_closing(sock)  # wakes our wait_readable/wait_writable
         self._lose(link, None)
 
-    def _on_register_write(self, client: Client, link: _Link, sock: Any) -> None:
+    def _on_register_write(self, client: Client, link: Link, sock: Any) -> None:
         link.want_write = True
         link.writable.unpark_all()
 
-    def _on_unregister_write(self, client: Client, link: _Link, sock: Any) -> None:
+    def _on_unregister_write(self, client: Client, link: Link, sock: Any) -> None:
         link.want_write = False
 
-    def _on_disconnect(self, client: Client, link: _Link, flags: DisconnectFlags,
+    def _on_disconnect(self, client: Client, link: Link, flags: DisconnectFlags,
                        reason: ReasonCode, properties: Properties | None) -> None:
         self._lose(link, None)  # the rc that loop_*() returns says more than `reason`
 
-    def _on_connect(self, client: Client, link: _Link, flags: ConnectFlags,
+    def _on_connect(self, client: Client, link: Link, flags: ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
         if reason.is_failure:  # paho closes the socket next
             link.reason = f"broker refused the connection: {reason}"
@@ -398,7 +361,7 @@ class MqttActor:
         else:
             _rc, link.sub_mid = client.subscribe(self._subscriptions)
 
-    def _on_subscribe(self, client: Client, link: _Link, mid: int, reasons: list[ReasonCode],
+    def _on_subscribe(self, client: Client, link: Link, mid: int, reasons: list[ReasonCode],
                       properties: Properties | None) -> None:
         if mid != link.sub_mid:
             return
@@ -410,13 +373,13 @@ class MqttActor:
         else:
             link.ready.set()
 
-    def _on_publish(self, client: Client, link: _Link, mid: int, reason: ReasonCode,
+    def _on_publish(self, client: Client, link: Link, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
         waiter = link.waiters.pop(mid, None)
         if waiter is not None:
             waiter.set()
 
-    def _on_message(self, client: Client, link: _Link, msg: MQTTMessage) -> None:
+    def _on_message(self, client: Client, link: Link, msg: MQTTMessage) -> None:
         self._received += 1
         if self._inbound is None:  # nobody consumes: acknowledge and forget
             client.ack(msg.mid, msg.qos)

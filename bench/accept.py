@@ -37,8 +37,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,68 +51,27 @@ from common import (  # bench/ is on sys.path when run as a script
     BenchError,
     log_dir,
     log_problems,
+    percentile,
     run_main,
     say,
     sigterm_interrupts,
     source_version,
 )
-from profile_summary import summarize  # bench/ is on sys.path when run as a script
+from proc_stats import machine_cpu, process_cpu
+from profile_summary import summarize
+from servers import BIN, bench_database, forget_mqtt_session, free_port, gateway_env, wait_ready
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 SANCTUARY = "33333333-3333-3333-3333-333333333333"  # demo user with unlimited quota
 NODE = "!a1b2c3d4"
 PATH = "/api/v1/messages"
 BODY = json.dumps({"target_node_id": NODE, "text": "bench: hello from the web"}).encode()
-TICK = os.sysconf("SC_CLK_TCK")
 PROFILE_RATE = 200  # py-spy samples per second
 RATIO_TARGET = 0.75
 P99_TARGET_MS = 10.0
 
 
-# --- processes, database, readiness (plain blocking code, outside Trio) ---------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def with_db(url: str, name: str) -> str:
-    """The same server, database ``name``."""
-    return psycopg.conninfo.make_conninfo(url, dbname=name)
-
-
-@contextlib.contextmanager
-def bench_database(admin_url: str, name: str) -> Iterator[str]:
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield with_db(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def gateway_env(db_url: str, mqtt_url: str, topic_root: str, client_id: str) -> dict[str, str]:
-    """The environment a benchmarked gateway runs with (header auth, its own topic root and
-    MQTT session, no other KOSMO_* setting), once ``kosmo migrate`` and ``kosmo seed`` have run
-    with it on the bench database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
-    env.update(KOSMO_DATABASE_URL=db_url, KOSMO_MQTT_URL=mqtt_url, KOSMO_AUTH_MODE="header",
-               KOSMO_MQTT_TOPIC_ROOT=topic_root, KOSMO_MQTT_CLIENT_ID=client_id,
-               KOSMO_LOG_LEVEL="WARNING")
-    for command in ("migrate", "seed"):
-        done = subprocess.run([str(BIN / "kosmo"), command], env=env,
-                              capture_output=True, timeout=60, check=False)
-        if done.returncode != 0:
-            raise BenchError(f"kosmo {command} failed:\n{done.stderr.decode()}")
-    return env
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+# --- the servers (plain blocking code, outside Trio) ----------------------------------------
 
 
 @contextlib.contextmanager
@@ -137,72 +94,7 @@ def server(name: str, cmd: list[str], env: dict[str, str],
                 proc.wait(timeout=10)
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, log: Path, *,
-               any_answer: bool, timeout: float = 30.0) -> None:
-    """Poll ``url`` until it answers 2xx (or anything, with ``any_answer``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited with status {proc.returncode}:\n{tail(log)}")
-        try:
-            with _NO_PROXY.open(url, timeout=2):
-                return
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if any_answer:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise BenchError(f"{name} not ready within {timeout:.0f} s:\n{tail(log)}")
-
-
-def forget_mqtt_session(mqtt_url: str, client_id: str) -> None:
-    """Drop the gateway's persistent session from the broker (a clean-session connect)."""
-    from paho.mqtt.client import Client
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from kosmo.config import MqttEndpoint
-
-    endpoint = MqttEndpoint.from_url(mqtt_url)
-    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if endpoint.username is not None:
-        client.username_pw_set(endpoint.username, endpoint.password)
-    if endpoint.tls:
-        client.tls_set()
-    try:
-        client.connect(endpoint.host, endpoint.port)
-        deadline = time.monotonic() + 3
-        while not client.is_connected() and time.monotonic() < deadline:
-            client.loop(timeout=0.1)
-        client.disconnect()
-    except OSError as exc:
-        print(f"could not drop the MQTT session {client_id!r}: {exc}", file=sys.stderr)
-
-
 # --- CPU accounting -------------------------------------------------------------------------
-
-
-def process_cpu(pid: int, thread: int | None = None) -> float:
-    """CPU seconds used so far by process ``pid`` (all its threads, or only ``thread``)."""
-    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
-    try:
-        stat = Path(path).read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def machine_cpu() -> float:
-    """CPU seconds the whole machine spent busy so far (all cores)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / TICK
 
 
 def children_cpu() -> float:
@@ -370,14 +262,6 @@ class Latency:
     http_p99_ms: float
     lag_p99_ms: float  # how late the client sent, against the schedule
     missing: int  # accepted but never seen by the subscriber
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 async def accept_to_publish(args: argparse.Namespace, port: int, topic_root: str,

@@ -1,7 +1,9 @@
-"""What the benchmarks share: progress lines, the version measured, stopping and errors."""
+"""What the benchmarks share: progress lines, the version measured, stopping and errors,
+percentiles."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -29,6 +31,14 @@ def source_version() -> str:
     except OSError:
         return "unknown"
     return done.stdout.decode().strip() or "unknown"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 class BenchError(Exception):

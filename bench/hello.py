@@ -1,7 +1,7 @@
 """The baseline of bench/accept.py: a hello-world POST route on the gateway's HTTP stack.
 
 Same stack and settings as the gateway's HTTP front: Quart on quart-trio, served in this
-process by Hypercorn's trio worker through ``actors.http.HttpFront`` (the gateway's own
+process by Hypercorn's trio worker through ``actors.http.server.HttpFront`` (the gateway's own
 Hypercorn configuration). The route has the gateway's path, reads and parses the JSON body and
 answers a small JSON 201, so the two servers differ only in what the gateway does per send.
 

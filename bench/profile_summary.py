@@ -19,13 +19,13 @@ from pathlib import Path
 
 # (component, substrings of a stack, any of which puts it there); first match wins.
 COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py")),
+    ("MQTT: paho client + MQTT actor", ("paho/", "actors/mqtt.py", "actors/mqtt_link.py")),
     ("conversations: router + node actors", ("actors/conversations.py",)),
     ("event bus (live stream)", ("actors/events.py", "kosmo/events.py")),
     ("ledger actor, replies, thread hand-off (Trio side)",
      ("actors/ledger.py", "actors/reply.py", "kosmo/db.py", "trio/_threads.py")),
     ("send handler: auth, validation, JSON, response body",
-     ("kosmo/api/", "hello (hello.py:")),
+     ("kosmo/api/", "actors/http/app.py", "hello (hello.py:")),
     ("HTTP front: hypercorn, h11, quart, werkzeug",
      ("hypercorn/", "h11/", "quart/", "quart_trio/", "quart_schema/", "werkzeug/")),
     ("Trio scheduler and epoll, not attributable", ("trio/",)),

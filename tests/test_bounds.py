@@ -13,6 +13,8 @@ from __future__ import annotations
 import inspect
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -335,17 +337,41 @@ async def test_a_frame_sent_before_the_handshake_is_answered_is_a_400_problem(gw
     pytest.param(WSStream, server._handshake_problem, hypercorn.protocol.ws_stream,
                  ["await self._send_error_response(400)"], id="websocket"),
 ])
-def test_the_hypercorn_method_the_gateway_replaces_is_still_there(owner, ours, module,
-                                                                   call_sites):
-    """actors/http/server.py replaces Hypercorn's private ``_send_error_response(status_code)``;
-    on a Hypercorn where it is gone, renamed or called otherwise, the answers above would
-    silently lose their problem body (or the import of actors.http.server would fail)."""
+async def test_the_hypercorn_method_the_gateway_replaces_is_still_there(gw: Gateway, owner,
+                                                                         ours, module,
+                                                                         call_sites):
+    """actors/http/server.py replaces Hypercorn's private ``_send_error_response(status_code)``
+    when a front starts; on a Hypercorn where it is gone, renamed or called otherwise, the
+    answers above would silently lose their problem body (or the front's start would fail)."""
+    assert owner._send_error_response is ours
+    server.answer_problems()  # as another front's start does: nothing changes
     assert owner._send_error_response is ours
     source = inspect.getsource(module)  # as installed, not as replaced
     assert "def _send_error_response(self, status_code: int) -> None:" in source
     for call in call_sites:
         assert call in source
     assert list(inspect.signature(ours).parameters) == ["self", "status_code"]
+
+
+def test_importing_the_http_front_leaves_hypercorn_as_it_is():
+    """The replacement happens when a front starts, not on import (a fresh interpreter: in
+    this one a front may have started already)."""
+    check = ("from hypercorn.protocol.h11 import H11Protocol\n"
+             "from hypercorn.protocol.ws_stream import WSStream\n"
+             "from actors.http import server\n"
+             "assert H11Protocol._send_error_response is not server._parser_problem\n"
+             "assert WSStream._send_error_response is not server._handshake_problem\n")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=60,
+                          check=False, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_hypercorn_without_the_method_fails_the_start_loudly():
+    class Gone:
+        pass
+
+    with pytest.raises(RuntimeError, match=r"Gone\._send_error_response is gone"):
+        server.replace_send_error_response(Gone, server._parser_problem)
 
 
 async def test_a_stream_handshake_head_over_the_limit_is_431(gw: Gateway):

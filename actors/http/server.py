@@ -26,17 +26,18 @@ the exact head limits, in ``kosmo.api``):
 
 The one place the project reaches into Hypercorn: a few requests never reach the application,
 and Hypercorn answers them itself with an empty body, through a private method
-(``_send_error_response(status_code)``) that no hook or setting replaces. At import, this module
-replaces it with a function of ours that answers the same status as problem+json, with
-``Connection: close``, on two classes:
+(``_send_error_response(status_code)``) that no hook or setting replaces. ``HttpFront.run``
+replaces it, before it serves (``answer_problems``: once per process, idempotent; importing this
+module changes nothing in Hypercorn), with a function of ours that answers the same status as
+problem+json, with ``Connection: close``, on two classes:
 - ``H11Protocol`` (``_parser_problem``): what the HTTP/1.1 parser cannot read (400), a head
   still incomplete past ``HEAD_BACKSTOP`` (431), a transfer coding other than chunked (501);
 - ``WSStream`` (``_handshake_problem``): a websocket handshake Hypercorn refuses (400: not a
   valid one, or a frame came before it was answered); the stream then ends, so the connection
   is closed at once (Hypercorn left it open until ``read_timeout``), and the application, which
   may be accepting that stream meanwhile, is told of the disconnect.
-The method is the same in Hypercorn 0.17 and 0.18, which pyproject.toml allows; the import fails
-if it is gone, and tests/test_bounds.py checks its signature and its call sites.
+The method is the same in Hypercorn 0.17 and 0.18, which pyproject.toml allows; the front's start
+fails if it is gone, and tests/test_bounds.py checks its signature and its call sites.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class HttpFront:
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        answer_problems()
         # hypercorn.trio.serve, with sockets of our own making.
         sockets = self._config.create_sockets()
         for sock in sockets.insecure_sockets:
@@ -176,8 +178,23 @@ async def _handshake_problem(self: WSStream, status_code: int) -> None:
     await self.send(StreamClosed(stream_id=self.stream_id))
 
 
-for _owner, _ours in ((H11Protocol, _parser_problem), (WSStream, _handshake_problem)):
-    if not callable(getattr(_owner, "_send_error_response", None)):
-        raise ImportError(f"hypercorn's {_owner.__name__}._send_error_response is gone: "
-                          "see the docstring of actors/http/server.py")
-    _owner._send_error_response = _ours  # type: ignore[method-assign]
+REPLACED = ((H11Protocol, _parser_problem), (WSStream, _handshake_problem))
+
+
+def answer_problems() -> None:
+    """Make Hypercorn answer what never reaches the application as problem+json: replace its
+    ``_send_error_response`` on each class of ``REPLACED`` with ours (see the module's
+    docstring). Idempotent; raises ``RuntimeError`` if Hypercorn no longer has the method."""
+    for owner, ours in REPLACED:
+        replace_send_error_response(owner, ours)
+
+
+def replace_send_error_response(owner: type, ours: Any) -> None:
+    """``owner._send_error_response`` becomes ``ours``, unless it already is."""
+    current = getattr(owner, "_send_error_response", None)
+    if current is ours:
+        return
+    if not callable(current):
+        raise RuntimeError(f"hypercorn's {owner.__name__}._send_error_response is gone: "
+                           "see the docstring of actors/http/server.py")
+    owner._send_error_response = ours  # type: ignore[attr-defined]
