@@ -22,12 +22,13 @@ Rules:
 - A message id a node actor holds (in its channel, or taken and not yet reported handed out)
   or handed out recently is not handed out again; one published twice anyway (two processes,
   a crash) is fine: consumers dedupe by ``message_id``.
-- After each window a node actor tells the router how many items it took in all (``_Took``).
-  When that is all the router put in and it is not behind, it is *quiescent* (its channel is
-  empty, it waits on it). Only a quiescent one is stopped (its channel closed), so no message
-  is ever stranded and a node never has two actors publishing. After ``idle`` seconds without
-  work it tells the router (``_Idle``), which reaps it if it is still quiescent. The actor of a
-  node that waited in the database, or whose actor failed, starts with the catch-up mark.
+- When a window leaves its channel empty (and at least every ``NODE_QUEUE`` items) a node
+  actor tells the router how many items it took in all (``_Took``). When that is all the
+  router put in and it is not behind, it is *quiescent* (its channel is empty, it waits on
+  it). Only a quiescent one is stopped (its channel closed), so no message is ever stranded
+  and a node never has two actors publishing. After ``idle`` seconds without work it tells
+  the router (``_Idle``), which reaps it if it is still quiescent. The actor of a node that
+  waited in the database, or whose actor failed, starts with the catch-up mark.
 - Supervision: a node actor contains and logs its own failure (``_Failed``: the router forgets
   it and the outbox hands its messages out again); the router itself failing brings the
   gateway down.
@@ -232,11 +233,10 @@ class Conversations:
             self._close(handover.stop)
             self._spawn(nursery, handover.start)
 
-    async def _node_actor(self, actor: Actor,
-                          receive: trio.MemoryReceiveChannel[Item]) -> None:
+    async def _node_actor(self, actor: Actor, receive: trio.MemoryReceiveChannel[Item]) -> None:
         recent: OrderedDict[UUID, None] = OrderedDict()
         cursor = datetime.min.replace(tzinfo=self._clock().tzinfo)
-        taken = 0
+        taken = reported = 0  # items taken from the channel; in the last _Took
 
         async def hand_out(messages: list[NewMessage]) -> None:
             nonlocal cursor
@@ -251,40 +251,35 @@ class Conversations:
 
         async with receive:
             try:
-                while window := await self._next_window(actor, receive):
+                while True:
+                    with trio.move_on_after(self._idle) as idle:
+                        try:
+                            window = [await receive.receive()]
+                        except trio.EndOfChannel:
+                            return
+                    if idle.cancelled_caught:
+                        await self._send.send(_Idle(actor))
+                        continue
+                    while len(window) < WINDOW and isinstance(window[-1], NewMessage):
+                        try:
+                            window.append(receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     taken += len(window)
                     messages = [item for item in window if isinstance(item, NewMessage)]
                     await hand_out(messages)
                     if len(messages) < len(window):  # it ended with the catch-up mark
-                        await self._send.send(_Took(actor, taken))  # before reading: see the rules
+                        await self._send.send(_Took(actor, taken))  # before reading: see rules
                         cursor = await self._catch_up(actor.node_id, cursor, hand_out)
-                    await self._send.send(_Took(actor, taken))
+                    drained = receive.statistics().current_buffer_used == 0
+                    if drained or taken - reported >= NODE_QUEUE:
+                        reported = taken
+                        await self._send.send(_Took(actor, taken))
             except Exception:
                 log.exception("conversation actor for node %s failed", actor.node_id)
                 await self._send.send(_Failed(actor))
                 async for _ in receive:
                     pass  # until the router closes it: it never puts into a closed channel
-
-    async def _next_window(self, actor: Actor,
-                           receive: trio.MemoryReceiveChannel[Item]) -> list[Item]:
-        """Up to ``WINDOW`` messages, or fewer ending with the catch-up mark; waits for the
-        first, telling the router each time ``idle`` passes. Empty once the channel is closed."""
-        first: Item | None = None
-        while first is None:
-            with trio.move_on_after(self._idle):
-                try:
-                    first = await receive.receive()
-                except trio.EndOfChannel:
-                    return []
-            if first is None:
-                await self._send.send(_Idle(actor))
-        window = [first]
-        while len(window) < WINDOW and isinstance(window[-1], NewMessage):
-            try:
-                window.append(receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        return window
 
     async def _catch_up(self, node_id: str, cursor: datetime,
                         hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> datetime:
