@@ -209,6 +209,7 @@ class Conversations:
         link = self._links[start.actor.node_id] = _Link(start.actor, send)
         if start.read_database_first:
             link.put(CATCH_UP)  # some of its messages may be in the database only
+        # Its notices go on self._send, open while the router runs: no clone (memory) per actor.
         nursery.start_soon(self._node_actor, start.actor, receive)
         return link
 
