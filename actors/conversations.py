@@ -2,42 +2,36 @@
 ``max_nodes`` at once.
 
 Rules:
-- The router owns the table of node actors; nobody else touches it. It receives stored messages
-  (``dispatch``) and idle notices from node actors on ONE bounded channel, in order.
+- The router owns the node table (``kosmo.node_table``: the bound, eviction, quiescence, the
+  nodes waiting in the database) and a link per node actor (its channel, the message ids it
+  *holds*, its behind flag); nobody else touches them. Stored messages (``dispatch``) and the
+  node actors' notices (frozen) reach it on ONE bounded channel, in order; it applies the
+  table's decisions before its next item.
 - The database is the queue; node channels are only a fast path. The router never waits for a
-  node: when a node's channel is full, the node is marked *behind* and further messages for it
-  are not queued in memory. Once its channel is drained, the node actor reads its pending
-  messages from the database, oldest first, after the last one it handed out. So a broker
-  outage or a burst never blocks senders, never grows memory, and keeps each node's order.
+  node: once ``NODE_QUEUE`` messages wait in a node's channel it adds a catch-up mark and
+  queues nothing more for the node (*behind*). The actor that takes the mark tells the router
+  (``_Took``), then reads its node's pending messages from the database, oldest first, after
+  the last one it handed out. A message the router left out was stored before that notice
+  reached the router, so before the read: order holds, and a broker outage or a burst never
+  blocks senders nor grows memory.
 - A node actor hands its node's messages to the MQTT actor in creation order, a window of up
   to ``WINDOW`` in flight at once (one connection keeps their order), and reports each
-  ``queued`` to the ledger once the broker acknowledged it (PUBACK). While the broker is
-  unreachable it waits for the connection and publishes again from the first message not
-  acknowledged, so order holds across reconnects. A message already past its deadline is
-  reported ``expired`` instead.
-- A message id waiting in a node's channel, or handed out recently, is not handed out again;
-  a message published twice anyway (by two processes, or after a crash) is fine: consumers
-  dedupe by ``message_id``.
-- A node actor is *quiescent* when its channel is empty, it hands nothing out and it is not
-  behind; the router keeps the quiescent ones in the order they became so. Only a quiescent
-  node actor is ever stopped (its channel closed), so no message is ever stranded, and a
-  stopped one never publishes again, so a node never has two actors publishing at once.
-- Reaping: after ``idle`` seconds without work a node actor tells the router; the router stops
-  it if it is still quiescent.
-- Bound: the router holds at most ``max_nodes`` node actors. A message for a node without one,
-  when at the bound, first stops the quiescent node actor that has been so the longest
-  (eviction). If none is quiescent, no actor is started: the message stays ``pending`` in the
-  database and the node joins the *waiting* nodes, first come first served. The next node
-  actor to become quiescent is stopped and hands its place to the first waiting node (the
-  outbox, which hands pending messages out again, is the backstop). A waiting node's actor
-  starts by reading its pending messages from the database, oldest first, before any newer
-  message: order holds. So does the next actor of a node whose actor failed. Memory beyond
-  the actors: one entry per waiting node.
-- A node record (channel, waiting ids, behind flag) and the quiescent order belong to the router
-  and to the node tasks the router spawned, as its children; all run in the Trio thread and
-  update them without an await in between, so no lock is needed and no other actor sees them.
-- Supervision: a node actor contains and logs its own failure (the router forgets it and the
-  outbox hands its messages out again); the router itself failing brings the gateway down.
+  ``queued`` to the ledger at its PUBACK. While the broker is unreachable it waits for the
+  connection and publishes again from the first message not acknowledged, so order holds
+  across reconnects. A message past its deadline is reported ``expired`` instead.
+- A message id a node actor holds (in its channel, or taken and not yet reported handed out)
+  or handed out recently is not handed out again; one published twice anyway (two processes,
+  a crash) is fine: consumers dedupe by ``message_id``.
+- When a window leaves its channel empty (and at least every ``NODE_QUEUE`` items) a node
+  actor tells the router how many items it took in all (``_Took``). When that is all the
+  router put in and it is not behind, it is *quiescent* (its channel is empty, it waits on
+  it). Only a quiescent one is stopped (its channel closed), so no message is ever stranded
+  and a node never has two actors publishing. After ``idle`` seconds without work it tells
+  the router (``_Idle``), which reaps it if it is still quiescent. The actor of a node that
+  waited in the database, or whose actor failed, starts with the catch-up mark.
+- Supervision: a node actor contains and logs its own failure (``_Failed``: the router forgets
+  it and the outbox hands its messages out again); the router itself failing brings the
+  gateway down.
 """
 
 from __future__ import annotations
@@ -58,6 +52,7 @@ from kosmo.clock import utcnow
 from kosmo.db import DatabaseUnavailable
 from kosmo.delivery import Report, Status
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.node_table import Actor, NodeTable, Start, WaitInDatabase
 from kosmo.wire import outbound_payload, outbound_topic
 
 log = logging.getLogger(__name__)
@@ -76,17 +71,53 @@ LoadPending = Callable[[str, datetime, int], Awaitable[list[NewMessage]]]
 
 
 @dataclass(frozen=True)
+class _CatchUp:
+    """The last item in a behind node's channel: read the database next."""
+
+
+CATCH_UP = _CatchUp()
+Item = NewMessage | _CatchUp  # in a node's channel
+
+
+@dataclass(frozen=True)
+class _Took:
+    """From a node actor: it took ``taken`` items from its channel in all and handed them out;
+    next it waits on its channel or, if the last was the catch-up mark, reads the database."""
+
+    actor: Actor
+    taken: int
+
+
+@dataclass(frozen=True)
 class _Idle:
-    node_id: str
-    generation: int
+    actor: Actor  # no work for ``idle`` seconds
 
 
-@dataclass
-class _Node:
-    send: trio.MemorySendChannel[NewMessage]
-    generation: int
-    waiting: set[UUID] = field(default_factory=set)
+@dataclass(frozen=True)
+class _Failed:
+    actor: Actor  # it failed; it ends once the router closed its channel
+
+
+Inbox = list[NewMessage] | _Took | _Idle | _Failed  # in the router's channel
+
+
+@dataclass(slots=True)
+class _Link:
+    """The router's end of one node actor's channel."""
+
+    actor: Actor
+    send: trio.MemorySendChannel[Item]
+    sent: int = 0  # items put in the channel
+    held: dict[UUID, int] = field(default_factory=dict)  # id -> its item number
     behind: bool = False
+
+    def put(self, item: Item) -> None:
+        self.send.send_nowait(item)  # never full: at most NODE_QUEUE messages and the mark
+        if isinstance(item, NewMessage):
+            self.held[item.message_id] = self.sent
+        else:
+            self.behind = True
+        self.sent += 1
 
 
 class Conversations:
@@ -104,121 +135,109 @@ class Conversations:
         self._idle = idle
         self._backoff_max = backoff_max
         self._clock = clock
-        self._send, self._receive = trio.open_memory_channel[list[NewMessage] | _Idle](
-            NODE_QUEUE)
-        self._nodes: dict[str, _Node] = {}
-        self._quiescent: OrderedDict[str, _Node] = OrderedDict()  # longest quiescent first
-        # Nodes whose next actor must start from the database, first come first served.
-        self._from_database: OrderedDict[str, None] = OrderedDict()
-        self._nursery: trio.Nursery | None = None
-        self._max_nodes = max_nodes
-        self._generation = 0
-        self._at_bound = False
+        self._send, self._receive = trio.open_memory_channel[Inbox](NODE_QUEUE)
+        self._table = NodeTable(max_nodes)
+        self._links: dict[str, _Link] = {}
         self.published = 0
-        self.evicted = 0  # quiescent node actors stopped to make room for another node
-        self.refused = 0  # messages left in the database because no actor could be started
+
+    @property
+    def evicted(self) -> int:  # quiescent node actors stopped to make room for another node
+        return self._table.evicted
+
+    @property
+    def refused(self) -> int:  # messages left in the database: no actor could be started
+        return self._table.refused
 
     async def dispatch(self, messages: list[NewMessage]) -> None:
         """Hand over stored messages, oldest first; returns without waiting for any node."""
         await self._send.send(messages)
 
     def active_nodes(self) -> int:
-        return len(self._nodes)
+        return len(self._links)
 
     def node_ids(self) -> list[str]:
-        return list(self._nodes)
+        return list(self._links)
 
     def waiting_nodes(self) -> int:
         """Nodes without an actor whose messages wait in the database for one."""
-        return len(self._from_database)
+        return len(self._table.waiting_nodes())
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             task_status.started()
             async with self._receive:
                 async for item in self._receive:
-                    if isinstance(item, _Idle):
-                        self._reap(item)
-                    else:
+                    if isinstance(item, list):
                         for message in item:
                             self._route(nursery, message)
+                    elif isinstance(item, _Took):
+                        self._took(nursery, item)
+                    else:
+                        decide = self._table.idle if isinstance(item, _Idle) else self._table.failed
+                        if stop := decide(item.actor):
+                            self._close(stop.actor)
             nursery.cancel_scope.cancel()
 
     def _route(self, nursery: trio.Nursery, message: NewMessage) -> None:
-        node = self._nodes.get(message.node_id)
-        if node is None:
-            node = self._spawn(nursery, message.node_id)
-            if node is None:
-                return  # it waits in the database; the outbox hands it out again
-        if node.behind or message.message_id in node.waiting:
+        decision = self._table.dispatch(message.node_id)
+        if isinstance(decision, WaitInDatabase):
+            if decision.first:
+                log.warning("%d conversation actors, none quiescent: messages for further "
+                            "nodes wait in the database", len(self._links))
+            return  # the outbox hands it out again
+        if isinstance(decision, Start):
+            self._spawn(nursery, decision)
+        link = self._links[message.node_id]
+        if link.behind or message.message_id in link.held:
             return  # the node actor will read it from the database, or has it already
-        try:
-            node.send.send_nowait(message)
-            node.waiting.add(message.message_id)
-            self._quiescent.pop(message.node_id, None)
-        except trio.WouldBlock:
+        if link.send.statistics().current_buffer_used >= NODE_QUEUE:
             log.info("node %s is behind: its next messages wait in the database",
                      message.node_id)
-            node.behind = True
-
-    def _spawn(self, nursery: trio.Nursery, node_id: str) -> _Node | None:
-        """Start an actor for ``node_id``, making room by eviction if at the bound; None when
-        there is no room (the node is remembered: its next actor starts from the database)."""
-        if len(self._nodes) >= self._max_nodes:
-            if not self._quiescent:
-                self.refused += 1
-                self._from_database.setdefault(node_id)
-                if not self._at_bound:
-                    self._at_bound = True
-                    log.warning("%d conversation actors, none quiescent: messages for further "
-                                "nodes wait in the database", len(self._nodes))
-                return None
-            evicted_id, evicted = self._quiescent.popitem(last=False)
-            self._stop(evicted_id, evicted)
-            self.evicted += 1
-        self._generation += 1
-        send, receive = trio.open_memory_channel[NewMessage](NODE_QUEUE)
-        # A node some of whose messages may be in the database only (refused at the bound, or
-        # its actor failed) starts behind: it reads them first, oldest first.
-        behind = node_id in self._from_database
-        self._from_database.pop(node_id, None)
-        if self._at_bound and not self._from_database:
-            self._at_bound = False
-            log.info("every waiting node has a conversation actor again (%d messages waited "
-                     "in the database so far)", self.refused)
-        node = self._nodes[node_id] = _Node(send, self._generation, behind=behind)
-        nursery.start_soon(self._node_actor, node_id, node, receive)
-        return node
-
-    def _stop(self, node_id: str, node: _Node) -> None:
-        del self._nodes[node_id]
-        self._quiescent.pop(node_id, None)
-        node.send.close()
-
-    def _reap(self, idle: _Idle) -> None:
-        node = self._quiescent.get(idle.node_id)
-        if node is not None and node.generation == idle.generation:
-            self._stop(idle.node_id, node)
-
-    def _mark_quiescent(self, node_id: str, node: _Node) -> None:
-        """Called by a node actor about to wait on its channel: it joins the quiescent ones, or,
-        at the bound, hands its place to the first waiting node (and finds its channel closed).
-        Below the bound a waiting node gets an actor with its next message."""
-        if self._nodes.get(node_id) is not node or node.behind or node.waiting:
+            link.put(CATCH_UP)
             return
-        if (self._from_database and len(self._nodes) >= self._max_nodes
-                and self._nursery is not None):
-            self._stop(node_id, node)
-            self.evicted += 1
-            self._spawn(self._nursery, next(iter(self._from_database)))
-        elif node_id not in self._quiescent:
-            self._quiescent[node_id] = node
+        link.put(message)
+        self._table.busy(link.actor)
 
-    async def _node_actor(self, node_id: str, node: _Node,
-                          receive: trio.MemoryReceiveChannel[NewMessage]) -> None:
+    def _spawn(self, nursery: trio.Nursery, start: Start) -> _Link:
+        """Start a node actor as the table decided (after its eviction, if any)."""
+        if start.evict is not None:
+            self._close(start.evict)
+        if start.all_served:
+            log.info("every waiting node has a conversation actor again (%d messages waited "
+                     "in the database so far)", self._table.refused)
+        send, receive = trio.open_memory_channel[Item](NODE_QUEUE + 1)  # + the catch-up mark
+        link = self._links[start.actor.node_id] = _Link(start.actor, send)
+        if start.read_database_first:
+            link.put(CATCH_UP)  # some of its messages may be in the database only
+        # Its notices go on self._send, open while the router runs: no clone (memory) per actor.
+        nursery.start_soon(self._node_actor, start.actor, receive)
+        return link
+
+    def _close(self, actor: Actor) -> None:
+        """Stop ``actor``: it ends once it has taken what its channel holds (nothing, unless
+        it failed)."""
+        self._links.pop(actor.node_id).send.close()
+
+    def _took(self, nursery: trio.Nursery, took: _Took) -> None:
+        link = self._links.get(took.actor.node_id)
+        if link is None or link.actor != took.actor:
+            return  # from an actor already stopped
+        while link.held and next(iter(link.held.values())) < took.taken:
+            del link.held[next(iter(link.held))]
+        if took.taken < link.sent:
+            return  # more waits in its channel
+        if link.behind:
+            link.behind = False  # it reads the database now: newer messages go to its channel
+            return
+        handover = self._table.quiescent(took.actor)
+        if handover is not None:
+            self._close(handover.stop)
+            self._spawn(nursery, handover.start)
+
+    async def _node_actor(self, actor: Actor, receive: trio.MemoryReceiveChannel[Item]) -> None:
         recent: OrderedDict[UUID, None] = OrderedDict()
         cursor = datetime.min.replace(tzinfo=self._clock().tzinfo)
+        taken = reported = 0  # items taken from the channel; in the last _Took
 
         async def hand_out(messages: list[NewMessage]) -> None:
             nonlocal cursor
@@ -231,46 +250,48 @@ class Conversations:
                     recent.popitem(last=False)
             cursor = max([cursor, *(m.created_at for m in messages)])
 
-        try:
-            async with receive:
+        async with receive:
+            try:
                 while True:
-                    if node.behind and receive.statistics().current_buffer_used == 0:
-                        cursor = await self._catch_up(node_id, node, cursor, hand_out)
-                        continue
-                    self._mark_quiescent(node_id, node)  # no await until receive()
                     with trio.move_on_after(self._idle) as idle:
                         try:
                             window = [await receive.receive()]
                         except trio.EndOfChannel:
                             return
                     if idle.cancelled_caught:
-                        await self._send.send(_Idle(node_id, node.generation))
+                        await self._send.send(_Idle(actor))
                         continue
-                    while len(window) < WINDOW:
+                    while len(window) < WINDOW and isinstance(window[-1], NewMessage):
                         try:
                             window.append(receive.receive_nowait())
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                    await hand_out(window)
-                    node.waiting.difference_update(m.message_id for m in window)
-        except Exception:
-            log.exception("conversation actor for node %s failed", node_id)
-            if self._nodes.get(node_id) is node:
-                self._stop(node_id, node)
-                self._from_database[node_id] = None  # what it held is in the database
+                    taken += len(window)
+                    messages = [item for item in window if isinstance(item, NewMessage)]
+                    await hand_out(messages)
+                    if len(messages) < len(window):  # it ended with the catch-up mark
+                        await self._send.send(_Took(actor, taken))  # before reading: see rules
+                        cursor = await self._catch_up(actor.node_id, cursor, hand_out)
+                    drained = receive.statistics().current_buffer_used == 0
+                    if drained or taken - reported >= NODE_QUEUE:
+                        reported = taken
+                        await self._send.send(_Took(actor, taken))
+            except Exception:
+                log.exception("conversation actor for node %s failed", actor.node_id)
+                await self._send.send(_Failed(actor))
+                async for _ in receive:
+                    pass  # until the router closes it: it never puts into a closed channel
 
-    async def _catch_up(self, node_id: str, node: _Node, cursor: datetime,
+    async def _catch_up(self, node_id: str, cursor: datetime,
                         hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> datetime:
         """Hand out the node's pending messages stored after ``cursor``, oldest first."""
-        node.behind = False  # from here on the router queues new messages again
         while True:
             try:
                 pending = await self._load_pending(node_id, cursor, NODE_QUEUE)
             except DatabaseUnavailable as exc:
                 log.warning("node %s cannot catch up yet: %s", node_id, exc)
-                node.behind = True
                 await trio.sleep(1 + random.random())
-                return cursor
+                continue
             for start in range(0, len(pending), WINDOW):
                 await hand_out(pending[start:start + WINDOW])
             if pending:
