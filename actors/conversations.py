@@ -48,6 +48,7 @@ from uuid import UUID
 import trio
 
 from actors.mqtt import MqttUnavailable
+from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import DatabaseUnavailable
 from kosmo.delivery import Report, Status
@@ -77,6 +78,10 @@ class _CatchUp:
 
 CATCH_UP = _CatchUp()
 Item = NewMessage | _CatchUp  # in a node's channel
+
+
+def _is_catch_up(item: Item) -> bool:  # the mark ends a window: what follows waits for it
+    return isinstance(item, _CatchUp)
 
 
 @dataclass(frozen=True)
@@ -261,11 +266,7 @@ class Conversations:
                     if idle.cancelled_caught:
                         await self._send.send(_Idle(actor))
                         continue
-                    while len(window) < WINDOW and isinstance(window[-1], NewMessage):
-                        try:
-                            window.append(receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                    take_waiting(receive, window, WINDOW, ends_batch=_is_catch_up)
                     taken += len(window)
                     messages = [item for item in window if isinstance(item, NewMessage)]
                     await hand_out(messages)

@@ -4,10 +4,12 @@ Rules: an actor that commits or publishes in batches receives one item (waiting 
 calls ``take_waiting`` to add what is already in the channel, up to its batch size. It never
 waits, so a batch is never held back for items that have not come. A closed channel ends the
 taking quietly: the items taken so far are the batch, and the next ``receive`` reports the end.
+An item may close its batch (``ends_batch``): nothing after it is taken into the same batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import trio
@@ -15,9 +17,11 @@ import trio
 T = TypeVar("T")
 
 
-def take_waiting(receive: trio.MemoryReceiveChannel[T], batch: list[T], limit: int) -> list[T]:
-    """Append to ``batch`` the items waiting in ``receive``, until it holds ``limit``; return it."""
-    while len(batch) < limit:
+def take_waiting(receive: trio.MemoryReceiveChannel[T], batch: list[T], limit: int, *,
+                 ends_batch: Callable[[T], bool] | None = None) -> list[T]:
+    """Append to ``batch`` the items waiting in ``receive``, until it holds ``limit`` or its last
+    item is one that ``ends_batch`` (if given) says closes a batch; return it."""
+    while len(batch) < limit and not (ends_batch and batch and ends_batch(batch[-1])):
         try:
             batch.append(receive.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):

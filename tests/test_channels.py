@@ -27,3 +27,12 @@ async def test_a_full_batch_takes_nothing():
     send.send_nowait(1)
     assert take_waiting(receive, [7, 8], 2) == [7, 8]
     assert receive.receive_nowait() == 1
+
+
+async def test_an_item_that_ends_a_batch_is_its_last():
+    send, receive = trio.open_memory_channel[int](10)
+    for i in (1, 0, 2, 3):
+        send.send_nowait(i)
+    assert take_waiting(receive, [], 10, ends_batch=lambda i: i == 0) == [1, 0]
+    assert take_waiting(receive, [0], 10, ends_batch=lambda i: i == 0) == [0]
+    assert take_waiting(receive, [], 10, ends_batch=lambda i: i == 0) == [2, 3]
