@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,6 +41,7 @@ from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.store import OutboxItem, Store
 from bridge.timing import RadioClock, Wakeup
+from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +252,5 @@ async def run_bridge(settings: BridgeSettings, shutdown: trio.Event, *,
     """Serve until ``shutdown`` is set; started(bridge) once serving. A shutdown while still
     starting (no radio, no broker yet) abandons the start at once."""
     bridge = Bridge(settings)
-    async with trio.open_nursery() as guard:
-
-        async def abandon_start() -> None:
-            await shutdown.wait()
-            if not bridge.ready:
-                log.info("stopping before the bridge was ready")
-                guard.cancel_scope.cancel()
-
-        guard.start_soon(abandon_start)
-        await bridge.serve(shutdown, task_status)
-        guard.cancel_scope.cancel()
+    await start_or_abandon(shutdown, partial(bridge.serve, shutdown), what="bridge", log=log,
+                           task_status=task_status)
