@@ -44,7 +44,8 @@ import trio
 from bridge import airtime
 from bridge.pacing import Pacer, PacingRules
 from bridge.payloads import inbound_payload, inbound_text_ok, inbound_topic, now
-from bridge.radio import Link, Radio, RadioEvent, RadioInfo, RadioUnavailable, RoutingResult
+from bridge.radio import Link, Radio, RadioEvent, RadioUnavailable, RoutingResult
+from bridge.radio_info import RadioInfo
 from bridge.rows import RowState
 from bridge.store import Change, OutboxItem, Reporter, Row, Store
 from bridge.timing import RadioClock, Wakeup
