@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import trio
 
@@ -38,6 +39,7 @@ from kosmo.config import Settings
 from kosmo.db import Database
 from kosmo.ledger_store import pending_for_node
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +72,11 @@ async def run_gateway(settings: Settings, shutdown: trio.Event, *,
                       task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set. A shutdown while still starting (say, waiting for the
     database or the broker) abandons the start at once instead of waiting for it."""
-    serving = trio.Event()
-    async with trio.open_nursery() as guard:
-
-        async def abandon_start() -> None:
-            await shutdown.wait()
-            if not serving.is_set():
-                log.info("stopping before the gateway was ready")
-                guard.cancel_scope.cancel()
-
-        guard.start_soon(abandon_start)
-        await _serve(settings, shutdown, serving, task_status)
-        guard.cancel_scope.cancel()
+    await start_or_abandon(shutdown, partial(_serve, settings, shutdown), what="gateway",
+                           log=log, task_status=task_status)
 
 
-async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
+async def _serve(settings: Settings, shutdown: trio.Event,
                  task_status: trio.TaskStatus[Running]) -> None:
     if settings.auth_mode == "header":
         log.warning("auth mode is 'header': any caller can claim any X-User-ID; "
@@ -134,7 +126,6 @@ async def _serve(settings: Settings, shutdown: trio.Event, serving: trio.Event,
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
-                serving.set()
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox,
                                             events, consumer, expiry))
             log.info("HTTP front stopped; stopping actors")

@@ -4,8 +4,10 @@ Supervision policy:
 - Start order: the SQLite store (and its lock), the radio actor (it reconnects by itself), the
   bridge id (given, kept in the store, or else the radio's node id once it answers), the
   restore of an earlier run's flights, the MQTT actor (persistent session, manual acks, an
-  ``offline`` will), then the tasks. ``started()`` once the broker accepted the subscription
-  and the radio is connected. A shutdown before that abandons the start.
+  ``offline`` will), then the tasks. Each part is built in that order inside the daemon's
+  nursery, each from the ones before it, and the ``Bridge`` that joins them is made only once
+  all exist. ``started(bridge)`` once the broker accepted the subscription and the radio is
+  connected. A shutdown before that abandons the start (kosmo/supervise.py).
 - The radio and the broker reconnect with backoff forever; the queue and the outbox wait in
   SQLite meanwhile. Any other failure (SQLite, a bug) brings the daemon down loudly: the
   process manager restarts it, and the at-most-once rule (bridge/sender.py) holds across that.
@@ -27,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -40,6 +43,7 @@ from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.store import OutboxItem, Store
 from bridge.timing import RadioClock, Wakeup
+from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
 
@@ -53,96 +57,56 @@ STOP_SENDING_WITHIN = 1.5
 OFFLINE_WITHIN = 1.0
 
 
-class Bridge:
-    def __init__(self, settings: BridgeSettings) -> None:
-        self.settings = settings
-        self.bridge_id: str | None = settings.bridge_id
-        self.ready = False
-        self.clock = RadioClock(settings.time_scale)
-        self.radio: Radio | None = None
-        self.mqtt: MqttActor | None = None
-        self.sender: Sender | None = None
-        self.store: Store | None = None
-        self._outbox_wake = Wakeup()
-        self._state_wake = Wakeup()
+@dataclass(frozen=True)
+class StatusReports:
+    """This bridge's status reports, as outbox items: the store's and the sender's reporter."""
 
-    # --- wiring -----------------------------------------------------------------------------
+    settings: BridgeSettings
+    bridge_id: str
 
-    def _changed(self) -> None:
-        self._outbox_wake.set()
-        self._state_wake.set()
-
-    def _report(self, message_id: str, status: str, reason: str | None,
-                packet_id: int | None) -> OutboxItem:
-        assert self.bridge_id is not None
+    def __call__(self, message_id: str, status: str, reason: str | None,
+                 packet_id: int | None) -> OutboxItem:
         return (payloads.status_topic(self.settings.mqtt_topic_root),
                 payloads.status_payload(message_id, status, bridge_id=self.bridge_id,
                                         at=payloads.now(), packet_id=packet_id, reason=reason))
 
-    async def serve(self, shutdown: trio.Event,
-                    task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
-        s = self.settings
-        with self._open_store() as store:
-            db = AsyncStore(store)
-            async with trio.open_nursery() as nursery:
-                events_send, events = trio.open_memory_channel[RadioEvent](EVENTS_BUFFER)
-                self.radio = radio = Radio(s.device, events_send, close_timeout=2.0)
-                radio.changed = self._radio_changed
-                nursery.start_soon(radio.run)
-                bridge_id = self.bridge_id or await db.call(store.get_meta, "bridge_id")
-                if bridge_id is None:
-                    log.info("waiting for the radio %s to learn the bridge id", s.device)
-                    bridge_id = (await radio.wait_link()).info.node_id
-                if bridge_id != await db.call(store.get_meta, "bridge_id"):
-                    await db.call(store.set_meta, "bridge_id", bridge_id)
-                self.bridge_id = bridge_id
-                self.sender = sender = Sender(
-                    db, radio, self._report, topic_root=s.mqtt_topic_root, bridge_id=bridge_id,
-                    clock=self.clock, result_timeout=s.result_timeout, region=s.region,
-                    changed=self._changed)
-                await sender.restore()
 
-                received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
-                state_topic = payloads.state_topic(s.mqtt_topic_root, bridge_id)
-                self.mqtt = mqtt = MqttActor(
-                    s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
-                    subscriptions=[(payloads.outbound_filter(s.mqtt_topic_root), 1)],
-                    inbound=received_send,
-                    will=(state_topic, payloads.state_payload("offline"), 1, True))
-                await nursery.start(mqtt.run)
-                nursery.start_soon(self._intake, db, received)
-                nursery.start_soon(self._outbox, db)
-                nursery.start_soon(self._publish_state, state_topic)
-                nursery.start_soon(sender.run_results, events)
-                nursery.start_soon(sender.run_deadlines)
-                nursery.start_soon(sender.run_sender)
-                await radio.wait_link()
-                self.ready = True
-                log.info("bridge %s serving: radio %s, broker %s, topic root %r", bridge_id,
-                         s.device, s.mqtt_url.redacted(), s.mqtt_topic_root)
-                task_status.started(self)
-                await shutdown.wait()
-                await self._stop(state_topic)
-                nursery.cancel_scope.cancel()
+@dataclass(frozen=True)
+class Wakeups:
+    """What wakes the bridge's outbox and retained-state tasks."""
 
-    @contextmanager
-    def _open_store(self) -> Iterator[Store]:
-        store = Store(self.settings.state_dir)
-        self.store = store
-        try:
-            yield store
-        finally:
-            store.close()
+    outbox: Wakeup = field(default_factory=Wakeup)
+    state: Wakeup = field(default_factory=Wakeup)
 
-    def _radio_changed(self) -> None:
-        if self.sender is not None:
-            self.sender.wake()
-        self._state_wake.set()
+    def changed(self) -> None:
+        """The outbox or the state may have something new."""
+        self.outbox.set()
+        self.state.set()
 
-    async def _stop(self, state_topic: str) -> None:
+
+class Bridge:
+    """A serving bridge: the parts ``run_bridge`` built inside its nursery, and the tasks that
+    join them (intake, outbox, retained state, stop). Handed out by ``started()``."""
+
+    def __init__(self, settings: BridgeSettings, bridge_id: str, *, radio: Radio,
+                 sender: Sender, mqtt: MqttActor, report: StatusReports,
+                 wake: Wakeups) -> None:
+        self.settings = settings
+        self.bridge_id = bridge_id
+        self.ready = False  # True once it serves (the radio connected, the broker subscribed)
+        self.radio = radio
+        self.sender = sender
+        self.mqtt = mqtt
+        self._report = report
+        self._wake = wake
+
+    def radio_changed(self) -> None:
+        """The radio link came or went: the sender and the retained state follow."""
+        self.sender.wake()
+        self._wake.state.set()
+
+    async def stop(self, state_topic: str) -> None:
         log.info("bridge %s stopping", self.bridge_id)
-        assert self.sender is not None
-        assert self.mqtt is not None
         self.sender.stop_sending()
         with trio.move_on_after(STOP_SENDING_WITHIN):
             await self.sender.wait_idle()
@@ -156,10 +120,8 @@ class Bridge:
 
     # --- intake: broker -> store ------------------------------------------------------------
 
-    async def _intake(self, db: AsyncStore, received: trio.MemoryReceiveChannel[MqttInbound]
-                      ) -> None:
-        assert self.mqtt is not None
-        assert self.sender is not None
+    async def run_intake(self, db: AsyncStore,
+                         received: trio.MemoryReceiveChannel[MqttInbound]) -> None:
         prefix = payloads.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
         async with received:
             async for first in received:
@@ -192,16 +154,15 @@ class Bridge:
                 elif queued:
                     log.debug("%d new messages queued", queued)
                 self.sender.wake()
-                self._changed()
+                self._wake.changed()
 
     # --- outbox: store -> broker ------------------------------------------------------------
 
-    async def _outbox(self, db: AsyncStore) -> None:
-        assert self.mqtt is not None
+    async def run_outbox(self, db: AsyncStore) -> None:
         while True:
             items = await db.call(db.store.outbox_head, OUTBOX_BATCH)
             if not items:
-                await self._outbox_wake.wait()
+                await self._wake.outbox.wait()
                 continue
             await self.mqtt.wait_connected()
             done: list[int] = []
@@ -217,8 +178,6 @@ class Bridge:
     # --- retained state ---------------------------------------------------------------------
 
     async def state(self) -> dict[str, Any]:
-        assert self.sender is not None
-        assert self.radio is not None
         link = self.radio.link
         info: dict[str, Any] = {"version": VERSION, "bridge_id": self.bridge_id,
                                 "radio": "connected" if link is not None else "disconnected",
@@ -228,8 +187,7 @@ class Bridge:
         info.update(await self.sender.queue_state())
         return info
 
-    async def _publish_state(self, topic: str) -> None:
-        assert self.mqtt is not None
+    async def run_state(self, topic: str) -> None:
         last: tuple[int, bytes] | None = None
         while True:
             await self.mqtt.wait_connected()
@@ -242,22 +200,69 @@ class Bridge:
                 except MqttUnavailable:
                     continue
             await trio.sleep(STATE_MIN_INTERVAL)
-            await self._state_wake.wait_at_most(STATE_REFRESH)
+            await self._wake.state.wait_at_most(STATE_REFRESH)
 
 
 async def run_bridge(settings: BridgeSettings, shutdown: trio.Event, *,
                      task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set; started(bridge) once serving. A shutdown while still
     starting (no radio, no broker yet) abandons the start at once."""
-    bridge = Bridge(settings)
-    async with trio.open_nursery() as guard:
+    await start_or_abandon(shutdown, partial(_serve, settings, shutdown), what="bridge", log=log,
+                           task_status=task_status)
 
-        async def abandon_start() -> None:
+
+async def _serve(settings: BridgeSettings, shutdown: trio.Event,
+                 task_status: trio.TaskStatus[Bridge]) -> None:
+    s = settings
+    with closing(Store(s.state_dir)) as store:
+        db = AsyncStore(store)
+        async with trio.open_nursery() as nursery:
+            events_send, events = trio.open_memory_channel[RadioEvent](EVENTS_BUFFER)
+            radio = Radio(s.device, events_send, close_timeout=2.0)
+            nursery.start_soon(radio.run)
+            bridge_id = await _learn_bridge_id(s, db, radio)
+            report, wake = StatusReports(s, bridge_id), Wakeups()
+            sender = Sender(
+                db, radio, report, topic_root=s.mqtt_topic_root, bridge_id=bridge_id,
+                clock=RadioClock(s.time_scale), result_timeout=s.result_timeout,
+                region=s.region, changed=wake.changed)
+            await sender.restore()
+
+            received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
+            state_topic = payloads.state_topic(s.mqtt_topic_root, bridge_id)
+            mqtt = MqttActor(
+                s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
+                subscriptions=[(payloads.outbound_filter(s.mqtt_topic_root), 1)],
+                inbound=received_send,
+                will=(state_topic, payloads.state_payload("offline"), 1, True))
+            bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
+                            wake=wake)
+            radio.changed = bridge.radio_changed  # no task waited on a link change before
+            await nursery.start(mqtt.run)
+            nursery.start_soon(bridge.run_intake, db, received)
+            nursery.start_soon(bridge.run_outbox, db)
+            nursery.start_soon(bridge.run_state, state_topic)
+            nursery.start_soon(sender.run_results, events)
+            nursery.start_soon(sender.run_deadlines)
+            nursery.start_soon(sender.run_sender)
+            await radio.wait_link()
+            bridge.ready = True
+            log.info("bridge %s serving: radio %s, broker %s, topic root %r", bridge_id,
+                     s.device, s.mqtt_url.redacted(), s.mqtt_topic_root)
+            task_status.started(bridge)
             await shutdown.wait()
-            if not bridge.ready:
-                log.info("stopping before the bridge was ready")
-                guard.cancel_scope.cancel()
+            await bridge.stop(state_topic)
+            nursery.cancel_scope.cancel()
 
-        guard.start_soon(abandon_start)
-        await bridge.serve(shutdown, task_status)
-        guard.cancel_scope.cancel()
+
+async def _learn_bridge_id(settings: BridgeSettings, db: AsyncStore, radio: Radio) -> str:
+    """The bridge id: given, kept in the store, or else the radio's node id once it answers;
+    kept in the store for the next start."""
+    kept = await db.call(db.store.get_meta, "bridge_id")
+    bridge_id = settings.bridge_id or kept
+    if bridge_id is None:
+        log.info("waiting for the radio %s to learn the bridge id", settings.device)
+        bridge_id = (await radio.wait_link()).info.node_id
+    if bridge_id != kept:
+        await db.call(db.store.set_meta, "bridge_id", bridge_id)
+    return bridge_id

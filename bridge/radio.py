@@ -21,6 +21,8 @@ Rules:
   bounded by ``close_timeout``, and a new interface is connected. The library's own TCP
   reconnect (it re-opens the socket once after EOF) is left alone: when it succeeds the link
   simply goes on.
+- Each connect reads what the radio says about itself (node, region, modem preset, queue
+  size: bridge/radio_info.py) into the link's ``info``.
 - ``serial:auto`` picks the one Meshtastic serial port found; none or several is a failed
   attempt (the radio may be plugged in later), logged with the ports seen.
 - The library re-sends every packet the radio has not confirmed with a QueueStatus at each
@@ -51,8 +53,7 @@ from typing import Any
 
 import trio
 
-from bridge import airtime
-from bridge.airtime import LoraParams
+from bridge.radio_info import RadioInfo, radio_info
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +90,6 @@ class Device:
         if self.kind == "tcp":
             return f"tcp:{self.host}:{self.port}"
         return f"serial:{self.path or 'auto'}"
-
-
-@dataclass(frozen=True)
-class RadioInfo:
-    node_num: int
-    long_name: str | None
-    short_name: str | None
-    hw_model: str | None
-    firmware: str | None
-    region: str
-    modem_preset: str | None  # None: custom LoRa settings
-    lora: LoraParams
-    queue_max: int | None
-
-    @property
-    def node_id(self) -> str:
-        return f"!{self.node_num:08x}"
-
-    def describe(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "long_name": self.long_name,
-                "short_name": self.short_name, "hw_model": self.hw_model,
-                "firmware_version": self.firmware, "region": self.region,
-                "modem_preset": self.modem_preset or "CUSTOM", "lora": self.lora.describe()}
 
 
 @dataclass(frozen=True)
@@ -155,44 +133,6 @@ class _Attempt:
         self.lock = threading.Lock()
         self.abandoned = False
         self.result: tuple[Any, RadioInfo] | None = None
-
-
-def _enum_name(enum: Any, value: int) -> str:
-    try:
-        return str(enum.Name(value))
-    except ValueError:
-        return f"UNKNOWN_{value}"
-
-
-def radio_info(iface: Any) -> RadioInfo:
-    """What the radio told us during its configuration download."""
-    from meshtastic.protobuf import config_pb2
-
-    lora_enum = config_pb2.Config.LoRaConfig
-    num = int(iface.myInfo.my_node_num)
-    user = ((iface.nodesByNum or {}).get(num) or {}).get("user") or {}
-    lora = iface.localNode.localConfig.lora
-    region = _enum_name(lora_enum.RegionCode, lora.region)
-    wide = region in airtime.WIDE_LORA_REGIONS
-    preset: str | None = _enum_name(lora_enum.ModemPreset, lora.modem_preset)
-    params = airtime.preset_params(preset or "", wide=wide)
-    if not lora.use_preset:
-        try:
-            params = airtime.custom_params(lora.spread_factor, lora.bandwidth, lora.coding_rate)
-            preset = None
-        except ValueError:
-            pass  # the firmware also falls back to the preset
-    if preset is not None and preset not in airtime.PRESETS:
-        log.warning("modem preset %s is unknown to the bridge: airtime is costed as %s",
-                    preset, params.describe())
-    metadata = getattr(iface, "metadata", None)
-    queue = getattr(iface, "queueStatus", None)
-    return RadioInfo(
-        node_num=num, long_name=user.get("longName"), short_name=user.get("shortName"),
-        hw_model=user.get("hwModel"),
-        firmware=(metadata.firmware_version or None) if metadata is not None else None,
-        region=region, modem_preset=preset, lora=params,
-        queue_max=int(queue.maxlen) if queue is not None and queue.maxlen else None)
 
 
 def next_packet_id(iface: Any) -> int:

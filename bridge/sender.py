@@ -44,7 +44,9 @@ import trio
 from bridge import airtime
 from bridge.pacing import Pacer, PacingRules
 from bridge.payloads import inbound_payload, inbound_text_ok, inbound_topic, now
-from bridge.radio import Link, Radio, RadioEvent, RadioInfo, RadioUnavailable, RoutingResult
+from bridge.radio import Link, Radio, RadioEvent, RadioUnavailable, RoutingResult
+from bridge.radio_info import RadioInfo
+from bridge.rows import RowState
 from bridge.store import Change, OutboxItem, Reporter, Row, Store
 from bridge.timing import RadioClock, Wakeup
 from bridge.tracking import UNKNOWN_AFTER_RESTART, Flight, Next, Outcome, Phase, Tracker
@@ -144,7 +146,7 @@ class Sender:
                             " never sent again", row.message_id, UNKNOWN_AFTER_RESTART)
                 changes.append(self._change(found))
                 continue
-            if row.state == "sending":
+            if row.state is RowState.SENDING:
                 log.warning("message %s was being handed to the radio as packet %d when the "
                             "bridge stopped: waiting for the radio's result for it, never sent"
                             " again", row.message_id, found.packet_id)
@@ -284,7 +286,7 @@ class Sender:
         ended = None
         if outcome.next is Next.DONE:
             ended = f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status
-        return Change(outcome.message_id, outcome.next.value, ended, reports)
+        return Change(outcome.message_id, outcome.next.row, ended, reports)
 
     async def _apply(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -330,7 +332,7 @@ def restored(row: Row, now: float, result_timeout: float) -> Flight | Outcome:
     id (an older bridge's), its final report. Never a second hand-over."""
     if row.packet_id is None:
         return Outcome(row.message_id, 0, Next.DONE, "failed", UNKNOWN_AFTER_RESTART)
-    phase = Phase.TRANSMITTED if row.state == "transmitted" else Phase.HANDED
+    phase = Phase.TRANSMITTED if row.state is RowState.TRANSMITTED else Phase.HANDED
     return Flight(row.message_id, row.packet_id, _node_num(row.target), now + result_timeout,
                   row.attempts, link=0, phase=phase)
 

@@ -7,12 +7,13 @@ Rules:
 - One bridge per state directory: an exclusive ``flock`` on ``lock`` is held while it is open.
 - ``outbound`` is keyed by ``message_id``: a message is stored once however often it arrives,
   and its row moves only forward, ``queued -> sending -> handed -> transmitted -> done``, except
-  that a text the radio refused without sending may go back to ``queued``. A row past
-  ``queued`` is never handed to the radio again (see bridge/sender.py for the at-most-once
-  rule). The packet id is chosen before the hand-over and committed with ``sending``; a row
-  ``sending`` without one was written by an older bridge. Finished rows are kept until a day
-  after the message expired, so a late copy is still recognised (and after that it would be
-  reported expired, never sent).
+  that a text the radio refused without sending may go back to ``queued``: the lifecycle of
+  bridge/rows.py, which ``apply`` enforces (the states are its ``RowState``, passed to SQL as
+  parameters). A row past ``queued`` is never handed to the radio again (see bridge/sender.py
+  for the at-most-once rule). The packet id is chosen before the hand-over and committed with
+  ``sending``; a row ``sending`` without one was written by an older bridge. Finished rows are
+  kept until a day after the message expired, so a late copy is still recognised (and after
+  that it would be reported expired, never sent).
 - ``outbox`` holds status reports and received texts until the broker acknowledged them.
   A row's state change and the report it causes are written in one transaction; a change to a
   row already ``done`` is dropped with its report, so each message has one final report.
@@ -28,8 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge import rows
 from bridge.airtime import MAX_TEXT_BYTES
 from bridge.payloads import Outbound
+from bridge.rows import RowState
 
 OutboxItem = tuple[str, bytes]  # (topic, payload)
 # (message_id, status, reason, packet_id) -> the report to publish
@@ -38,7 +41,9 @@ Reporter = Callable[[str, str, str | None, int | None], OutboxItem]
 DB_NAME = "bridge.sqlite3"
 KEEP_AFTER_EXPIRY = 86400.0
 _SCHEMA_VERSION = 1
-_SCHEMA = """
+# DDL takes no parameters: the states are written in from RowState, as an earlier bridge wrote
+# them.
+_SCHEMA = f"""
 CREATE TABLE outbound (
     message_id  TEXT PRIMARY KEY,
     target      TEXT NOT NULL,
@@ -46,14 +51,14 @@ CREATE TABLE outbound (
     expires_at  REAL NOT NULL,
     received_at REAL NOT NULL,
     state       TEXT NOT NULL
-                CHECK (state IN ('queued', 'sending', 'handed', 'transmitted', 'done')),
+                CHECK (state IN ({", ".join(f"'{state}'" for state in RowState)})),
     attempts    INTEGER NOT NULL DEFAULT 0,
     packet_id   INTEGER,
     sent_at     REAL,  -- wall clock at the start of the last hand-over
     airtime     REAL,  -- its airtime, radio seconds
     outcome     TEXT   -- how it ended, for operators
 );
-CREATE INDEX outbound_open ON outbound (state) WHERE state <> 'done';
+CREATE INDEX outbound_open ON outbound (state) WHERE state <> '{RowState.DONE}';
 CREATE INDEX outbound_sent ON outbound (sent_at) WHERE sent_at IS NOT NULL;
 CREATE TABLE outbox (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,9 +80,12 @@ class Row:
     target: str
     text: str
     expires_at: float
-    state: str
+    state: RowState
     attempts: int
     packet_id: int | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RowState(self.state))
 
 
 @dataclass(frozen=True)
@@ -85,9 +93,12 @@ class Change:
     """A row's new state and the reports it causes, written together."""
 
     message_id: str
-    state: str
+    state: RowState
     outcome: str | None = None
     reports: tuple[OutboxItem, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RowState(self.state))
 
 
 class Store:
@@ -154,7 +165,8 @@ class Store:
                     "INSERT OR IGNORE INTO outbound (message_id, target, text, expires_at,"
                     " received_at, state, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (m.message_id, m.target, m.text, m.expires_at, now,
-                     "done" if reason else "queued", f"failed: {reason}" if reason else None))
+                     RowState.DONE if reason else RowState.QUEUED,
+                     f"failed: {reason}" if reason else None))
                 if cur.rowcount and reason:
                     self._outbox(db, [report(m.message_id, "failed", reason, None)])
                 elif cur.rowcount:
@@ -162,8 +174,8 @@ class Store:
             for message_id, reason in rejected:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO outbound (message_id, target, text, expires_at,"
-                    " received_at, state, outcome) VALUES (?, '', '', ?, ?, 'done', ?)",
-                    (message_id, now, now, f"failed: invalid_payload: {reason}"))
+                    " received_at, state, outcome) VALUES (?, '', '', ?, ?, ?, ?)",
+                    (message_id, now, now, RowState.DONE, f"failed: invalid_payload: {reason}"))
                 if cur.rowcount:
                     self._outbox(db, [report(message_id, "failed", "invalid_payload", None)])
         return queued
@@ -172,19 +184,19 @@ class Store:
         """Answer ``failed``/``expired`` for queued messages past their expiry."""
         with self._tx() as db:
             ids = [r[0] for r in db.execute(
-                "SELECT message_id FROM outbound WHERE state = 'queued' AND expires_at <= ?",
-                (now,))]
+                "SELECT message_id FROM outbound WHERE state = ? AND expires_at <= ?",
+                (RowState.QUEUED, now))]
             for message_id in ids:
-                db.execute("UPDATE outbound SET state = 'done', outcome = 'failed: expired' "
-                           "WHERE message_id = ?", (message_id,))
+                db.execute("UPDATE outbound SET state = ?, outcome = 'failed: expired' "
+                           "WHERE message_id = ?", (RowState.DONE, message_id))
                 self._outbox(db, [report(message_id, "failed", "expired", None)])
         return len(ids)
 
     # --- sending ----------------------------------------------------------------------------
 
     def next_queued(self) -> Row | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM outbound WHERE state = 'queued' "
-                               "ORDER BY rowid LIMIT 1").fetchone()
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM outbound WHERE state = ? "
+                               "ORDER BY rowid LIMIT 1", (RowState.QUEUED,)).fetchone()
         return None if row is None else Row(*row)
 
     def begin_send(self, message_id: str, packet_id: int, at: float, airtime: float) -> None:
@@ -192,9 +204,9 @@ class Store:
         on the message is never handed again, and a restart knows its routing results."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE outbound SET state = 'sending', attempts = attempts + 1, sent_at = ?,"
-                " airtime = ?, packet_id = ? WHERE message_id = ? AND state = 'queued'",
-                (at, airtime, packet_id, message_id))
+                "UPDATE outbound SET state = ?, attempts = attempts + 1, sent_at = ?,"
+                " airtime = ?, packet_id = ? WHERE message_id = ? AND state = ?",
+                (RowState.SENDING, at, airtime, packet_id, message_id, RowState.QUEUED))
             if cur.rowcount != 1:
                 raise RuntimeError(f"message {message_id} is not queued")
 
@@ -202,25 +214,30 @@ class Store:
         """The radio took it, as ``packet_id`` (the id chosen at ``begin_send`` unless the
         library sent it under another)."""
         with self._tx() as db:
-            db.execute("UPDATE outbound SET state = 'handed', packet_id = ? "
-                       "WHERE message_id = ? AND state = 'sending'", (packet_id, message_id))
+            db.execute("UPDATE outbound SET state = ?, packet_id = ? "
+                       "WHERE message_id = ? AND state = ?",
+                       (RowState.HANDED, packet_id, message_id, RowState.SENDING))
 
     def apply(self, changes: Sequence[Change]) -> None:
         """Move open rows on and queue their reports. A change to a finished row (or an unknown
-        one) writes nothing: a message gets one final report, whatever comes later."""
+        one) writes nothing: a message gets one final report, whatever comes later. A move the
+        lifecycle does not allow (bridge/rows.py) raises ``IllegalMove`` and writes nothing."""
         with self._tx() as db:
             for change in changes:
-                cur = db.execute("UPDATE outbound SET state = ?, outcome = COALESCE(?, outcome) "
-                                 "WHERE message_id = ? AND state <> 'done'",
-                                 (change.state, change.outcome, change.message_id))
-                if cur.rowcount:
-                    self._outbox(db, change.reports)
+                found = db.execute("SELECT state FROM outbound WHERE message_id = ?",
+                                   (change.message_id,)).fetchone()
+                if found is None or not rows.applies(RowState(found[0]), change.state):
+                    continue
+                db.execute("UPDATE outbound SET state = ?, outcome = COALESCE(?, outcome) "
+                           "WHERE message_id = ?",
+                           (change.state, change.outcome, change.message_id))
+                self._outbox(db, change.reports)
 
     def open_flights(self) -> list[Row]:
         """Rows handed (or being handed) to the radio and not finished, oldest first."""
         return [Row(*r) for r in self._db.execute(
-            f"SELECT {_COLUMNS} FROM outbound "
-            "WHERE state IN ('sending', 'handed', 'transmitted') ORDER BY rowid")]
+            f"SELECT {_COLUMNS} FROM outbound WHERE state IN (?, ?, ?) ORDER BY rowid",
+            (RowState.SENDING, RowState.HANDED, RowState.TRANSMITTED))]
 
     def recent_sends(self, since: float) -> list[tuple[float, float]]:
         """(wall-clock start, airtime) of hand-overs after ``since``."""
@@ -231,16 +248,16 @@ class Store:
     def queued_sizes(self, limit: int) -> tuple[int, list[int]]:
         """How many messages wait, and the UTF-8 sizes of the first ``limit`` of them."""
         count = self._db.execute(
-            "SELECT COUNT(*) FROM outbound WHERE state = 'queued'").fetchone()[0]
+            "SELECT COUNT(*) FROM outbound WHERE state = ?", (RowState.QUEUED,)).fetchone()[0]
         sizes = [r[0] for r in self._db.execute(
-            "SELECT length(CAST(text AS BLOB)) FROM outbound WHERE state = 'queued' "
-            "ORDER BY rowid LIMIT ?", (limit,))]
+            "SELECT length(CAST(text AS BLOB)) FROM outbound WHERE state = ? "
+            "ORDER BY rowid LIMIT ?", (RowState.QUEUED, limit))]
         return int(count), sizes
 
     def prune(self, now: float) -> int:
         with self._tx() as db:
-            return db.execute("DELETE FROM outbound WHERE state = 'done' AND expires_at < ?",
-                              (now - KEEP_AFTER_EXPIRY,)).rowcount
+            return db.execute("DELETE FROM outbound WHERE state = ? AND expires_at < ?",
+                              (RowState.DONE, now - KEEP_AFTER_EXPIRY)).rowcount
 
     # --- outbox -----------------------------------------------------------------------------
 

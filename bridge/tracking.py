@@ -41,6 +41,8 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from bridge.rows import RowState
+
 RETRYABLE = frozenset({"RATE_LIMIT_EXCEEDED", "DUTY_CYCLE_LIMIT"})
 NO_RESULT = "no_routing_result"
 NO_DELIVERY_ACK = "no_delivery_ack"
@@ -48,16 +50,23 @@ UNKNOWN_AFTER_RESTART = "unknown_after_restart"
 
 
 class Phase(enum.StrEnum):
-    HANDED = "handed"
-    TRANSMITTED = "transmitted"
+    """Where a flight is; its row is in the state of the same name (or ``sending``, for a
+    flight an earlier run left mid-hand-over)."""
+
+    HANDED = RowState.HANDED.value
+    TRANSMITTED = RowState.TRANSMITTED.value
 
 
 class Next(enum.StrEnum):
-    """What becomes of the message's row."""
+    """What becomes of the message's row: the state it moves to (bridge/rows.py)."""
 
-    TRANSMITTED = "transmitted"  # still awaiting delivery
-    DONE = "done"
-    REQUEUE = "queued"
+    TRANSMITTED = RowState.TRANSMITTED.value  # still awaiting delivery
+    DONE = RowState.DONE.value
+    REQUEUE = RowState.QUEUED.value
+
+    @property
+    def row(self) -> RowState:
+        return RowState(self.value)
 
 
 @dataclass(frozen=True)

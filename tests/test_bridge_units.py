@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +19,9 @@ from bridge.config import BridgeSettings, add_arguments, load
 from bridge.pacing import Pacer, PacingRules
 from bridge.payloads import BadOutbound, Outbound, parse_outbound, status_payload
 from bridge.radio import Device, next_packet_id, send_as
+from bridge.rows import IllegalMove, RowState, applies
 from bridge.sender import restored
-from bridge.store import Change, Row, Store, StoreLocked
+from bridge.store import DB_NAME, Change, Row, Store, StoreLocked
 from bridge.tracking import Flight, Next, Outcome, Phase, Tracker
 from kosmo.config import ConfigError
 
@@ -511,3 +513,73 @@ def test_one_bridge_per_state_directory(tmp_path: Path) -> None:
         Store(tmp_path)
     store.close()
     Store(tmp_path).close()
+
+
+# --- the row lifecycle ------------------------------------------------------------------------
+
+# The moves bridge/README.md and bridge/rows.py describe, written out once more.
+LEGAL_MOVES = {
+    ("queued", "sending"),  # the only way to the radio
+    ("queued", "done"),  # expired while waiting
+    ("sending", "handed"),
+    ("sending", "transmitted"),  # left sending by a stopped bridge: its packet's results
+    ("sending", "done"),
+    ("sending", "queued"),  # refused by our own radio without going on air
+    ("handed", "transmitted"),
+    ("handed", "done"),
+    ("handed", "queued"),  # refused by our own radio without going on air
+    ("transmitted", "done"),
+}
+
+
+@pytest.mark.parametrize("before", list(RowState))
+@pytest.mark.parametrize("after", list(RowState))
+def test_a_row_moves_only_forward(before: RowState, after: RowState) -> None:
+    if before is RowState.DONE:
+        assert not applies(before, after)  # final: a later change changes nothing
+    elif (before, after) in LEGAL_MOVES:
+        assert applies(before, after)
+    else:
+        with pytest.raises(IllegalMove):
+            applies(before, after)
+
+
+def test_row_states_are_stored_as_an_earlier_bridge_wrote_them(tmp_path: Path) -> None:
+    assert [str(s) for s in RowState] == ["queued", "sending", "handed", "transmitted", "done"]
+    store = Store(tmp_path)
+    now = time.time()
+    store.accept([Outbound("m1", "!a1b2c3d4", "hi", now + 60),
+                  Outbound("m2", "!a1b2c3d4", "hi", now + 60)], [], now, _report)
+    store.begin_send("m1", 4242, now, 0.5)
+    store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("SELECT message_id, state FROM outbound ORDER BY rowid").fetchall() == [
+            ("m1", "sending"), ("m2", "queued")]
+        # What an earlier bridge left: plain strings, read as the lifecycle's states.
+        db.execute("UPDATE outbound SET state = 'transmitted' WHERE message_id = 'm1'")
+    db.close()
+    store = Store(tmp_path)
+    [row] = store.open_flights()
+    assert (row.message_id, row.state) == ("m1", RowState.TRANSMITTED)
+    queued = store.next_queued()
+    assert queued is not None
+    assert queued.state is RowState.QUEUED
+    store.close()
+
+
+def test_the_store_refuses_a_move_the_lifecycle_does_not_allow(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    now = time.time()
+    store.accept([Outbound("m1", "!a1b2c3d4", "hi", now + 60)], [], now, _report)
+    store.begin_send("m1", 1234, now, 0.5)
+    store.handed("m1", 1234)
+    store.apply([Change("m1", "transmitted", None, (_report("m1", "transmitted", None, 1234),))])
+    # It went on air: nothing sends it back to the queue, and the change writes nothing.
+    with pytest.raises(IllegalMove):
+        store.apply([Change("m1", "queued", None, (_report("m1", "queued", None, 1234),))])
+    [row] = store.open_flights()
+    assert row.state is RowState.TRANSMITTED
+    assert store.next_queued() is None
+    assert [json.loads(p) for _i, _t, p in store.outbox_head(10)] == [
+        ["m1", "transmitted", None, 1234]]
+    store.close()
