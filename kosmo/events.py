@@ -5,8 +5,8 @@ Rules:
   written as a zero-padded decimal string so that ids sort as strings in event order.
 - Writers assign history ids in commit order (see ``lock_event_order``), so "everything after
   event N" is a stable set once N has been seen.
-- An event carries the message as it was at that event: its status and reason then, and
-  ``updated_at`` = the time of the event.
+- An event carries the message as it was at that event (a ``kosmo.views.MessageView``): its
+  status and reason then, and ``updated_at`` = the time of the event.
 - An event belongs to one user (the message's owner). Unassigned inbound messages have no
   owner and produce no event anyone can see.
 """
@@ -14,13 +14,13 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from kosmo.clock import iso
+from kosmo.delivery import Status
+from kosmo.views import Direction, MessageView
 
 _EVENTS_LOCK = 0x6B6F736D6F_01  # advisory lock key: history ids in commit order
 _ID_WIDTH = 20
@@ -40,33 +40,25 @@ def decode_event_id(text: str) -> int:
     return int(text)
 
 
-def event_type(direction: str, status: str) -> str:
-    if direction == "inbound":
-        return "message.inbound"
-    return "message.created" if status == "pending" else "message.status"
-
-
 @dataclass(frozen=True)
 class Event:
     event_id: str
     user_id: UUID
-    type: str
-    message: dict[str, Any]
+    message: MessageView  # as it was at this event
+
+    @property
+    def type(self) -> str:
+        if self.message.direction is Direction.INBOUND:
+            return "message.inbound"
+        return "message.created" if self.message.status is Status.PENDING else "message.status"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "event_id": self.event_id, "message": self.message}
+        return {"type": self.type, "event_id": self.event_id, "message": self.message.to_json()}
 
 
-def make_event(history_id: int, user_id: UUID, *, message_id: UUID, direction: str,
-               node_id: str, text: str, created_at: datetime, status: str,
-               reason: str | None, at: datetime) -> Event:
-    message: dict[str, Any] = {
-        "message_id": str(message_id), "direction": direction, "node_id": node_id,
-        "text": text, "status": status, "created_at": iso(created_at), "updated_at": iso(at),
-    }
-    if reason is not None:
-        message["reason"] = reason
-    return Event(encode_event_id(history_id), user_id, event_type(direction, status), message)
+def make_event(history_id: int, user_id: UUID, message: MessageView) -> Event:
+    """The event of history row ``history_id``; ``message`` as it was at that row."""
+    return Event(encode_event_id(history_id), user_id, message)
 
 
 def lock_event_order(conn: psycopg.Connection[Any]) -> None:
@@ -77,11 +69,11 @@ def lock_event_order(conn: psycopg.Connection[Any]) -> None:
 def events_since(conn: psycopg.Connection[Any], user_id: UUID, after: int,
                  limit: int = 1000) -> list[Event]:
     """The user's events strictly after history id ``after``, oldest first."""
+    # After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.
     rows = conn.execute("""
-        SELECT h.id, h.status, h.reason, h.at, m.id, m.direction, m.node_id, m.text,
-               m.created_at
+        SELECT h.id, m.id, m.direction, m.node_id, m.text, h.status, h.reason, m.created_at,
+               h.at
         FROM message_status_history h JOIN messages m ON m.id = h.message_id
         WHERE h.user_id = %s AND h.id > %s AND NOT h.note
         ORDER BY h.id LIMIT %s""", (user_id, after, limit)).fetchall()
-    return [make_event(r[0], user_id, message_id=r[4], direction=r[5], node_id=r[6], text=r[7],
-                       created_at=r[8], status=r[1], reason=r[2], at=r[3]) for r in rows]
+    return [make_event(r[0], user_id, MessageView.from_row(r[1:])) for r in rows]

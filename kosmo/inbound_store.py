@@ -21,8 +21,10 @@ from uuid import UUID
 
 import psycopg
 
+from kosmo.delivery import Status
 from kosmo.events import Event
 from kosmo.ledger_store import HistoryRow, record_history
+from kosmo.views import Direction, MessageView
 from kosmo.wire import InboundPacket
 
 
@@ -90,6 +92,7 @@ def store_inbound(conn: psycopg.Connection[Any], packets: list[InboundPacket],
         [p.reply_to_packet_id for p in packets], [p.rx_time for p in packets])).fetchall()}
     stored = [Stored(p, i, o) if i in inserted else Stored(p, None, None)
               for p, i, o in zip(packets, ids, owners, strict=True)]
-    history = [HistoryRow(i, o, "inbound", p.from_node_id, p.text, t, "received", None, t)
+    history = [HistoryRow(o, MessageView(i, Direction.INBOUND, p.from_node_id, p.text,
+                                         Status.RECEIVED, t, t))
                for p, i, o, t in zip(packets, ids, owners, times, strict=True) if i in inserted]
     return stored, record_history(conn, history)

@@ -27,6 +27,7 @@ from kosmo.delivery import Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
 from kosmo.events import Event, lock_event_order, make_event
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.views import Direction, MessageView
 
 
 @dataclass(frozen=True)
@@ -127,17 +128,11 @@ WHERE m.id = x.i
 
 @dataclass(frozen=True)
 class HistoryRow:
-    """One status-history line to write, with what its event needs to say."""
+    """One status-history line to write: the message as it was at that line (its status, reason
+    and ``updated_at`` are the line's), which is also what the line's event says."""
 
-    message_id: UUID
     user_id: UUID | None
-    direction: str
-    node_id: str
-    text: str
-    created_at: datetime
-    status: str
-    reason: str | None
-    at: datetime
+    message: MessageView
     note: bool = False
 
 
@@ -147,13 +142,11 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
         return []
     lock_event_order(conn)
     ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY, (
-        [r.message_id for r in rows], [r.user_id for r in rows], [r.status for r in rows],
-        [r.reason for r in rows], [r.note for r in rows], [r.at for r in rows])).fetchall())
+        [r.message.message_id for r in rows], [r.user_id for r in rows],
+        [r.message.status.value for r in rows], [r.message.reason for r in rows],
+        [r.note for r in rows], [r.message.updated_at for r in rows])).fetchall())
     # One statement assigns ids in its row order, so the ascending ids follow ``rows``.
-    return [make_event(history_id, row.user_id, message_id=row.message_id,
-                       direction=row.direction, node_id=row.node_id, text=row.text,
-                       created_at=row.created_at, status=row.status, reason=row.reason,
-                       at=row.at)
+    return [make_event(history_id, row.user_id, row.message)
             for history_id, row in zip(ids, rows, strict=True)
             if row.user_id is not None and not row.note]
 
@@ -203,9 +196,8 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
             [m.node_id for m in stored], [m.text for m in stored],
             [m.created_at for m in stored], [m.expires_at for m in stored],
             [subs[m.user_id].period_start for m in stored]))
-        events = record_history(conn, [
-            HistoryRow(m.message_id, m.user_id, "outbound", m.node_id, m.text, m.created_at,
-                       Status.PENDING.value, None, m.created_at) for m in stored])
+        events = record_history(conn, [HistoryRow(m.user_id, MessageView.accepted(m))
+                                       for m in stored])
     return results, events
 
 
@@ -230,9 +222,11 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
             applied.append(Applied(item, None))
             continue
         transition = delivery.apply(status[item.message_id], item.report)
-        history.extend(HistoryRow(item.message_id, row[2], "outbound", row[3], row[4], row[5],
-                                  e.status.value, e.reason, item.at, e.note)
-                       for e in transition.history)
+        owner, node_id, text, created_at = row[2:]
+        history.extend(
+            HistoryRow(owner, MessageView(item.message_id, Direction.OUTBOUND, node_id, text,
+                                          e.status, created_at, item.at, e.reason), e.note)
+            for e in transition.history)
         if transition.changed:
             status[item.message_id] = transition.after
             before = final.get(item.message_id)

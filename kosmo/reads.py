@@ -5,6 +5,7 @@ Rules:
 - Lists page with opaque cursors (base64url of the last row's sort key). A cursor that does not
   decode is a client error (``BadCursor``), never a server error.
 - Conversations are listed most recent first; a conversation's messages oldest first.
+- A message is written as its ``kosmo.views.MessageView``; the detail adds ``status_history``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from uuid import UUID
 import psycopg
 
 from kosmo.clock import iso
+from kosmo.views import COLUMNS, MessageView
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-
-_COLUMNS = "id, direction, node_id, text, status, reason, created_at, updated_at"
 
 
 class BadCursor(ValueError):
@@ -56,23 +56,13 @@ def _timestamp(text: str) -> datetime:
     return at
 
 
-def message_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "message_id": str(row[0]), "direction": row[1], "node_id": row[2], "text": row[3],
-        "status": row[4], "created_at": iso(row[6]), "updated_at": iso(row[7]),
-    }
-    if row[5] is not None:
-        out["reason"] = row[5]
-    return out
-
-
 def message(conn: psycopg.Connection[Any], user_id: UUID, message_id: UUID
             ) -> dict[str, Any] | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = %s AND user_id = %s",
+    row = conn.execute(f"SELECT {COLUMNS} FROM messages WHERE id = %s AND user_id = %s",
                        (message_id, user_id)).fetchone()
     if row is None:
         return None
-    out = message_json(row)
+    out = MessageView.from_row(row).to_json()
     history = conn.execute(
         "SELECT status, at, reason, note FROM message_status_history"
         " WHERE message_id = %s ORDER BY id", (message_id,)).fetchall()
@@ -97,17 +87,18 @@ def conversations(conn: psycopg.Connection[Any], user_id: UUID, limit: int,
         SELECT node_id, message_count, updated_at FROM per_node {after}
         ORDER BY updated_at DESC, node_id DESC LIMIT %(limit)s""", params).fetchall()
     page, more = rows[:limit], len(rows) > limit
-    lasts: dict[str, dict[str, Any]] = {}
+    lasts: dict[str, MessageView] = {}
     if page:
         for row in conn.execute(f"""
-                SELECT DISTINCT ON (node_id) {_COLUMNS} FROM messages
+                SELECT DISTINCT ON (node_id) {COLUMNS} FROM messages
                 WHERE user_id = %s AND node_id = ANY(%s)
                 ORDER BY node_id, created_at DESC, id DESC""",
                 (user_id, [r[0] for r in page])).fetchall():
-            lasts[row[2]] = message_json(row)
+            last = MessageView.from_row(row)
+            lasts[last.node_id] = last
     return {
         "conversations": [
-            {"node_id": r[0], "last_message": lasts[r[0]], "message_count": r[1],
+            {"node_id": r[0], "last_message": lasts[r[0]].to_json(), "message_count": r[1],
              "updated_at": iso(r[2])} for r in page],
         "next_cursor": encode_cursor(page[-1][2], page[-1][0]) if more else None,
     }
@@ -125,14 +116,14 @@ def conversation(conn: psycopg.Connection[Any], user_id: UUID, node_id: str, lim
             raise BadCursor("cursor is not one this API issued") from None
         after = "AND (created_at, id) > (%(at)s, %(id)s)"
     rows = conn.execute(f"""
-        SELECT {_COLUMNS} FROM messages
+        SELECT {COLUMNS} FROM messages
         WHERE user_id = %(user)s AND node_id = %(node)s {after}
         ORDER BY created_at, id LIMIT %(limit)s""", params).fetchall()
-    page, more = rows[:limit], len(rows) > limit
+    page, more = [MessageView.from_row(r) for r in rows[:limit]], len(rows) > limit
     return {
         "node_id": node_id,
-        "messages": [message_json(r) for r in page],
-        "next_cursor": encode_cursor(page[-1][6], page[-1][0]) if more else None,
+        "messages": [m.to_json() for m in page],
+        "next_cursor": encode_cursor(page[-1].created_at, page[-1].message_id) if more else None,
     }
 
 

@@ -42,6 +42,7 @@ from kosmo.config import Settings
 from kosmo.db import DatabaseUnavailable
 from kosmo.domain import Refusal, parse_node_id, parse_uuid, text_problem
 from kosmo.ledger_store import Accepted
+from kosmo.views import MessageView
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
             raise _refusal_problem(result.refusal, result.quota)
         message = result.message
         log.info("message %s accepted for node %s (user %s)", message.message_id, node_id, user)
-        out = reads.message_json((message.message_id, "outbound", node_id, text, "pending", None,
-                                  message.created_at, message.created_at))
+        out = MessageView.accepted(message).to_json()
         out["quota"] = result.quota.to_json()
         response = Response(json.dumps(out), status=201, mimetype="application/json")
         response.headers["Location"] = f"/api/v1/messages/{message.message_id}"

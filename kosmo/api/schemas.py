@@ -1,12 +1,26 @@
 """Request and response shapes of the HTTP API, declared for the OpenAPI document.
 
 The handlers validate requests by hand (the error precedence is part of the contract, see
-``actors.http.app``); these models are what ``/openapi.json`` shows clients.
+``actors.http.app``); these models are what ``/openapi.json`` shows clients. ``MessageOut`` is
+the JSON of ``kosmo.views.MessageView``: the same fields in the same order (tests/test_views.py).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from kosmo.delivery import Status
+from kosmo.views import Direction
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """For a field left out when unset (rather than written null): no default to show."""
+    schema.pop("default", None)
 
 
 class SendMessage(BaseModel):
@@ -22,21 +36,23 @@ class QuotaOut(BaseModel):
 
 
 class HistoryEntry(BaseModel):
-    status: str
-    at: str
-    reason: str | None = None
-    note: bool | None = None
+    status: Status
+    at: datetime
+    reason: str | None  # always present, null when unset
+    # Present (true) only on an entry recorded for the record that changed nothing.
+    note: bool | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
 
 
 class MessageOut(BaseModel):
-    message_id: str
-    direction: str
+    message_id: UUID
+    direction: Direction
     node_id: str
     text: str
-    status: str
-    reason: str | None = None
-    created_at: str
-    updated_at: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    # Present only when set, never null.
+    reason: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
 
 
 class MessageCreated(MessageOut):
