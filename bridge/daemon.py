@@ -34,12 +34,13 @@ from typing import Any
 import trio
 
 from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
-from bridge import payloads
 from bridge.config import BridgeSettings
 from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.store import OutboxItem, Store
 from bridge.timing import RadioClock, Wakeup
+from kosmo import wire
+from kosmo.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ class Bridge:
     def _report(self, message_id: str, status: str, reason: str | None,
                 packet_id: int | None) -> OutboxItem:
         assert self.bridge_id is not None
-        return (payloads.status_topic(self.settings.mqtt_topic_root),
-                payloads.status_payload(message_id, status, bridge_id=self.bridge_id,
-                                        at=payloads.now(), packet_id=packet_id, reason=reason))
+        return (wire.status_topic(self.settings.mqtt_topic_root),
+                wire.status_payload(message_id, status, bridge_id=self.bridge_id,
+                                    at=utcnow(), packet_id=packet_id, reason=reason))
 
     async def serve(self, shutdown: trio.Event,
                     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
@@ -103,12 +104,12 @@ class Bridge:
                 await sender.restore()
 
                 received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
-                state_topic = payloads.state_topic(s.mqtt_topic_root, bridge_id)
+                state_topic = wire.bridge_state_topic(s.mqtt_topic_root, bridge_id)
                 self.mqtt = mqtt = MqttActor(
                     s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
-                    subscriptions=[(payloads.outbound_filter(s.mqtt_topic_root), 1)],
+                    subscriptions=[(wire.outbound_filter(s.mqtt_topic_root), 1)],
                     inbound=received_send,
-                    will=(state_topic, payloads.state_payload("offline"), 1, True))
+                    will=(state_topic, wire.state_payload("offline"), 1, True))
                 await nursery.start(mqtt.run)
                 nursery.start_soon(self._intake, db, received)
                 nursery.start_soon(self._outbox, db)
@@ -149,7 +150,7 @@ class Bridge:
         if self.mqtt.connected:
             with trio.move_on_after(OFFLINE_WITHIN):
                 try:
-                    await self.mqtt.publish(state_topic, payloads.state_payload("offline"),
+                    await self.mqtt.publish(state_topic, wire.state_payload("offline"),
                                             qos=1, retain=True)
                 except MqttUnavailable:
                     pass  # the will says the same
@@ -160,7 +161,7 @@ class Bridge:
                       ) -> None:
         assert self.mqtt is not None
         assert self.sender is not None
-        prefix = payloads.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
+        prefix = wire.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
         async with received:
             async for first in received:
                 batch = [first]
@@ -169,7 +170,7 @@ class Bridge:
                         batch.append(received.receive_nowait())
                     except trio.WouldBlock:
                         break
-                good: list[payloads.Outbound] = []
+                good: list[wire.Outbound] = []
                 rejected: list[tuple[str, str]] = []
                 for message in batch:
                     if not message.topic.startswith(prefix):
@@ -177,8 +178,8 @@ class Bridge:
                         log.warning("message on %s dropped: not under %s", message.topic, prefix)
                         continue
                     try:
-                        good.append(payloads.parse_outbound(message.topic, message.payload))
-                    except payloads.BadOutbound as exc:
+                        good.append(wire.parse_outbound(message.topic, message.payload))
+                    except wire.BadOutbound as exc:
                         log.warning("unusable message on %s dropped: %s", message.topic, exc)
                         if exc.message_id is not None:
                             rejected.append((exc.message_id, str(exc)))
@@ -233,7 +234,7 @@ class Bridge:
         last: tuple[int, bytes] | None = None
         while True:
             await self.mqtt.wait_connected()
-            payload = payloads.state_payload("online", await self.state())
+            payload = wire.state_payload("online", await self.state())
             key = (self.mqtt.statistics().epoch, payload)
             if key != last:
                 try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.airtime import MAX_TEXT_BYTES
-from bridge.payloads import Outbound
+from kosmo.wire import Outbound
 
 OutboxItem = tuple[str, bytes]  # (topic, payload)
 # (message_id, status, reason, packet_id) -> the report to publish

@@ -19,12 +19,12 @@ import trio
 
 from bridge.config import BridgeSettings
 from bridge.daemon import Bridge, run_bridge
-from bridge.payloads import Outbound
 from bridge.radio import Device, Radio, RadioEvent, RoutingResult
 from bridge.sim import SimConfig, SimRadio, make_nodes, serve_radio
 from bridge.store import DB_NAME, Change, Store
 from kosmo.config import MqttEndpoint
 from kosmo.embedded import Broker
+from kosmo.wire import Outbound
 from tests.mesh import FakeBridgeLink
 
 REPO = Path(__file__).resolve().parent.parent
