@@ -453,7 +453,7 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
     marker = await queued(gateway, sql, "after the fuzz")
     link.status(marker, "transmitted", packet_id=4_000_000_001)
     link.reply("!0badf00d", "still here", 4_000_000_002)
-    link.publish(wire.bridge_state_topic(topic_root, "!b00000ff"), {"state": "online"})
+    link.state("online", bridge_id="!b00000ff", retain=False)
     await wait_for(lambda: db_value(sql, "SELECT status FROM messages WHERE id = %s",
                                     marker) == "transmitted")
     await wait_for(lambda: db_value(sql, "SELECT count(*) FROM messages WHERE direction ="
