@@ -6,6 +6,7 @@ Modules, each opening with its rules:
 intake, outbox, retained state); ``sender`` (queue -> radio, results -> reports, the
 at-most-once rule); ``radio`` (the meshtastic library, driven from Trio); ``store`` (SQLite
 queue and outbox); pure parts: ``tracking`` (what routing results mean), ``pacing`` (when the
-next text may go), ``airtime`` (LoRa time on air, duty-cycle rules), ``payloads`` (JSON on
-the wire), ``timing`` (radio time, wake-ups). ``sim`` is a simulated radio for tests and demos.
+next text may go), ``airtime`` (LoRa time on air, duty-cycle rules), ``timing`` (radio time,
+wake-ups). ``sim`` is a simulated radio for tests and demos. The MQTT topics and payloads
+are ``kosmo.wire``, shared with the gateway.
 """

@@ -37,12 +37,14 @@ from typing import Any
 import trio
 
 from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
-from bridge import payloads
 from bridge.config import BridgeSettings
 from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.store import OutboxItem, Store
 from bridge.timing import RadioClock, Wakeup
+from kosmo import wire
+from kosmo.channels import take_waiting
+from kosmo.clock import utcnow
 from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,9 @@ class StatusReports:
 
     def __call__(self, message_id: str, status: str, reason: str | None,
                  packet_id: int | None) -> OutboxItem:
-        return (payloads.status_topic(self.settings.mqtt_topic_root),
-                payloads.status_payload(message_id, status, bridge_id=self.bridge_id,
-                                        at=payloads.now(), packet_id=packet_id, reason=reason))
+        return (wire.status_topic(self.settings.mqtt_topic_root),
+                wire.status_payload(message_id, status, bridge_id=self.bridge_id,
+                                        at=utcnow(), packet_id=packet_id, reason=reason))
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Bridge:
         if self.mqtt.connected:
             with trio.move_on_after(OFFLINE_WITHIN):
                 try:
-                    await self.mqtt.publish(state_topic, payloads.state_payload("offline"),
+                    await self.mqtt.publish(state_topic, wire.state_payload("offline"),
                                             qos=1, retain=True)
                 except MqttUnavailable:
                     pass  # the will says the same
@@ -122,16 +124,11 @@ class Bridge:
 
     async def run_intake(self, db: AsyncStore,
                          received: trio.MemoryReceiveChannel[MqttInbound]) -> None:
-        prefix = payloads.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
+        prefix = wire.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
         async with received:
             async for first in received:
-                batch = [first]
-                while len(batch) < INTAKE_BATCH:
-                    try:
-                        batch.append(received.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                good: list[payloads.Outbound] = []
+                batch = take_waiting(received, [first], INTAKE_BATCH)
+                good: list[wire.Outbound] = []
                 rejected: list[tuple[str, str]] = []
                 for message in batch:
                     if not message.topic.startswith(prefix):
@@ -139,8 +136,8 @@ class Bridge:
                         log.warning("message on %s dropped: not under %s", message.topic, prefix)
                         continue
                     try:
-                        good.append(payloads.parse_outbound(message.topic, message.payload))
-                    except payloads.BadOutbound as exc:
+                        good.append(wire.parse_outbound(message.topic, message.payload))
+                    except wire.BadOutbound as exc:
                         log.warning("unusable message on %s dropped: %s", message.topic, exc)
                         if exc.message_id is not None:
                             rejected.append((exc.message_id, str(exc)))
@@ -191,7 +188,7 @@ class Bridge:
         last: tuple[int, bytes] | None = None
         while True:
             await self.mqtt.wait_connected()
-            payload = payloads.state_payload("online", await self.state())
+            payload = wire.state_payload("online", await self.state())
             key = (self.mqtt.statistics().epoch, payload)
             if key != last:
                 try:
@@ -229,12 +226,12 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
             await sender.restore()
 
             received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
-            state_topic = payloads.state_topic(s.mqtt_topic_root, bridge_id)
+            state_topic = wire.bridge_state_topic(s.mqtt_topic_root, bridge_id)
             mqtt = MqttActor(
                 s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
-                subscriptions=[(payloads.outbound_filter(s.mqtt_topic_root), 1)],
+                subscriptions=[(wire.outbound_filter(s.mqtt_topic_root), 1)],
                 inbound=received_send,
-                will=(state_topic, payloads.state_payload("offline"), 1, True))
+                will=(state_topic, wire.state_payload("offline"), 1, True))
             bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
                             wake=wake)
             radio.changed = bridge.radio_changed  # no task waited on a link change before

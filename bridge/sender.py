@@ -43,13 +43,14 @@ import trio
 
 from bridge import airtime
 from bridge.pacing import Pacer, PacingRules
-from bridge.payloads import inbound_payload, inbound_text_ok, inbound_topic, now
 from bridge.radio import Link, Radio, RadioEvent, RadioUnavailable, RoutingResult
 from bridge.radio_info import RadioInfo
 from bridge.rows import RowState
 from bridge.store import Change, OutboxItem, Reporter, Row, Store
 from bridge.timing import RadioClock, Wakeup
 from bridge.tracking import UNKNOWN_AFTER_RESTART, Flight, Next, Outcome, Phase, Tracker
+from kosmo.clock import utcnow
+from kosmo.wire import inbound_payload, inbound_text_ok, inbound_topic
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ class Sender:
                     continue
                 payload = inbound_payload(
                     f"!{event.from_node:08x}", event.text, packet_id=event.packet_id,
-                    bridge_id=self._bridge_id, rx_time=now(), reply_to=event.reply_id)
+                    bridge_id=self._bridge_id, rx_time=utcnow(), reply_to=event.reply_id)
                 await self._db.call(self._store.add_outbox, [(self._inbound_topic, payload)])
                 log.info("text packet %d from !%08x received%s", event.packet_id,
                          event.from_node,

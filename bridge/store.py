@@ -31,8 +31,8 @@ from pathlib import Path
 
 from bridge import rows
 from bridge.airtime import MAX_TEXT_BYTES
-from bridge.payloads import Outbound
 from bridge.rows import RowState
+from kosmo.wire import Outbound
 
 OutboxItem = tuple[str, bytes]  # (topic, payload)
 # (message_id, status, reason, packet_id) -> the report to publish

@@ -1,8 +1,27 @@
-"""The MQTT contract: topic names and JSON payloads exchanged with bridges (docs/mqtt.md).
+"""The MQTT contract (docs/mqtt.md): the topics, and every payload in both directions. No I/O.
 
-Rules: every topic starts with the configured root (``kosmo`` by default); payloads are UTF-8
-JSON objects of at most 4 KiB; timestamps are ISO 8601 in UTC. This module builds and parses;
-it does no I/O. A payload that cannot be used raises ``BadPayload`` with the reason.
+    outbound message   gateway -> bridges   outbound_payload   parse_outbound (the bridge)
+    status report      bridge -> gateway    status_payload     parse_status
+    inbound text       bridge -> gateway    inbound_payload    parse_inbound
+    bridge state       bridge -> gateway    state_payload      parse_bridge_state (retained)
+
+Rules:
+- Every topic starts with the configured root (``kosmo`` by default).
+- Written: compact UTF-8 JSON (``,`` and ``:`` without spaces, non-ASCII as is), keys in the
+  order docs/mqtt.md shows, an optional key left out rather than null; times ISO 8601 in UTC
+  with ``Z``, the fraction only when it is not zero (``kosmo.clock.iso``). Old gateways and
+  bridges read and write these very bytes.
+- Read: a JSON object of at most 4 KiB. A payload that cannot be used raises ``BadPayload``
+  with the reason (the gateway keeps it as a dead letter); on the bridge ``BadOutbound``, which
+  carries the ``message_id`` when that much was readable, so the message can still be reported
+  ``failed``.
+- Each side reads by its own rules, which differ and are kept as they are. The gateway refuses
+  NaN, Infinity and numbers beyond a float anywhere in the payload, times outside the years
+  1-9999 in UTC, and NUL or lone surrogates in text it stores. The bridge reads any JSON Python
+  reads, takes NUL in a text (harmless on the air), refuses lone surrogates, and reads
+  ``expires_at`` as finite epoch seconds of any size.
+- The text rule for replies (``inbound_text_ok``) is the gateway's: the bridge checks it before
+  it publishes, so no reply it sends becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -18,24 +37,9 @@ from kosmo.delivery import Report, Status
 from kosmo.domain import parse_node_id, parse_uuid
 from kosmo.messages import NewMessage, StatusReport
 
-
-def outbound_topic(root: str, node_id: str) -> str:
-    return f"{root}/mesh/outbound/{node_id}"
-
-
-def outbound_payload(message: NewMessage) -> bytes:
-    return json.dumps({
-        "message_id": str(message.message_id),
-        "target_node_id": message.node_id,
-        "text": message.text,
-        "created_at": iso(message.created_at),
-        "expires_at": iso(message.expires_at),
-    }, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-
 MAX_PAYLOAD = 4096  # bytes; a larger MQTT payload is dead-lettered unread
 MAX_INBOUND_TEXT = 1024  # bytes of UTF-8; radio texts are far smaller
+MAX_REASON = 64  # characters of a failure reason that are kept
 _ID_MAX = 2**32 - 1  # Meshtastic packet ids are 32-bit
 _REPORTED = {"transmitted": Status.TRANSMITTED, "delivered": Status.DELIVERED,
              "failed": Status.FAILED}
@@ -43,6 +47,25 @@ _REPORTED = {"transmitted": Status.TRANSMITTED, "delivered": Status.DELIVERED,
 
 class BadPayload(ValueError):
     """The payload cannot be used; ``str()`` is the reason kept with the dead letter."""
+
+
+class BadOutbound(BadPayload):
+    """An outbound message the bridge cannot use; ``message_id`` when it was readable."""
+
+    def __init__(self, reason: str, message_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.message_id = message_id
+
+
+# --- topics -----------------------------------------------------------------------------------
+
+def outbound_topic(root: str, node_id: str) -> str:
+    return f"{root}/mesh/outbound/{node_id}"
+
+
+def outbound_filter(root: str) -> str:
+    """What a bridge subscribes to: the outbound messages for every node."""
+    return outbound_topic(root, "+")
 
 
 def status_topic(root: str) -> str:
@@ -57,21 +80,17 @@ def bridge_state_topic(root: str, bridge_id: str = "+") -> str:
     return f"{root}/bridge/{bridge_id}/state"
 
 
-@dataclass(frozen=True)
-class InboundPacket:
-    from_node_id: str
-    text: str
-    packet_id: int
-    bridge_id: str
-    rx_time: datetime
-    reply_to_packet_id: int | None
+def parse_bridge_id(topic: str) -> str:
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[-1] != "state" or parts[-3] != "bridge" or not parts[-2]:
+        raise BadPayload("not a bridge state topic")
+    return parts[-2]
 
 
-@dataclass(frozen=True)
-class BridgeState:
-    bridge_id: str
-    state: str
-    info: dict[str, Any]
+# --- JSON, times and text ---------------------------------------------------------------------
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _not_json(literal: str) -> Any:
@@ -85,26 +104,30 @@ def _finite(literal: str) -> float:
     return value
 
 
-def _storable(text: str) -> bool:
-    """No NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8)."""
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
-
-
-def _object(payload: bytes) -> dict[str, Any]:
+def _object(payload: bytes, *, strict: bool = True,
+            bad: type[BadPayload] = BadPayload) -> dict[str, Any]:
+    """The payload as a JSON object. ``strict`` (the gateway): no NaN, Infinity or number
+    beyond a float, and the reason tells UTF-8 from JSON. Not strict: the bridge's reading."""
     if len(payload) > MAX_PAYLOAD:
-        raise BadPayload(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
+        raise bad(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
     try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_not_json,
-                          parse_float=_finite)
+        text = payload.decode("utf-8")
+        data = (json.loads(text, parse_constant=_not_json, parse_float=_finite) if strict
+                else json.loads(text))
     except UnicodeDecodeError:
-        raise BadPayload("payload is not UTF-8") from None
+        raise bad("payload is not UTF-8" if strict else "payload is not UTF-8 JSON") from None
     except BadPayload:
         raise
     except (ValueError, RecursionError):
-        raise BadPayload("payload is not JSON") from None
+        raise bad("payload is not JSON" if strict else "payload is not UTF-8 JSON") from None
     if not isinstance(data, dict):
-        raise BadPayload("payload is not a JSON object")
+        raise bad("payload is not a JSON object")
     return data
+
+
+def _storable(text: str) -> bool:
+    """No NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8)."""
+    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _text_field(data: dict[str, Any], name: str, *, limit: int = 64,
@@ -129,6 +152,7 @@ def _packet_id(data: dict[str, Any], name: str, *, required: bool) -> int | None
 
 
 def _timestamp(data: dict[str, Any], name: str) -> datetime:
+    """A time as the gateway reads it: aware, in UTC, within the years 1-9999."""
     value = data.get(name)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
@@ -148,6 +172,102 @@ def _timestamp(data: dict[str, Any], name: str) -> datetime:
     raise BadPayload(f"{name} must be an ISO 8601 time with an offset, or epoch seconds")
 
 
+def _epoch(value: object) -> float | None:
+    """A time as the bridge reads it: finite epoch seconds, or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
+        # NaN would be stored as NULL by SQLite; neither it nor Infinity is a time.
+        return seconds if math.isfinite(seconds) else None
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if at.tzinfo is not None:
+            return at.timestamp()
+    return None
+
+
+def inbound_text_problem(text: str) -> str | None:
+    """Why the gateway would not take ``text`` as a reply, or None when it would."""
+    if not text:
+        return "text must be a non-empty string"
+    if not _storable(text):
+        return "text contains NUL or a lone surrogate"
+    if len(text.encode("utf-8")) > MAX_INBOUND_TEXT:
+        return f"text is over {MAX_INBOUND_TEXT} bytes"
+    return None
+
+
+def inbound_text_ok(text: str) -> bool:
+    """What the gateway accepts as a reply text (anything else would be dead-lettered)."""
+    return inbound_text_problem(text) is None
+
+
+# --- outbound message: gateway -> bridges -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Outbound:
+    """An outbound message as the bridge reads it (``created_at`` is not read)."""
+
+    message_id: str  # canonical UUID text
+    target: str  # !xxxxxxxx, lower case
+    text: str
+    expires_at: float  # epoch seconds
+
+
+def outbound_payload(message: NewMessage) -> bytes:
+    return _dumps({
+        "message_id": str(message.message_id),
+        "target_node_id": message.node_id,
+        "text": message.text,
+        "created_at": iso(message.created_at),
+        "expires_at": iso(message.expires_at),
+    })
+
+
+def parse_outbound(topic: str, payload: bytes) -> Outbound:
+    data = _object(payload, strict=False, bad=BadOutbound)
+    uuid = parse_uuid(data.get("message_id"))
+    if uuid is None:
+        raise BadOutbound("message_id must be a UUID")
+    message_id = str(uuid)
+    target = parse_node_id(data.get("target_node_id"))
+    if target is None:
+        raise BadOutbound("target_node_id must be ! and 8 hex digits", message_id)
+    if parse_node_id(topic.rsplit("/", 1)[-1]) != target:
+        raise BadOutbound("target_node_id does not match the topic", message_id)
+    text = data.get("text")
+    if not isinstance(text, str) or not text:
+        raise BadOutbound("text must be a non-empty string", message_id)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadOutbound("text is not valid Unicode", message_id) from None
+    expires_at = _epoch(data.get("expires_at"))
+    if expires_at is None:
+        raise BadOutbound("expires_at must be an ISO 8601 time with an offset, or epoch "
+                          "seconds", message_id)
+    return Outbound(message_id, target, text, expires_at)
+
+
+# --- status report: bridge -> gateway ---------------------------------------------------------
+
+def status_payload(message_id: str, status: str, *, bridge_id: str, at: datetime,
+                   packet_id: int | None = None, reason: str | None = None) -> bytes:
+    body: dict[str, Any] = {"message_id": message_id, "status": status}
+    if reason is not None:
+        body["reason"] = reason[:MAX_REASON]
+    body["bridge_id"] = bridge_id
+    if packet_id is not None:
+        body["packet_id"] = packet_id
+    body["at"] = iso(at)
+    return _dumps(body)
+
+
 def parse_status(payload: bytes) -> StatusReport:
     data = _object(payload)
     message_id = parse_uuid(data.get("message_id"))
@@ -165,8 +285,30 @@ def parse_status(payload: bytes) -> StatusReport:
     bridge_id = _text_field(data, "bridge_id")
     # A bridge's clock may run ahead; an event is never recorded as later than its arrival.
     at = min(_timestamp(data, "at"), datetime.now(UTC))
-    return StatusReport(message_id, Report(status, reason[:64] if reason else None), at,
+    return StatusReport(message_id, Report(status, reason[:MAX_REASON] if reason else None), at,
                         _packet_id(data, "packet_id", required=False), bridge_id)
+
+
+# --- inbound text: bridge -> gateway ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class InboundPacket:
+    from_node_id: str
+    text: str
+    packet_id: int
+    bridge_id: str
+    rx_time: datetime
+    reply_to_packet_id: int | None
+
+
+def inbound_payload(from_node_id: str, text: str, *, packet_id: int, bridge_id: str,
+                    rx_time: datetime, reply_to: int | None) -> bytes:
+    """``reply_to`` 0 is the radio's "not a reply" and is left out, like None."""
+    body: dict[str, Any] = {"from_node_id": from_node_id, "text": text, "packet_id": packet_id,
+                            "bridge_id": bridge_id, "rx_time": iso(rx_time)}
+    if reply_to:
+        body["reply_to_packet_id"] = reply_to
+    return _dumps(body)
 
 
 def parse_inbound(payload: bytes) -> InboundPacket:
@@ -175,22 +317,27 @@ def parse_inbound(payload: bytes) -> InboundPacket:
     if node_id is None:
         raise BadPayload("from_node_id must be ! and 8 hex digits")
     text = data.get("text")
-    if not isinstance(text, str) or not text:
+    if not isinstance(text, str):
         raise BadPayload("text must be a non-empty string")
-    if not _storable(text):
-        raise BadPayload("text contains NUL or a lone surrogate")
-    if len(text.encode("utf-8")) > MAX_INBOUND_TEXT:
-        raise BadPayload(f"text is over {MAX_INBOUND_TEXT} bytes")
+    problem = inbound_text_problem(text)
+    if problem is not None:
+        raise BadPayload(problem)
     return InboundPacket(node_id, text, _packet_id(data, "packet_id", required=True) or 0,
                          _text_field(data, "bridge_id") or "", _timestamp(data, "rx_time"),
                          _packet_id(data, "reply_to_packet_id", required=False))
 
 
-def parse_bridge_id(topic: str) -> str:
-    parts = topic.split("/")
-    if len(parts) < 3 or parts[-1] != "state" or parts[-3] != "bridge" or not parts[-2]:
-        raise BadPayload("not a bridge state topic")
-    return parts[-2]
+# --- bridge state: bridge -> gateway, retained ------------------------------------------------
+
+@dataclass(frozen=True)
+class BridgeState:
+    bridge_id: str  # from the topic
+    state: str  # online or offline
+    info: dict[str, Any]  # the other members, shown as they are
+
+
+def state_payload(state: str, info: dict[str, Any] | None = None) -> bytes:
+    return _dumps({"state": state, **(info or {})})
 
 
 def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:

@@ -1,14 +1,19 @@
-"""A bridge's side of MQTT for tests: publish status reports, replies and bridge states."""
+"""A bridge's side of MQTT for tests: publish status reports, replies and bridge states.
+
+What it publishes is built by ``kosmo.wire``, as the bridge builds it; ``publish`` sends any
+bytes (or a dict as plain JSON) for payloads the contract does not allow.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
 
+from kosmo import wire
+from kosmo.clock import utcnow
 from kosmo.config import MqttEndpoint
 
 
@@ -31,23 +36,21 @@ class FakeBridgeLink:
 
     def status(self, message_id: str, status: str, *, reason: str | None = None,
                packet_id: int | None = None, bridge_id: str | None = None) -> None:
-        body: dict[str, Any] = {"message_id": message_id, "status": status,
-                                "bridge_id": bridge_id or self.bridge_id,
-                                "at": datetime.now(UTC).isoformat()}
-        if reason is not None:
-            body["reason"] = reason
-        if packet_id is not None:
-            body["packet_id"] = packet_id
-        self.publish(f"{self.root}/mesh/status", body)
+        self.publish(wire.status_topic(self.root), wire.status_payload(
+            message_id, status, bridge_id=bridge_id or self.bridge_id, at=utcnow(),
+            packet_id=packet_id, reason=reason))
 
     def reply(self, from_node: str, text: str, packet_id: int, *,
               reply_to: int | None = None, bridge_id: str | None = None) -> None:
-        body: dict[str, Any] = {"from_node_id": from_node, "text": text, "packet_id": packet_id,
-                                "bridge_id": bridge_id or self.bridge_id,
-                                "rx_time": int(datetime.now(UTC).timestamp())}
-        if reply_to is not None:
-            body["reply_to_packet_id"] = reply_to
-        self.publish(f"{self.root}/mesh/inbound", body)
+        self.publish(wire.inbound_topic(self.root), wire.inbound_payload(
+            from_node, text, packet_id=packet_id, bridge_id=bridge_id or self.bridge_id,
+            rx_time=utcnow(), reply_to=reply_to))
+
+    def state(self, state: str, info: dict[str, Any] | None = None, *,
+              bridge_id: str | None = None, retain: bool = True) -> None:
+        """A bridge state, retained as a bridge publishes it."""
+        self.publish(wire.bridge_state_topic(self.root, bridge_id or self.bridge_id),
+                     wire.state_payload(state, info), retain=retain)
 
     def close(self) -> None:
         self._client.disconnect()

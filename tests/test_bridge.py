@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import trio
 
 from bridge.config import BridgeSettings
 from bridge.daemon import Bridge, run_bridge
-from bridge.payloads import Outbound
 from bridge.radio import Device, Radio, RadioEvent, RoutingResult
 from bridge.sim import SimConfig, SimRadio, make_nodes, serve_radio
 from bridge.store import DB_NAME, Change, Store
+from kosmo.clock import utcnow
 from kosmo.config import MqttEndpoint
 from kosmo.embedded import Broker
+from kosmo.messages import NewMessage
+from kosmo.wire import Outbound, outbound_payload
 from tests.mesh import FakeBridgeLink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,10 +115,13 @@ def make_settings(tmp_path: Path, url: str, root: str, sim: SimRunner,
 
 def outbound(node: str = NODE, text: str | None = None, *, ttl: float = 3600,
              message_id: str | None = None) -> dict[str, Any]:
-    now = time.time()
-    return {"message_id": message_id or str(uuid.uuid4()), "target_node_id": node,
-            "text": text or f"hello {uuid.uuid4().hex[:6]}",
-            "created_at": "2026-11-27T14:47:08Z", "expires_at": now + ttl}
+    """An outbound message as the gateway publishes it, as a dict a test can change."""
+    now = utcnow()
+    message = NewMessage(uuid.UUID(message_id) if message_id else uuid.uuid4(), uuid.UUID(int=0),
+                         node, text or f"hello {uuid.uuid4().hex[:6]}", now,
+                         now + timedelta(seconds=ttl))
+    decoded: dict[str, Any] = json.loads(outbound_payload(message))
+    return decoded
 
 
 class Observer:

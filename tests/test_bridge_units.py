@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from bridge import airtime
 from bridge.config import BridgeSettings, add_arguments, load
 from bridge.pacing import Pacer, PacingRules
-from bridge.payloads import BadOutbound, Outbound, parse_outbound, status_payload
 from bridge.radio import Device, next_packet_id, send_as
 from bridge.rows import IllegalMove, RowState, applies
 from bridge.sender import restored
 from bridge.store import DB_NAME, Change, Row, Store, StoreLocked
 from bridge.tracking import Flight, Next, Outcome, Phase, Tracker
 from kosmo.config import ConfigError
+from kosmo.wire import BadOutbound, Outbound, parse_outbound, status_payload
 
 ME, DEST, RELAY = 0x0A0A0A0A, 0xA1B2C3D4, 0x12345678
 

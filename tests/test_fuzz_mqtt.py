@@ -1,7 +1,7 @@
 """Hypothesis-generated MQTT payloads: the parsers and the live consumers never break on them.
 
-- The pure parsers (``kosmo.wire`` on the gateway, ``bridge.payloads`` on the bridge) only ever
-  return a usable value or raise their documented error (``BadPayload``, ``BadOutbound``);
+- The pure parsers (``kosmo.wire``: the gateway's, and ``parse_outbound`` on the bridge) only
+  ever return a usable value or raise their documented error (``BadPayload``, ``BadOutbound``);
   what they return can be stored (PostgreSQL text: no NUL, no lone surrogate) and published.
 - The gateway's inbound consumer (``{root}/mesh/status``, ``{root}/mesh/inbound``,
   ``{root}/bridge/+/state``) takes a batch of generated payloads without dying or logging an
@@ -14,7 +14,7 @@ Payloads mix random bytes, invalid UTF-8, JSON of wrong types, nested junk, payl
 4 KiB and well-shaped JSON with boundary values (huge and negative numbers, NaN and Infinity
 literals, long strings, NUL and lone surrogates, far-off times, unknown node and message ids),
 on right and wrong topics. Generation is derandomized (no example database), so a CI run
-always sends the same payloads.
+always sends the same wire.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bridge import payloads
 from kosmo import wire
 from tests.conftest import SANCTUARY, Gateway, db_value
 from tests.mesh import FakeBridgeLink
@@ -345,21 +344,21 @@ def test_gateway_parsers_return_usable_values_or_raise_bad_payload(
 @given(outbound_messages("kosmo") | st.tuples(st.text(any_char, max_size=40), junk))
 def test_parse_outbound_returns_a_sendable_message_or_raises_bad_outbound(
         published: tuple[str, bytes]):
-    message = outcome(payloads.parse_outbound, *published, error=payloads.BadOutbound)
-    if isinstance(message, payloads.BadOutbound):
+    message = outcome(wire.parse_outbound, *published, error=wire.BadOutbound)
+    if isinstance(message, wire.BadOutbound):
         assert str(message)
         # The id it carries (to report the message failed) is a UUID in canonical form.
         assert message.message_id is None or uuid.UUID(message.message_id).urn[9:] == \
             message.message_id
         return
-    assert isinstance(message, payloads.Outbound)
+    assert isinstance(message, wire.Outbound)
     assert uuid.UUID(message.message_id).urn[9:] == message.message_id
     assert NODE_ID.fullmatch(message.target), message.target
     assert message.text
     assert storable(message.text.replace("\x00", ""))  # NUL is fine on the air
     assert math.isfinite(message.expires_at)
     # What was read is what a well-formed payload with those values reads as.
-    again = payloads.parse_outbound(f"kosmo/mesh/outbound/{message.target}", json.dumps({
+    again = wire.parse_outbound(f"kosmo/mesh/outbound/{message.target}", json.dumps({
         "message_id": message.message_id, "target_node_id": message.target,
         "text": message.text, "expires_at": message.expires_at}).encode())
     assert again == message
@@ -454,7 +453,7 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
     marker = await queued(gateway, sql, "after the fuzz")
     link.status(marker, "transmitted", packet_id=4_000_000_001)
     link.reply("!0badf00d", "still here", 4_000_000_002)
-    link.publish(wire.bridge_state_topic(topic_root, "!b00000ff"), {"state": "online"})
+    link.state("online", bridge_id="!b00000ff", retain=False)
     await wait_for(lambda: db_value(sql, "SELECT status FROM messages WHERE id = %s",
                                     marker) == "transmitted")
     await wait_for(lambda: db_value(sql, "SELECT count(*) FROM messages WHERE direction ="
@@ -498,10 +497,10 @@ def readable_rejects(root: str, batch: list[tuple[str, bytes]]) -> set[str]:
     for topic, payload in batch:
         if not topic.startswith(prefix) or "/" in topic[len(prefix):]:
             continue  # not under the bridge's subscription
-        message = outcome(payloads.parse_outbound, topic, payload, error=payloads.BadOutbound)
-        if isinstance(message, payloads.Outbound):
+        message = outcome(wire.parse_outbound, topic, payload, error=wire.BadOutbound)
+        if isinstance(message, wire.Outbound):
             seen[message.message_id] += 1
-        elif isinstance(message, payloads.BadOutbound) and message.message_id is not None:
+        elif isinstance(message, wire.BadOutbound) and message.message_id is not None:
             seen[message.message_id] += 1
             rejected.add(message.message_id)
     return {m for m in rejected if seen[m] == 1}

@@ -116,9 +116,8 @@ async def test_same_packet_from_two_bridges_is_stored_once(gateway: Gateway, bri
 
 
 async def test_bridge_states_show_in_healthz(gateway: Gateway, bridge, topic_root):
-    bridge.publish(f"{topic_root}/bridge/!b0000001/state",
-                   {"state": "online", "queue_depth": 0}, retain=True)
-    bridge.publish(f"{topic_root}/bridge/!b0000002/state", {"state": "offline"}, retain=True)
+    bridge.state("online", {"queue_depth": 0}, bridge_id="!b0000001")
+    bridge.state("offline", bridge_id="!b0000002")
 
     async def states() -> list:
         return (await gateway.client.get("/healthz")).json()["bridges"]

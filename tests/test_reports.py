@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import trio
 
+from kosmo import wire
 from kosmo.config import Settings
 from tests.conftest import WANDERER, Gateway, db_value, start_gateway
 from tests.mesh import FakeBridgeLink
@@ -106,9 +107,9 @@ async def test_unknown_message_id_and_bad_payloads_are_dead_letters(
         gateway: Gateway, bridge, sql, topic_root):
     status, inbound = f"{topic_root}/mesh/status", f"{topic_root}/mesh/inbound"
     bad = [
-        (status, json.dumps({"message_id": "8a6e0804-2bd0-4672-b79d-d97358571b11",
-                             "status": "delivered", "bridge_id": "b", "at": "2026-11-27T10:00:00Z"}
-                            ).encode(), "unknown message id"),
+        (status, wire.status_payload("8a6e0804-2bd0-4672-b79d-d97358571b11", "delivered",
+                                     bridge_id="b", at=datetime(2026, 11, 27, 10, tzinfo=UTC)),
+         "unknown message id"),
         (status, b"{not json", "not JSON"),
         (status, b"\xff\xfe\x00", "not UTF-8"),
         (status, b"[1, 2]", "not a JSON object"),
