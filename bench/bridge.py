@@ -370,7 +370,7 @@ async def run_round(sc: Scenario, number: int, endpoint: MqttEndpoint, tag: str,
                         f"NAKs {dict(radio.stats.naks) or 0}")
                 await trio.sleep(0.25)
             end = server.now()
-            min_gap = bridge.sender.pacer.rules.min_gap if bridge.sender else math.nan
+            min_gap = bridge.sender.pacer.rules.min_gap
             shutdown.set()
             with trio.fail_after(15):
                 await stopped.wait()
