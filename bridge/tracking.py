@@ -9,13 +9,24 @@ reports on it with ROUTING_APP packets whose ``requestId`` is that id:
     from our own node, NONE       -> a neighbour rebroadcast it (implicit ACK): ``transmitted``
     from our own node, an error   -> the radio gave up or refused it: ``failed`` (the reason)
     from the destination, NONE    -> the destination acknowledged it: ``delivered``
-    from the destination, error   -> ``failed`` (the reason)
+    from the destination, error   -> it was heard, so it was on air: ``transmitted`` (if not
+                                     yet reported), then ``failed`` (the reason)
     from another node, NONE       -> heard and relayed: ``transmitted``
-    from another node, an error   -> ``failed`` (the reason)
+    from another node, an error   -> as from the destination: ``transmitted``, ``failed``
 
 Rules:
 - Forward only: ``handed -> transmitted -> delivered/failed``. ``delivered`` and ``failed`` end
   the flight; a result for an ended or unknown flight changes nothing.
+- ``transmitted`` is reported exactly when the text is known to have been on air: a result from
+  any node but our own proves it (only a node that heard the packet answers it). The gateway
+  refunds a failure that never was ``transmitted``, so an error from another node is reported
+  ``transmitted`` first: the airtime was spent.
+- The reason of a failure is the firmware's error name, except where a name of our own says
+  what the user can do about it (``REASONS``): ``PKI_SEND_FAIL_PUBLIC_KEY`` (firmware 2.7, our
+  radio holds no public key for the destination and refuses the DM without sending it) and
+  ``PKI_UNKNOWN_PUBKEY`` (the destination could not decrypt it, lacking our key) both become
+  ``no_public_key``. The first comes from our own node before the air: refunded; the second
+  from the destination after it: ``transmitted`` first, not refunded.
 - A local refusal that means the text never went on air (RATE_LIMIT_EXCEEDED,
   DUTY_CYCLE_LIMIT) before it was transmitted sends the text back to the queue, at most
   ``max_attempts`` hand-overs in all; then it fails with that reason.
@@ -44,6 +55,9 @@ from dataclasses import dataclass
 from bridge.rows import RowState
 
 RETRYABLE = frozenset({"RATE_LIMIT_EXCEEDED", "DUTY_CYCLE_LIMIT"})
+NO_PUBLIC_KEY = "no_public_key"
+# firmware error name -> the reason reported
+REASONS = {"PKI_SEND_FAIL_PUBLIC_KEY": NO_PUBLIC_KEY, "PKI_UNKNOWN_PUBKEY": NO_PUBLIC_KEY}
 NO_RESULT = "no_routing_result"
 NO_DELIVERY_ACK = "no_delivery_ack"
 UNKNOWN_AFTER_RESTART = "unknown_after_restart"
@@ -120,15 +134,14 @@ class Tracker:
             self._keep_orphan(packet_id, _Orphan(from_node, error, now))
             return []
         ok = error == "NONE"
-        if from_node == flight.destination and from_node != self.own_node:
-            return [self._end(flight, "delivered" if ok else "failed", None if ok else error)]
-        if ok:
-            if flight.phase is Phase.TRANSMITTED:
-                return []
-            flight.phase = Phase.TRANSMITTED
-            return [Outcome(flight.message_id, packet_id, Next.TRANSMITTED, "transmitted")]
-        if (from_node == self.own_node and error in RETRYABLE
-                and flight.phase is Phase.HANDED and flight.attempts < self._max_attempts):
+        local = from_node == self.own_node
+        if from_node == flight.destination and not local and ok:
+            return [self._end(flight, "delivered", None)]
+        if ok or not local:  # heard by another node: it was on air
+            outcomes = self._transmitted(flight)
+            return outcomes if ok else [*outcomes, self._end(flight, "failed", error)]
+        if (error in RETRYABLE and flight.phase is Phase.HANDED
+                and flight.attempts < self._max_attempts):
             del self._flights[packet_id]
             return [Outcome(flight.message_id, packet_id, Next.REQUEUE, reason=error)]
         return [self._end(flight, "failed", error)]
@@ -156,8 +169,15 @@ class Tracker:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def _transmitted(self, flight: Flight) -> list[Outcome]:
+        if flight.phase is Phase.TRANSMITTED:
+            return []
+        flight.phase = Phase.TRANSMITTED
+        return [Outcome(flight.message_id, flight.packet_id, Next.TRANSMITTED, "transmitted")]
+
     def _end(self, flight: Flight, status: str, reason: str | None) -> Outcome:
         del self._flights[flight.packet_id]
+        reason = REASONS.get(reason, reason) if reason is not None else None
         return Outcome(flight.message_id, flight.packet_id, Next.DONE, status, reason)
 
     def _keep_orphan(self, packet_id: int, orphan: _Orphan) -> None:

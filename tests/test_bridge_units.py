@@ -164,14 +164,29 @@ def test_implicit_ack_then_delivery() -> None:
 @pytest.mark.parametrize(("sender", "error", "status", "reason"), [
     (ME, "MAX_RETRANSMIT", "failed", "MAX_RETRANSMIT"),
     (ME, "TOO_LARGE", "failed", "TOO_LARGE"),
+    (ME, "PKI_SEND_FAIL_PUBLIC_KEY", "failed", "no_public_key"),  # refused before the air
     (DEST, "NONE", "delivered", None),
-    (DEST, "PKI_UNKNOWN_PUBKEY", "failed", "PKI_UNKNOWN_PUBKEY"),
-    (RELAY, "NO_ROUTE", "failed", "NO_ROUTE"),
 ])
 def test_results_from_each_kind_of_node(sender: int, error: str, status: str,
                                         reason: str | None) -> None:
     [outcome] = _tracker().result(7, sender, error, 1.0)
     assert (outcome.status, outcome.reason, outcome.next) == (status, reason, Next.DONE)
+
+
+@pytest.mark.parametrize(("sender", "error", "reason"), [
+    (DEST, "PKI_UNKNOWN_PUBKEY", "no_public_key"),  # the destination lacks our key
+    (DEST, "NO_CHANNEL", "NO_CHANNEL"),
+    (RELAY, "NO_ROUTE", "NO_ROUTE"),
+])
+def test_an_error_from_another_node_follows_transmitted_as_it_was_on_air(
+        sender: int, error: str, reason: str) -> None:
+    first, last = _tracker().result(7, sender, error, 1.0)
+    assert (first.status, first.next) == ("transmitted", Next.TRANSMITTED)
+    assert (last.status, last.reason, last.next) == ("failed", reason, Next.DONE)
+    tracker = _tracker()
+    tracker.result(7, ME, "NONE", 1.0)  # the implicit ACK came first: reported once
+    [only] = tracker.result(7, sender, error, 2.0)
+    assert (only.status, only.reason) == ("failed", reason)
 
 
 def test_a_local_refusal_before_transmission_requeues_a_few_times() -> None:
