@@ -4,7 +4,14 @@ Rules:
 - One line on stdout once listening (it names the port, so ``--port 0`` is usable), then serve
   until Ctrl-C or SIGTERM, then one summary line and exit 0.
 - A port that cannot be bound: one line on stderr (``sim-radio: error: ...``), exit 1.
-- Bad arguments are argparse errors (exit 2).
+- Bad arguments are argparse errors (exit 2), and so are contradictory ones (one line on
+  stderr, exit 2).
+- The remote nodes the radio reaches are ``--hears`` if given (exactly those), else ``--nodes``
+  generated ones; giving both is an error. ``--unreachable``, ``--silent`` and ``--no-key``
+  mark nodes either way, adding the ones not reached as known nodes; a node both in
+  ``--hears`` and ``--unreachable`` is an error. Several radios (several commands, each on its
+  own port, each with its own ``--node-id``) may hear some of the same nodes.
+- ``--air-log FILE``: one JSON line per text put on air, appended (bridge/sim/air.py).
 """
 
 from __future__ import annotations
@@ -15,23 +22,40 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import trio
 
 from bridge.airtime import PRESETS
-from bridge.sim.config import Reach, SimConfig, SimNode, make_nodes
+from bridge.sim.air import AirLog
+from bridge.sim.config import OUR_NODE_NUM, Reach, SimConfig, SimNode, make_nodes
 from bridge.sim.protocol import parse_node_id
 from bridge.sim.radio import SimRadio
 from bridge.sim.server import DEFAULT_PORT, serve_radio
 
+EPILOG = (
+    "Which nodes the radio reaches: exactly those of --hears if given, else --nodes generated "
+    "ones (not both). --unreachable, --silent and --no-key mark nodes either way; those not "
+    "reached become known nodes the radio cannot reach (a node both in --hears and "
+    "--unreachable is an error). A text to a node the radio does not know is retried, then "
+    "NAKed MAX_RETRANSMIT. Several radios, each on its own --port with its own --node-id, may "
+    "hear some of the same nodes.")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"TCP port to listen on, 0 for any free one (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--nodes", type=_positive_int, default=3,
-                        help="remote nodes in the mesh, the first is !a1b2c3d4 (default 3)")
+    parser.add_argument("--node-id", type=_node_id, default=OUR_NODE_NUM, metavar="!ID",
+                        help=f"this radio's own node id (default !{OUR_NODE_NUM:08x})")
+    parser.add_argument("--nodes", type=_positive_int, default=None,
+                        help="remote nodes this radio reaches, generated: the first is "
+                             "!a1b2c3d4 (default 3; not with --hears)")
+    parser.add_argument("--hears", type=_node_id, nargs="+", action="extend", default=None,
+                        metavar="!ID", help="exactly the remote nodes this radio reaches, "
+                                            "instead of --nodes; several radios may share some")
     parser.add_argument("--time-scale", type=_positive, default=1.0, metavar="X",
                         help="simulated time runs X times faster than wall time (default 1)")
     parser.add_argument("--latency", type=_non_negative, default=2.0, metavar="SECONDS",
@@ -45,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silent", type=_node_id, nargs="+", action="extend", default=[],
                         metavar="!ID", help="known nodes that are relayed to (implicit ACK) but "
                                             "never answer")
+    parser.add_argument("--no-key", type=_node_id, nargs="+", action="extend", default=[],
+                        metavar="!ID", help="nodes whose public key this radio lacks: a direct "
+                                            "message to one is refused unsent with "
+                                            "PKI_SEND_FAIL_PUBLIC_KEY, as firmware 2.7 does")
+    parser.add_argument("--air-log", type=Path, default=None, metavar="FILE",
+                        help='append one JSON line per text put on air (a retransmission '
+                             'too, with its packet id): {"at", "packet_id", "to", "bytes", '
+                             '"text"}')
     parser.add_argument("--no-auto-reply", dest="auto_reply", action="store_false",
                         help="remote nodes do not answer texts with 'ack: <text>'")
     parser.add_argument("--region", default="EU_868", help="LoRa region (default EU_868)")
@@ -67,15 +99,28 @@ def main(args: argparse.Namespace) -> int:
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
-    nodes = make_nodes(args.nodes, unreachable=args.unreachable, silent=args.silent,
+    """The radio the arguments describe; ``ValueError`` for a contradiction among them."""
+    if args.hears is not None and args.nodes is not None:
+        raise ValueError("give --hears or --nodes, not both")
+    nodes = make_nodes(3 if args.nodes is None else args.nodes, hears=args.hears,
+                       unreachable=args.unreachable, silent=args.silent, no_key=args.no_key,
                        auto_reply=args.auto_reply)
-    return SimConfig(nodes=nodes, latency=args.latency, loss=args.loss,
-                     auto_reply=args.auto_reply, region=args.region,
+    return SimConfig(nodes=nodes, my_node_num=args.node_id, latency=args.latency,
+                     loss=args.loss, auto_reply=args.auto_reply, region=args.region,
                      modem_preset=args.modem_preset, duty_cycle=args.duty_cycle, seed=args.seed)
 
 
 async def run(args: argparse.Namespace, config: SimConfig) -> int:
-    radio = SimRadio(config, epoch=time.time())
+    air_log = AirLog(args.air_log) if args.air_log is not None else None
+    try:
+        return await _serve(args, config, air_log)
+    finally:
+        if air_log is not None:
+            air_log.close()
+
+
+async def _serve(args: argparse.Namespace, config: SimConfig, air_log: AirLog | None) -> int:
+    radio = SimRadio(config, epoch=time.time(), on_air=air_log.write if air_log else None)
     bind_error: BaseException | None = None
     port: int | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -111,6 +156,7 @@ def describe(config: SimConfig) -> str:
 def _describe_node(node: SimNode) -> str:
     notes = [] if node.reach is Reach.REACHABLE else [node.reach.value]
     notes += ["direct"] if node.hops_away == 0 else []
+    notes += [] if node.has_key else ["no key"]
     return node.id + (f" ({', '.join(notes)})" if notes else "")
 
 

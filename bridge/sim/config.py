@@ -2,13 +2,19 @@
 
 Rules:
 - Frozen values; a radio is built from one ``SimConfig`` and never changes it.
-- Our own node is ``!0a0a0a0a``; the first remote node is always ``!a1b2c3d4``.
+- Our own node is ``!0a0a0a0a`` unless told otherwise; the first generated remote node is
+  always ``!a1b2c3d4``.
 - A remote node is reached in one of three ways (``Reach``):
   ``REACHABLE``: a relay rebroadcasts (implicit ACK) and the node acknowledges (delivered);
   a direct neighbour (``hops_away == 0``) has no relay, so it sends only its own ACK.
   ``UNREACHABLE``: nobody hears us; the firmware retries, then NAKs ``MAX_RETRANSMIT``.
   ``SILENT``: a relay rebroadcasts (implicit ACK) but the node never answers, and no NAK
   follows: the sender stops retrying once it heard the rebroadcast, as real firmware does.
+- A remote node without a public key (``has_key=False``: we never heard its NodeInfo) gets
+  no direct message: our radio refuses it, as firmware 2.7 does (bridge/sim/radio.py).
+- The remote nodes a radio reaches are its own: several radios (each its own ``SimConfig``)
+  may share some, and a node one radio does not know is out of its reach (its texts are
+  retried, then NAKed ``MAX_RETRANSMIT``).
 - Times are simulated seconds; the server maps them to wall time with its ``time_scale``.
 """
 
@@ -43,6 +49,7 @@ class SimNode:
     reach: Reach = Reach.REACHABLE
     hops_away: int = 1
     auto_reply: bool = True
+    has_key: bool = True  # we hold its public key, so a direct message to it can be sent
 
     @property
     def id(self) -> str:
@@ -96,22 +103,32 @@ class SimConfig:
         return next((n for n in self.nodes if n.num == num), None)
 
 
-def make_nodes(count: int, *, unreachable: Iterable[int] = (), silent: Iterable[int] = (),
-               auto_reply: bool = True) -> tuple[SimNode, ...]:
-    """``count`` remote nodes starting at ``!a1b2c3d4``, plus the ``unreachable`` and ``silent``
-    node numbers (marked so whether or not they are among the first ``count``).
+def make_nodes(count: int, *, hears: Iterable[int] | None = None,
+               unreachable: Iterable[int] = (), silent: Iterable[int] = (),
+               no_key: Iterable[int] = (), auto_reply: bool = True) -> tuple[SimNode, ...]:
+    """The remote nodes a radio knows: those it reaches, then the ``unreachable``, ``silent``
+    and ``no_key`` node numbers not among them (each marked so either way).
 
+    The nodes it reaches are ``hears`` (in that order) if given, else ``count`` nodes starting
+    at ``!a1b2c3d4``. A node both heard and unreachable is a contradiction (``ValueError``).
     Hops vary so the mesh has both shapes: the second node is a direct neighbour (no implicit
     ACK), the others are one or two hops away.
     """
+    unreachable, no_key = set(unreachable), set(no_key)
     marks = {num: Reach.UNREACHABLE for num in unreachable} | {num: Reach.SILENT for num in silent}
-    nodes: list[SimNode] = []
-    for i in range(count):
-        num = (FIRST_NODE_NUM + i * NODE_STEP) & 0xFFFFFFFF
-        nodes.append(_node(num, hops=(1, 0, 2)[i % 3], auto_reply=auto_reply))
-    extra = [num for num in marks if num not in {n.num for n in nodes}]
-    nodes += [_node(num, hops=1, auto_reply=auto_reply) for num in extra]
-    return tuple(replace(n, reach=marks.get(n.num, Reach.REACHABLE)) for n in nodes)
+    if hears is None:
+        heard = [(FIRST_NODE_NUM + i * NODE_STEP) & 0xFFFFFFFF for i in range(count)]
+    else:
+        heard = list(dict.fromkeys(hears))
+        if both := unreachable & set(heard):
+            raise ValueError(f"{', '.join(map(node_id, sorted(both)))} both heard and "
+                             "unreachable")
+    nodes = [_node(num, hops=(1, 0, 2)[i % 3], auto_reply=auto_reply)
+             for i, num in enumerate(heard)]
+    extra = [num for num in [*marks, *no_key] if num not in {n.num for n in nodes}]
+    nodes += [_node(num, hops=1, auto_reply=auto_reply) for num in dict.fromkeys(extra)]
+    return tuple(replace(n, reach=marks.get(n.num, Reach.REACHABLE), has_key=n.num not in no_key)
+                 for n in nodes)
 
 
 def _node(num: int, *, hops: int, auto_reply: bool) -> SimNode:

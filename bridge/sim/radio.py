@@ -19,7 +19,11 @@ Rules:
   traceroutes are rate limited silently); a packet for our own node is not handled
   (``res=35``); over the hourly duty cycle -> DUTY_CYCLE_LIMIT NAK plus a client notification;
   ``Data`` over 239 bytes once the firmware adds its bitfield -> TOO_LARGE NAK (so a 233-byte
-  text is already too large); a full TX queue -> ``QueueStatus(res=32)`` and nothing else.
+  text is already too large); a direct message to a known node whose public key we lack
+  (``SimNode.has_key``) -> ``QueueStatus(res=39)`` and a PKI_SEND_FAIL_PUBLIC_KEY NAK, nothing
+  on air, as firmware 2.7 refuses to fall back to the channel key (traceroutes, positions and
+  node infos are exempt); a full TX queue -> ``QueueStatus(res=32)`` and nothing else.
+- Each text going on air, retransmissions included, is passed to ``on_air`` (the air log).
 - NAKs and implicit ACKs come from our own node; the delivery ACK and the reply come from the
   destination. Packets for the client wait (at most 32, oldest dropped) while no client is
   linked or the config dump is in progress, as they do in the firmware.
@@ -32,9 +36,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
@@ -47,6 +51,7 @@ from bridge.airtime import (
 )
 from bridge.airtime import data_airtime as packet_airtime
 from bridge.sim import device
+from bridge.sim.air import AirRecord, SimStats
 from bridge.sim.config import Reach, SimConfig, SimNode
 from bridge.sim.device import Message
 from bridge.sim.protocol import BROADCAST_NUM, encode_frame
@@ -62,6 +67,9 @@ DEFAULT_EPOCH = 1_750_000_000.0  # UNIX time at simulated time 0 unless told oth
 
 Error = mesh_pb2.Routing.Error
 Port = portnums_pb2.PortNum
+# sent without public-key encryption even to a single node (the firmware's wouldEncryptWithPKC)
+NO_PKC_PORTS = frozenset({Port.TRACEROUTE_APP, Port.NODEINFO_APP, Port.ROUTING_APP,
+                          Port.POSITION_APP})
 # portnum -> (minimum spacing in seconds, NAK when violated)
 RATE_LIMITS: dict[int, tuple[float, bool]] = {
     Port.TEXT_MESSAGE_APP: (2.0, True),
@@ -76,31 +84,6 @@ class SimRadioError(RuntimeError):
 
 
 @dataclass
-class SimStats:
-    """Counters for tests and chaos runs. ``transmissions`` counts times on air per packet id."""
-
-    received: int = 0  # packets from the client
-    heartbeats: int = 0
-    transmissions: Counter[int] = field(default_factory=Counter)
-    transmissions_by_text: Counter[str] = field(default_factory=Counter)
-    # Texts taken onto the transmit queue, one per packet the client handed over: a text
-    # handed over twice (the same message sent twice) counts 2 here, a retransmission does not.
-    accepted_by_text: Counter[str] = field(default_factory=Counter)
-    delivered_by_text: Counter[str] = field(default_factory=Counter)  # delivery ACKs sent
-    heard_by_text: Counter[str] = field(default_factory=Counter)  # transmissions someone heard
-    naks: Counter[str] = field(default_factory=Counter)  # by Routing.Error name
-    acks: Counter[str] = field(default_factory=Counter)  # "implicit", "delivered"
-    replies: int = 0
-    lost: int = 0  # transmissions nobody heard because of ``loss``
-    queue_rejects: int = 0
-    duplicates: int = 0
-    ignored: int = 0
-    malformed: int = 0
-    to_phone_dropped: int = 0
-    airtime: float = 0.0
-
-
-@dataclass
 class _Tx:
     packet: Message
     text: str | None
@@ -109,9 +92,11 @@ class _Tx:
 
 
 class SimRadio:
-    def __init__(self, config: SimConfig | None = None, *, epoch: float = DEFAULT_EPOCH) -> None:
+    def __init__(self, config: SimConfig | None = None, *, epoch: float = DEFAULT_EPOCH,
+                 on_air: Callable[[AirRecord], None] | None = None) -> None:
         self.config = config or SimConfig()
         self.stats = SimStats()
+        self._on_air_hook = on_air  # each text as it goes on air (bridge/sim/air.py)
         self._epoch = epoch
         self._rng = random.Random(self.config.seed)
         self._modem = PRESETS[self.config.modem_preset]
@@ -244,6 +229,10 @@ class SimRadio:
             self._queue_status(Error.TOO_LARGE, pkt.id)
             self._nak(pkt, Error.TOO_LARGE, now)
             return
+        if self._lacks_key(pkt):
+            self._queue_status(Error.PKI_SEND_FAIL_PUBLIC_KEY, pkt.id)
+            self._nak(pkt, Error.PKI_SEND_FAIL_PUBLIC_KEY, now)
+            return
         if len(self._tx_queue) >= self.config.tx_queue_len:
             self.stats.queue_rejects += 1
             self._queue_status(ERRNO_UNKNOWN, pkt.id)
@@ -270,6 +259,11 @@ class SimRadio:
         self._nak(pkt, Error.DUTY_CYCLE_LIMIT, now)
         return True
 
+    def _lacks_key(self, pkt: Message) -> bool:
+        """A direct message firmware 2.7 would encrypt for the destination, whose key we lack."""
+        node = self.config.node(pkt.to)
+        return node is not None and not node.has_key and pkt.decoded.portnum not in NO_PKC_PORTS
+
     # -- the radio and the mesh ---------------------------------------------------------------
 
     def _start_tx(self, now: float) -> None:
@@ -278,7 +272,10 @@ class SimRadio:
         packet_id = self._on_air = self._tx_queue.popleft()
         if self._reported_free == 0:  # MeshService::loop tells the client space came free
             self._queue_status(ERRNO_OK, 0)
-        airtime = packet_airtime(self._pending[packet_id].data_size, self._modem)
+        tx = self._pending[packet_id]
+        airtime = packet_airtime(tx.data_size, self._modem)
+        if tx.text is not None and self._on_air_hook is not None:
+            self._on_air_hook(AirRecord(self._epoch + now, packet_id, tx.packet.to, tx.text))
         self._at(now + airtime, lambda t: self._tx_done(packet_id, airtime, t))
 
     def _tx_done(self, packet_id: int, airtime: float, now: float) -> None:
