@@ -166,6 +166,8 @@ async def test_the_library_sees_the_radios_own_id_and_the_nodes_it_hears(nursery
         assert iface.myInfo.my_node_num == NORTH
         assert iface.getMyNodeInfo()["user"]["id"] == "!0b0b0b0b"
         assert set(iface.nodes) == {"!0b0b0b0b", "!a1b2c3d4", "!cafe0001", "!cafe0003"}
+        keyed = {n for n, info in iface.nodes.items() if info["user"].get("publicKey")}
+        assert keyed == {"!0b0b0b0b", "!a1b2c3d4", "!cafe0001"}  # not the node without a key
         [refused] = await send_text(iface, "secret", dest="!cafe0003")
         assert errors(await results.wait_for(1, about(refused))) == [
             ("!0b0b0b0b", "PKI_SEND_FAIL_PUBLIC_KEY")]

@@ -10,6 +10,8 @@ Rules:
   format. ``at`` is when the transmission started, by the radio's clock (its start time plus
   simulated seconds: wall time at time scale 1), ISO 8601 UTC; ``to`` the destination's node id
   (``!ffffffff`` for a broadcast); ``bytes`` the text's length in UTF-8.
+- The log is written from the thread that drives the radio (the server's Trio thread): a line
+  is small and flushed, not fsynced; a simulation does not need it to survive a crash.
 """
 
 from __future__ import annotations

@@ -9,12 +9,15 @@ Rules:
   ``request_id`` = the acknowledged packet's id, and a ``Routing`` whose ``error_reason`` is set
   explicitly, even to NONE. (An empty ``Routing`` decodes without ``errorReason``, and the
   meshtastic CLI's ACK handler indexes that key.)
+- Each node's ``User`` carries a 32-byte public key (a stand-in: a hash of its number), but
+  for a node whose key we lack (``SimNode.has_key``), whose ``public_key`` is empty.
 - Every packet carries a ``from``: the Python library drops (and logs an ERROR for) packets
   whose ``from`` is 0, taking them for its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from meshtastic.protobuf import channel_pb2, config_pb2, mesh_pb2, portnums_pb2
@@ -112,10 +115,14 @@ def _packet(packet_id: int, sender: int, to: int, channel: int, at: float,
     return pkt
 
 
-def _user(num: int, long_name: str, short_name: str, hw_model: str) -> Message:
+def _user(num: int, long_name: str, short_name: str, hw_model: str, *,
+          has_key: bool = True) -> Message:
+    """A node's User; with a stand-in 32-byte public key (a hash of its number) unless we lack
+    its key, as a node database shows a node whose NodeInfo never came."""
+    key = hashlib.sha256(num.to_bytes(4, "big")).digest() if has_key else b""
     return mesh_pb2.User(id=node_id(num), long_name=long_name, short_name=short_name,
                          hw_model=mesh_pb2.HardwareModel.Value(hw_model),
-                         role=config_pb2.Config.DeviceConfig.Role.CLIENT)
+                         role=config_pb2.Config.DeviceConfig.Role.CLIENT, public_key=key)
 
 
 def _own_node_info(cfg: SimConfig, at: float) -> Message:
@@ -127,7 +134,8 @@ def _own_node_info(cfg: SimConfig, at: float) -> Message:
 def _node_info(node: SimNode, index: int, at: float) -> Message:
     info = mesh_pb2.NodeInfo(
         num=node.num, snr=9.5 - 4.0 * node.hops_away, last_heard=int(at) - 60 * (index + 1),
-        user=_user(node.num, node.long_name, node.short_name, HW_REMOTE[index % len(HW_REMOTE)]))
+        user=_user(node.num, node.long_name, node.short_name, HW_REMOTE[index % len(HW_REMOTE)],
+                   has_key=node.has_key))
     info.hops_away = node.hops_away  # optional field: present even when 0
     return info
 
