@@ -26,8 +26,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,17 +34,20 @@ from kosmo.clock import iso
 from kosmo.delivery import Report, Status
 from kosmo.domain import parse_node_id, parse_uuid
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.wire_json import MAX_PAYLOAD as MAX_PAYLOAD  # the JSON rules: kosmo/wire_json.py
+from kosmo.wire_json import BadPayload as BadPayload
+from kosmo.wire_json import dumps as _dumps
+from kosmo.wire_json import epoch as _epoch
+from kosmo.wire_json import json_object as _object
+from kosmo.wire_json import packet_id as _packet_id
+from kosmo.wire_json import storable as _storable
+from kosmo.wire_json import text_field as _text_field
+from kosmo.wire_json import timestamp as _timestamp
 
-MAX_PAYLOAD = 4096  # bytes; a larger MQTT payload is dead-lettered unread
 MAX_INBOUND_TEXT = 1024  # bytes of UTF-8; radio texts are far smaller
 MAX_REASON = 64  # characters of a failure reason that are kept
-_ID_MAX = 2**32 - 1  # Meshtastic packet ids are 32-bit
 _REPORTED = {"transmitted": Status.TRANSMITTED, "delivered": Status.DELIVERED,
              "failed": Status.FAILED}
-
-
-class BadPayload(ValueError):
-    """The payload cannot be used; ``str()`` is the reason kept with the dead letter."""
 
 
 class BadOutbound(BadPayload):
@@ -87,109 +88,7 @@ def parse_bridge_id(topic: str) -> str:
     return parts[-2]
 
 
-# --- JSON, times and text ---------------------------------------------------------------------
-
-def _dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _not_json(literal: str) -> Any:
-    raise BadPayload(f"payload is not JSON: {literal} is not a JSON number")
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise BadPayload(f"number {literal[:20]} is out of range")
-    return value
-
-
-def _object(payload: bytes, *, strict: bool = True,
-            bad: type[BadPayload] = BadPayload) -> dict[str, Any]:
-    """The payload as a JSON object. ``strict`` (the gateway): no NaN, Infinity or number
-    beyond a float, and the reason tells UTF-8 from JSON. Not strict: the bridge's reading."""
-    if len(payload) > MAX_PAYLOAD:
-        raise bad(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
-    try:
-        text = payload.decode("utf-8")
-        data = (json.loads(text, parse_constant=_not_json, parse_float=_finite) if strict
-                else json.loads(text))
-    except UnicodeDecodeError:
-        raise bad("payload is not UTF-8" if strict else "payload is not UTF-8 JSON") from None
-    except BadPayload:
-        raise
-    except (ValueError, RecursionError):
-        raise bad("payload is not JSON" if strict else "payload is not UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise bad("payload is not a JSON object")
-    return data
-
-
-def _storable(text: str) -> bool:
-    """No NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8)."""
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
-
-
-def _text_field(data: dict[str, Any], name: str, *, limit: int = 64,
-                required: bool = True) -> str | None:
-    value = data.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise BadPayload(f"{name} must be a string of 1..{limit} characters")
-    if not _storable(value):
-        raise BadPayload(f"{name} contains NUL or a lone surrogate")
-    return value
-
-
-def _packet_id(data: dict[str, Any], name: str, *, required: bool) -> int | None:
-    value = data.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _ID_MAX:
-        raise BadPayload(f"{name} must be an integer 0..{_ID_MAX}")
-    return value
-
-
-def _timestamp(data: dict[str, Any], name: str) -> datetime:
-    """A time as the gateway reads it: aware, in UTC, within the years 1-9999."""
-    value = data.get(name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise BadPayload(f"{name} is out of range") from None
-    if isinstance(value, str):
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadPayload(f"{name} is not an ISO 8601 time") from None
-        if at.tzinfo is not None:
-            try:
-                return at.astimezone(UTC)
-            except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
-                raise BadPayload(f"{name} is out of range") from None
-    raise BadPayload(f"{name} must be an ISO 8601 time with an offset, or epoch seconds")
-
-
-def _epoch(value: object) -> float | None:
-    """A time as the bridge reads it: finite epoch seconds, or None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int beyond any float
-            return None
-        # NaN would be stored as NULL by SQLite; neither it nor Infinity is a time.
-        return seconds if math.isfinite(seconds) else None
-    if isinstance(value, str):
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if at.tzinfo is not None:
-            return at.timestamp()
-    return None
-
+# --- text -------------------------------------------------------------------------------------
 
 def inbound_text_problem(text: str) -> str | None:
     """Why the gateway would not take ``text`` as a reply, or None when it would."""
@@ -347,3 +246,4 @@ def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:
     if state not in ("online", "offline"):
         raise BadPayload("state must be online or offline")
     return BridgeState(bridge_id, state, {k: v for k, v in data.items() if k != "state"})
+
