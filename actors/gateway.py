@@ -60,12 +60,13 @@ class Running:
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
-    """What the gateway consumes. Reports and replies may be shared among gateway processes;
-    bridge states are retained messages, which shared subscriptions do not deliver."""
+    """What the gateway consumes. Reports, replies and nodes heard may be shared among gateway
+    processes (each is stored once in the database they share); bridge states are retained
+    messages, which shared subscriptions do not deliver."""
     root, group = settings.mqtt_topic_root, settings.mqtt_shared_group
     shared = f"$share/{group}/" if group else ""
     return [(shared + wire.status_topic(root), 1), (shared + wire.inbound_topic(root), 1),
-            (wire.bridge_state_topic(root), 1)]
+            (shared + wire.heard_topic(root), 1), (wire.bridge_state_topic(root), 1)]
 
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,

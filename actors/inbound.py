@@ -1,16 +1,18 @@
-"""The inbound consumer: delivery reports, replies from the mesh and bridge states, from MQTT.
+"""The inbound consumer: delivery reports, replies, nodes heard and bridge states, from MQTT.
 
 Rules:
 - It takes every MQTT message waiting (up to ``max_batch``) and handles them together:
   delivery reports go through the ledger (state machine, refunds), replies are stored and
-  threaded in one transaction with the batch's dead letters.
+  threaded, and nodes heard stored in coverage (kosmo/coverage_store.py), in one transaction
+  with the batch's dead letters.
 - A message is acknowledged to the broker only after what it carried is committed, so a crash
   or a database outage loses nothing: unacknowledged QoS 1 messages come again. While the
   database is down the batch is retried with backoff, and nothing further is consumed.
 - Bad input (over 4 KiB, not UTF-8 JSON, wrong fields, an unknown message id) never stops the
   actor: it is logged once with its reason, counted and kept in ``dead_letters``. Its good
   neighbours in the batch are stored as usual.
-- Bridge states (retained) are kept in memory, latest per bridge; ``bridges()`` returns a copy.
+- Bridge states (retained) are kept in memory, latest per bridge; ``bridges()`` returns a copy,
+  with the number of nodes each has heard read from the database (left out while it is down).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from actors.mqtt import MqttInbound
 from kosmo import wire
 from kosmo.channels import take_waiting
 from kosmo.clock import iso, utcnow
+from kosmo.coverage_store import nodes_heard, store_coverage
 from kosmo.db import Database, DatabaseUnavailable
-from kosmo.inbound_store import DeadLetter, store_inbound
+from kosmo.events import Event
+from kosmo.inbound_store import DeadLetter, Stored, store_inbound
 from kosmo.ledger_store import Applied
 from kosmo.messages import StatusReport
 
@@ -62,9 +66,16 @@ class InboundConsumer:
         self.dead_letters = 0
         self.stored = 0
 
-    def bridges(self) -> list[dict[str, Any]]:
+    async def bridges(self) -> list[dict[str, Any]]:
+        known = sorted(self._bridges.items())
+        try:
+            heard = await self._db.run(nodes_heard, [bridge_id for bridge_id, _ in known])
+        except DatabaseUnavailable:
+            heard = None
         return [{**b.info, "bridge_id": bridge_id, "state": b.state,
-                 "last_seen": iso(b.last_seen)} for bridge_id, b in sorted(self._bridges.items())]
+                 "last_seen": iso(b.last_seen)}
+                | ({} if heard is None else {"nodes_heard": heard.get(bridge_id, 0)})
+                for bridge_id, b in known]
 
     async def run(self, receive: trio.MemoryReceiveChannel[MqttInbound], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,6 +101,7 @@ class InboundConsumer:
     async def _handle(self, batch: list[MqttInbound]) -> None:
         reports: list[tuple[MqttInbound, StatusReport]] = []
         packets: list[wire.InboundPacket] = []
+        heard: list[wire.HeardReport] = []
         dead: list[DeadLetter] = []
         for message in batch:
             try:
@@ -97,6 +109,8 @@ class InboundConsumer:
                     reports.append((message, wire.parse_status(message.payload)))
                 elif message.topic == self._inbound_topic:
                     packets.append(wire.parse_inbound(message.payload))
+                elif wire.is_heard_topic(message.topic):
+                    heard.append(wire.parse_heard(message.topic, message.payload))
                 else:
                     self._bridge_state(message)
             except wire.BadPayload as exc:
@@ -123,9 +137,9 @@ class InboundConsumer:
                 log.info("message %s to node %s: %s report from bridge %s", item.message_id,
                          outcome.node_id, item.report.status, item.bridge_id)
 
-        if packets or dead:
+        if packets or dead or heard:
             async with self._events.in_commit_order() as publish:
-                stored, events = await self._db.run(store_inbound, packets, dead,
+                stored, events = await self._db.run(_store, packets, heard, dead,
                                                     self._clock(), self._window)
                 await publish(events)
             for reply in stored:
@@ -148,3 +162,11 @@ class InboundConsumer:
         log.warning("dead letter on %s: %s", message.topic, reason)
         # Kept for inspection, but never more than the largest payload we would have read.
         return DeadLetter(message.topic, message.payload[:wire.MAX_PAYLOAD], reason)
+
+
+def _store(conn: Any, packets: list[wire.InboundPacket], heard: list[wire.HeardReport],
+           dead: list[DeadLetter], now: datetime, window: float
+           ) -> tuple[list[Stored], list[Event]]:
+    """One transaction for what a batch carried: coverage, then replies and dead letters."""
+    store_coverage(conn, heard, now)
+    return store_inbound(conn, packets, dead, now, window)

@@ -20,6 +20,9 @@ Supervision policy:
   twice: the gateway takes reports and replies idempotently).
 - State: ``{root}/bridge/{id}/state`` is published retained on every (re)connect and on each
   change (queue depth, radio link, estimated wait), at most about once a second.
+- Coverage: the radio's node database at each connect of the radio, and the sender of every
+  packet it receives, go to ``{root}/bridge/{id}/heard`` at most once a second
+  (bridge/coverage.py).
 - Stop by deadline (well within 5 s): stop handing texts to the radio and let a hand-over in
   progress finish (<= 1.5 s), publish the retained ``offline`` state (<= 1 s), then cancel;
   the MQTT actor closes in <= 1 s and the radio link in <= 2 s, side by side.
@@ -38,6 +41,7 @@ import trio
 
 from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
 from bridge.config import BridgeSettings
+from bridge.coverage import CoverageReporter, node_db_heard
 from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.store import OutboxItem, Store
@@ -92,7 +96,7 @@ class Bridge:
 
     def __init__(self, settings: BridgeSettings, bridge_id: str, *, radio: Radio,
                  sender: Sender, mqtt: MqttActor, report: StatusReports,
-                 wake: Wakeups) -> None:
+                 wake: Wakeups, coverage: CoverageReporter) -> None:
         self.settings = settings
         self.bridge_id = bridge_id
         self.ready = False  # True once it serves (the radio connected, the broker subscribed)
@@ -101,11 +105,17 @@ class Bridge:
         self.mqtt = mqtt
         self._report = report
         self._wake = wake
+        self.coverage = coverage
 
     def radio_changed(self) -> None:
-        """The radio link came or went: the sender and the retained state follow."""
+        """The radio link came or went: the sender, the retained state and coverage follow."""
         self.sender.wake()
         self._wake.state.set()
+        link = self.radio.link
+        if link is not None:  # a new link: the library has just downloaded the node database
+            self.coverage.own_node_id = link.info.node_id
+            nodes = getattr(link.iface, "nodesByNum", None) or {}  # None before a config
+            self.coverage.observe_all(node_db_heard(list(nodes.values())))
 
     async def stop(self, state_topic: str) -> None:
         log.info("bridge %s stopping", self.bridge_id)
@@ -232,10 +242,14 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
                 subscriptions=[(wire.outbound_filter(s.mqtt_topic_root), 1)],
                 inbound=received_send,
                 will=(state_topic, wire.state_payload("offline"), 1, True))
+            coverage = CoverageReporter(mqtt, wire.heard_topic(s.mqtt_topic_root, bridge_id))
             bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
-                            wake=wake)
+                            wake=wake, coverage=coverage)
             radio.changed = bridge.radio_changed  # no task waited on a link change before
+            radio.heard = coverage.observe
+            bridge.radio_changed()  # the node database of a link that came before
             await nursery.start(mqtt.run)
+            nursery.start_soon(coverage.run)
             nursery.start_soon(bridge.run_intake, db, received)
             nursery.start_soon(bridge.run_outbox, db)
             nursery.start_soon(bridge.run_state, state_topic)

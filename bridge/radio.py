@@ -21,6 +21,7 @@ Rules:
   bounded by ``close_timeout``, and a new interface is connected. The library's own TCP
   reconnect (it re-opens the socket once after EOF) is left alone: when it succeeds the link
   simply goes on.
+- Each received packet's sender goes to ``heard`` in the Trio thread (bridge/coverage.py).
 - Each connect reads what the radio says about itself (node, region, modem preset, queue
   size: bridge/radio_info.py) into the link's ``info``.
 - ``serial:auto`` picks the one Meshtastic serial port found; none or several is a failed
@@ -53,13 +54,17 @@ from typing import Any
 
 import trio
 
+from bridge.coverage import packet_heard
 from bridge.radio_info import RadioInfo, radio_info
+from kosmo.clock import utcnow
+from kosmo.wire import Heard
 
 log = logging.getLogger(__name__)
 
 TOPIC_ROUTING = "meshtastic.receive.routing"
 TOPIC_TEXT = "meshtastic.receive.text"
 TOPIC_LOST = "meshtastic.connection.lost"
+TOPIC_RECEIVE = "meshtastic.receive"  # every packet received: the parent of text and routing
 
 
 class RadioUnavailable(Exception):
@@ -168,6 +173,7 @@ class Radio:
         self._token: trio.lowlevel.TrioToken | None = None
         self._dead: set[int] = set()  # epochs whose connection the library reported lost
         self.changed: Callable[[], None] = lambda: None  # called when a link comes or goes
+        self.heard: Callable[[Heard | None], None] = lambda _: None  # a packet's sender
 
     @property
     def link(self) -> Link | None:
@@ -250,7 +256,7 @@ class Radio:
 
     def _listeners(self) -> list[tuple[Callable[..., None], str]]:
         return [(self._on_routing, TOPIC_ROUTING), (self._on_text, TOPIC_TEXT),
-                (self._on_lost, TOPIC_LOST)]
+                (self._on_lost, TOPIC_LOST), (self._on_packet, TOPIC_RECEIVE)]
 
     def _drop(self, link: Link) -> None:
         if self._link is link:
@@ -371,15 +377,21 @@ class Radio:
                                    int(packet.get("id", 0)), text,
                                    int(reply_id) if reply_id else None))
 
+    def _on_packet(self, packet: dict[str, Any], interface: Any) -> None:
+        if self._epoch_of(interface) is not None:
+            self._run_sync(self.heard, packet_heard(packet, utcnow()))
+
     def _on_lost(self, interface: Any) -> None:
-        epoch = self._epoch_of(interface)
+        if (epoch := self._epoch_of(interface)) is not None:
+            self._run_sync(self._lost, epoch)
+
+    def _run_sync(self, fn: Callable[[Any], None], arg: Any) -> None:
         token = self._token
-        if epoch is None or token is None:
-            return
-        try:
-            trio.from_thread.run_sync(self._lost, epoch, trio_token=token)
-        except trio.RunFinishedError:
-            pass
+        if token is not None:
+            try:
+                trio.from_thread.run_sync(fn, arg, trio_token=token)
+            except trio.RunFinishedError:
+                pass
 
     def _lost(self, epoch: int) -> None:
         self._dead = {e for e in self._dead if e >= self._epoch - 1} | {epoch}

@@ -4,6 +4,7 @@
     status report      bridge -> gateway    status_payload     parse_status
     inbound text       bridge -> gateway    inbound_payload    parse_inbound
     bridge state       bridge -> gateway    state_payload      parse_bridge_state (retained)
+    nodes heard        bridge -> gateway    heard_payloads     parse_heard (chunked)
 
 Rules:
 - Every topic starts with the configured root (``kosmo`` by default).
@@ -20,14 +21,17 @@ Rules:
   1-9999 in UTC, and NUL or lone surrogates in text it stores. The bridge reads any JSON Python
   reads, takes NUL in a text (harmless on the air), refuses lone surrogates, and reads
   ``expires_at`` as finite epoch seconds of any size.
+- Nodes heard are written in chunks (``heard_payloads``), each within the 4 KiB limit and
+  complete in itself, so a node database of hundreds of nodes needs no larger limit and the
+  reader needs no reassembly. Each node's ``last_heard`` is read like ``at`` in a report: a
+  time later than its arrival counts as the arrival.
 - The text rule for replies (``inbound_text_ok``) is the gateway's: the bridge checks it before
   it publishes, so no reply it sends becomes a dead letter.
 """
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,17 +40,22 @@ from kosmo.clock import iso
 from kosmo.delivery import Report, Status
 from kosmo.domain import parse_node_id, parse_uuid
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.wire_json import MAX_PAYLOAD as MAX_PAYLOAD  # the JSON rules: kosmo/wire_json.py
+from kosmo.wire_json import BadPayload as BadPayload
+from kosmo.wire_json import dumps as _dumps
+from kosmo.wire_json import epoch as _epoch
+from kosmo.wire_json import json_object as _object
+from kosmo.wire_json import packet_id as _packet_id
+from kosmo.wire_json import storable as _storable
+from kosmo.wire_json import text_field as _text_field
+from kosmo.wire_json import timestamp as _timestamp
 
-MAX_PAYLOAD = 4096  # bytes; a larger MQTT payload is dead-lettered unread
 MAX_INBOUND_TEXT = 1024  # bytes of UTF-8; radio texts are far smaller
 MAX_REASON = 64  # characters of a failure reason that are kept
-_ID_MAX = 2**32 - 1  # Meshtastic packet ids are 32-bit
+MAX_HOPS = 7  # Meshtastic's largest hop limit
+MAX_SNR = 100.0  # dB, either sign; real radios report about -25 to +20
 _REPORTED = {"transmitted": Status.TRANSMITTED, "delivered": Status.DELIVERED,
              "failed": Status.FAILED}
-
-
-class BadPayload(ValueError):
-    """The payload cannot be used; ``str()`` is the reason kept with the dead letter."""
 
 
 class BadOutbound(BadPayload):
@@ -80,116 +89,23 @@ def bridge_state_topic(root: str, bridge_id: str = "+") -> str:
     return f"{root}/bridge/{bridge_id}/state"
 
 
-def parse_bridge_id(topic: str) -> str:
+def heard_topic(root: str, bridge_id: str = "+") -> str:
+    return f"{root}/bridge/{bridge_id}/heard"
+
+
+def is_heard_topic(topic: str) -> bool:
     parts = topic.split("/")
-    if len(parts) < 3 or parts[-1] != "state" or parts[-3] != "bridge" or not parts[-2]:
-        raise BadPayload("not a bridge state topic")
+    return len(parts) >= 3 and parts[-1] == "heard" and parts[-3] == "bridge"
+
+
+def parse_bridge_id(topic: str, leaf: str = "state") -> str:
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[-1] != leaf or parts[-3] != "bridge" or not parts[-2]:
+        raise BadPayload(f"not a bridge {leaf} topic")
     return parts[-2]
 
 
-# --- JSON, times and text ---------------------------------------------------------------------
-
-def _dumps(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _not_json(literal: str) -> Any:
-    raise BadPayload(f"payload is not JSON: {literal} is not a JSON number")
-
-
-def _finite(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise BadPayload(f"number {literal[:20]} is out of range")
-    return value
-
-
-def _object(payload: bytes, *, strict: bool = True,
-            bad: type[BadPayload] = BadPayload) -> dict[str, Any]:
-    """The payload as a JSON object. ``strict`` (the gateway): no NaN, Infinity or number
-    beyond a float, and the reason tells UTF-8 from JSON. Not strict: the bridge's reading."""
-    if len(payload) > MAX_PAYLOAD:
-        raise bad(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
-    try:
-        text = payload.decode("utf-8")
-        data = (json.loads(text, parse_constant=_not_json, parse_float=_finite) if strict
-                else json.loads(text))
-    except UnicodeDecodeError:
-        raise bad("payload is not UTF-8" if strict else "payload is not UTF-8 JSON") from None
-    except BadPayload:
-        raise
-    except (ValueError, RecursionError):
-        raise bad("payload is not JSON" if strict else "payload is not UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise bad("payload is not a JSON object")
-    return data
-
-
-def _storable(text: str) -> bool:
-    """No NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8)."""
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
-
-
-def _text_field(data: dict[str, Any], name: str, *, limit: int = 64,
-                required: bool = True) -> str | None:
-    value = data.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise BadPayload(f"{name} must be a string of 1..{limit} characters")
-    if not _storable(value):
-        raise BadPayload(f"{name} contains NUL or a lone surrogate")
-    return value
-
-
-def _packet_id(data: dict[str, Any], name: str, *, required: bool) -> int | None:
-    value = data.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _ID_MAX:
-        raise BadPayload(f"{name} must be an integer 0..{_ID_MAX}")
-    return value
-
-
-def _timestamp(data: dict[str, Any], name: str) -> datetime:
-    """A time as the gateway reads it: aware, in UTC, within the years 1-9999."""
-    value = data.get(name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise BadPayload(f"{name} is out of range") from None
-    if isinstance(value, str):
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadPayload(f"{name} is not an ISO 8601 time") from None
-        if at.tzinfo is not None:
-            try:
-                return at.astimezone(UTC)
-            except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
-                raise BadPayload(f"{name} is out of range") from None
-    raise BadPayload(f"{name} must be an ISO 8601 time with an offset, or epoch seconds")
-
-
-def _epoch(value: object) -> float | None:
-    """A time as the bridge reads it: finite epoch seconds, or None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int beyond any float
-            return None
-        # NaN would be stored as NULL by SQLite; neither it nor Infinity is a time.
-        return seconds if math.isfinite(seconds) else None
-    if isinstance(value, str):
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if at.tzinfo is not None:
-            return at.timestamp()
-    return None
-
+# --- text -------------------------------------------------------------------------------------
 
 def inbound_text_problem(text: str) -> str | None:
     """Why the gateway would not take ``text`` as a reply, or None when it would."""
@@ -347,3 +263,93 @@ def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:
     if state not in ("online", "offline"):
         raise BadPayload("state must be online or offline")
     return BridgeState(bridge_id, state, {k: v for k, v in data.items() if k != "state"})
+
+
+# --- nodes heard: bridge -> gateway, in chunks ------------------------------------------------
+
+@dataclass(frozen=True)
+class Heard:
+    """One node the bridge's radio heard: when last, how well and how far, when known."""
+
+    node_id: str  # !xxxxxxxx, lower case
+    last_heard: datetime
+    snr: float | None = None  # dB, to 0.01 dB (radios report quarters)
+    hops_away: int | None = None  # 0: a direct neighbour
+
+
+@dataclass(frozen=True)
+class HeardReport:
+    bridge_id: str  # from the topic
+    nodes: tuple[Heard, ...]
+
+
+def _heard_entry(node: Heard) -> bytes:
+    body: dict[str, Any] = {"node_id": node.node_id, "last_heard": iso(node.last_heard)}
+    if node.snr is not None:
+        body["snr"] = round(float(node.snr), 2)
+    if node.hops_away is not None:
+        body["hops_away"] = node.hops_away
+    return _dumps(body)
+
+
+def heard_payloads(nodes: Iterable[Heard]) -> list[bytes]:
+    """The observations as few payloads as fit, each at most ``MAX_PAYLOAD`` bytes, in order
+    (one holds about 45 nodes). Each payload stands alone: the reader needs no other chunk."""
+    head, tail = b'{"nodes":[', b"]}"
+    payloads: list[bytes] = []
+    chunk: list[bytes] = []
+    size = len(head) + len(tail)
+    for entry in map(_heard_entry, nodes):
+        if chunk and size + 1 + len(entry) > MAX_PAYLOAD:
+            payloads.append(head + b",".join(chunk) + tail)
+            chunk, size = [], len(head) + len(tail)
+        size += len(entry) + (1 if chunk else 0)
+        chunk.append(entry)
+    if chunk:
+        payloads.append(head + b",".join(chunk) + tail)
+    return payloads
+
+
+def _snr(entry: dict[str, Any]) -> float | None:
+    value = entry.get("snr")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not -MAX_SNR <= value <= MAX_SNR:
+        raise BadPayload(f"snr must be a number from -{MAX_SNR:g} to {MAX_SNR:g}")
+    return round(float(value), 2)  # no SNR is finer; and no underflow in the database
+
+
+def _hops(entry: dict[str, Any]) -> int | None:
+    value = entry.get("hops_away")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HOPS:
+        raise BadPayload(f"hops_away must be an integer 0..{MAX_HOPS}")
+    return value
+
+
+def parse_heard(topic: str, payload: bytes) -> HeardReport:
+    """A chunk of nodes heard. A ``last_heard`` later than its arrival is read as the arrival
+    (a radio's clock may run ahead, or be unset and read as any time)."""
+    bridge_id = parse_bridge_id(topic, "heard")
+    if len(bridge_id) > 64 or not _storable(bridge_id):
+        raise BadPayload("bridge id in the topic must be 1..64 characters without NUL")
+    data = _object(payload)
+    entries = data.get("nodes")
+    if not isinstance(entries, list):
+        raise BadPayload("nodes must be a list")
+    now = datetime.now(UTC)
+    nodes: list[Heard] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BadPayload(f"nodes[{i}] is not an object")
+        node_id = parse_node_id(entry.get("node_id"))
+        if node_id is None:
+            raise BadPayload(f"nodes[{i}].node_id must be ! and 8 hex digits")
+        try:
+            at = min(_timestamp(entry, "last_heard"), now)
+            nodes.append(Heard(node_id, at, _snr(entry), _hops(entry)))
+        except BadPayload as exc:
+            raise BadPayload(f"nodes[{i}].{exc}") from None
+    return HeardReport(bridge_id, tuple(nodes))

@@ -4,9 +4,10 @@
   ever return a usable value or raise their documented error (``BadPayload``, ``BadOutbound``);
   what they return can be stored (PostgreSQL text: no NUL, no lone surrogate) and published.
 - The gateway's inbound consumer (``{root}/mesh/status``, ``{root}/mesh/inbound``,
-  ``{root}/bridge/+/state``) takes a batch of generated payloads without dying or logging an
-  ERROR, dead-letters exactly the unusable ones, and still handles a good report, reply and
-  bridge state afterwards.
+  ``{root}/bridge/+/state``, ``{root}/bridge/+/heard``) takes a batch of generated payloads
+  without dying or logging an ERROR, dead-letters exactly the unusable ones, stores a coverage
+  row for every (bridge, node) the usable nodes-heard reports name, and still handles a good
+  report, reply, bridge state and nodes-heard report afterwards.
 - The bridge (``{root}/mesh/outbound/{node_id}``) takes a batch of generated payloads and still
   puts a good message on the (simulated) air afterwards.
 
@@ -171,6 +172,16 @@ state_objects = shaped(
     {"state": json_values | st.sampled_from(["confused", "", "ONLINE"]),
      "version": json_values})
 
+heard_entries = shaped(
+    {"node_id": good_nodes, "last_heard": good_times,
+     "snr": st.none() | st.floats(-100, 100) | st.sampled_from([1e-300, -5e-324, -100, 100]),
+     "hops_away": st.none() | st.integers(0, 7)},
+    {"node_id": bad_nodes, "last_heard": bad_times,
+     "snr": json_values | floats | huge_ints | st.sampled_from([100.5, -101, True, "5"]),
+     "hops_away": bad_packet_ids | st.sampled_from([8, -1, True, 1.0, 2**63])})
+heard_objects = st.fixed_dictionaries(
+    {"nodes": st.lists(heard_entries, max_size=6) | json_values})
+
 
 def outbound_objects(node: str) -> st.SearchStrategy[dict[str, Any]]:
     """An outbound message as published on ``.../outbound/{node}``."""
@@ -212,8 +223,11 @@ junk = st.one_of(
 def gateway_messages(draw: st.DrawFn, root: str, known_ids: list[str]) -> tuple[str, bytes]:
     """(topic, payload) for the gateway: mostly a payload shaped for its topic, some junk,
     some on topics next to the subscribed ones."""
-    kind = draw(st.sampled_from(["status"] * 4 + ["inbound"] * 4 + ["state"] * 2 + ["near"]))
-    if kind == "status":
+    kind = draw(st.sampled_from(["status"] * 4 + ["inbound"] * 4 + ["state"] * 2
+                                + ["heard"] * 2 + ["near"]))
+    if kind == "heard":
+        topic, objects = wire.heard_topic(root, draw(bridge_ids)), heard_objects
+    elif kind == "status":
         topic, objects = wire.status_topic(root), status_objects(known_ids)
     elif kind == "inbound":
         topic, objects = wire.inbound_topic(root), inbound_objects
@@ -223,7 +237,8 @@ def gateway_messages(draw: st.DrawFn, root: str, known_ids: list[str]) -> tuple[
         topic, objects = draw(st.sampled_from([
             f"{root}/mesh/status/x", f"{root}/mesh/statusx", f"{root}/mesh",
             f"{root}/mesh/inbound/!a1b2c3d4", f"{root}/bridge/a/b/state",
-            f"{root}/bridge/x/stat", f"{root}/bridge//state"])), inbound_objects
+            f"{root}/bridge/x/stat", f"{root}/bridge//state", f"{root}/bridge/a/b/heard",
+            f"{root}/bridge/heard"])), inbound_objects
     if draw(st.sampled_from([True] + [False] * 4)):
         return topic, draw(junk)
     if draw(st.sampled_from([True] + [False] * 7)):  # the shape of another topic
@@ -300,6 +315,10 @@ def strict_json(value: Any) -> str:
 
 # --- the pure parsers -------------------------------------------------------------------------
 
+heard_topics = st.one_of(
+    bridge_ids.map(lambda b: f"kosmo/bridge/{b}/heard"),
+    st.text(any_char, max_size=70).map(lambda b: f"kosmo/bridge/{b}/heard"),
+    st.sampled_from(["kosmo/bridge//heard", "kosmo/bridge/x/state", "heard", ""]))
 state_topics = st.one_of(
     bridge_ids.map(lambda b: f"kosmo/bridge/{b}/state"), st.text(max_size=70).map(
         lambda b: f"kosmo/bridge/{b}/state"),
@@ -341,6 +360,31 @@ def test_gateway_parsers_return_usable_values_or_raise_bad_payload(
 
 
 @PURE
+@given(st.tuples(heard_topics, encoded(heard_objects) | junk))
+def test_parse_heard_returns_storable_nodes_or_raises_bad_payload(
+        published: tuple[str, bytes]):
+    topic, payload = published
+    report = outcome(wire.parse_heard, topic, payload, error=wire.BadPayload)
+    if isinstance(report, wire.BadPayload):
+        assert str(report)
+        return
+    assert 1 <= len(report.bridge_id) <= 64
+    assert storable(report.bridge_id)
+    for node in report.nodes:
+        assert NODE_ID.fullmatch(node.node_id), node.node_id
+        assert node.last_heard.tzinfo is not None
+        assert node.last_heard <= datetime.now(UTC)
+        assert node.snr is None or (type(node.snr) is float and -100 <= node.snr <= 100
+                                    and node.snr == round(node.snr, 2))
+        assert node.hops_away is None or (type(node.hops_away) is int
+                                          and 0 <= node.hops_away <= 7)
+    # What the gateway read, the bridge's encoder writes again, and it reads the same.
+    again = [n for p in wire.heard_payloads(report.nodes)
+             for n in wire.parse_heard(topic, p).nodes]
+    assert again == list(report.nodes)
+
+
+@PURE
 @given(outbound_messages("kosmo") | st.tuples(st.text(any_char, max_size=40), junk))
 def test_parse_outbound_returns_a_sendable_message_or_raises_bad_outbound(
         published: tuple[str, bytes]):
@@ -375,6 +419,9 @@ def expected_dead_letter(root: str, topic: str, payload: bytes, known: set[uuid.
             wire.parse_inbound(payload)
             return False
         parts = topic.split("/")
+        if len(parts) == 4 and parts[1] == "bridge" and parts[3] == "heard":  # subscribed
+            wire.parse_heard(topic, payload)
+            return False
         if len(parts) == 4 and parts[1] == "bridge" and parts[3] == "state":  # subscribed
             if payload:
                 wire.parse_bridge_state(topic, payload)
@@ -435,6 +482,7 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
     known_ids = {uuid.UUID(k) for k in known}
     dead = sum(expected_dead_letter(topic_root, t, p, known_ids) for t, p in batch)
     replies = set()
+    covered: set[tuple[str, str]] = set()
     for topic, payload in batch:
         if topic == wire.inbound_topic(topic_root):
             try:
@@ -442,6 +490,10 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
             except wire.BadPayload:
                 continue
             replies.add((packet.from_node_id, packet.packet_id))
+        elif wire.is_heard_topic(topic) and not expected_dead_letter(topic_root, topic, payload,
+                                                                     known_ids):
+            report = wire.parse_heard(topic, payload)
+            covered |= {(report.bridge_id, n.node_id) for n in report.nodes}
 
     def publish_all() -> None:
         for topic, payload in batch:
@@ -454,6 +506,8 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
     link.status(marker, "transmitted", packet_id=4_000_000_001)
     link.reply("!0badf00d", "still here", 4_000_000_002)
     link.state("online", bridge_id="!b00000ff", retain=False)
+    link.publish(wire.heard_topic(topic_root, "!b00000ff"), wire.heard_payloads(
+        [wire.Heard("!0badf00d", datetime.now(UTC), 1.25, 2)])[0])
     await wait_for(lambda: db_value(sql, "SELECT status FROM messages WHERE id = %s",
                                     marker) == "transmitted")
     await wait_for(lambda: db_value(sql, "SELECT count(*) FROM messages WHERE direction ="
@@ -475,6 +529,8 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
     assert db_value(sql, "SELECT max(length(payload)) FROM dead_letters") <= wire.MAX_PAYLOAD
     inbound = db_value(sql, "SELECT count(*) FROM messages WHERE direction = 'inbound'")
     assert inbound == len(replies | {("!0badf00d", 4_000_000_002)})
+    coverage = {(b, n) for b, n in sql.execute("SELECT bridge_id, node_id FROM coverage")}
+    assert coverage == covered | {("!b00000ff", "!0badf00d")}
     assert (await gateway.client.get("/readyz")).status_code == 200
 
 

@@ -4,7 +4,8 @@
   over generated valid values (node ids, UUIDs, texts within the limits with non-ASCII, times
   to the microsecond, packet ids, optional fields left out or present). The bridge reads an
   outbound message as ``Outbound`` (``expires_at`` in epoch seconds; ``created_at`` is not
-  read), so that round trip ends in the ``Outbound`` the gateway's message stands for.
+  read), so that round trip ends in the ``Outbound`` the gateway's message stands for. Nodes
+  heard, any number of them, come back in order from chunks that each fit the limit.
 - Bytes: every payload is compact JSON with non-ASCII as is (what old gateways and bridges
   write and read).
 - The docs: the first example under each topic's heading in docs/mqtt.md is exactly what the
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -28,19 +30,25 @@ from kosmo.delivery import Report, Status
 from kosmo.domain import text_problem
 from kosmo.messages import NewMessage, StatusReport
 from kosmo.wire import (
+    MAX_HOPS,
     MAX_INBOUND_TEXT,
     MAX_PAYLOAD,
     MAX_REASON,
+    MAX_SNR,
     BridgeState,
+    Heard,
     InboundPacket,
     Outbound,
     bridge_state_topic,
+    heard_payloads,
+    heard_topic,
     inbound_payload,
     inbound_text_ok,
     inbound_topic,
     outbound_payload,
     outbound_topic,
     parse_bridge_state,
+    parse_heard,
     parse_inbound,
     parse_outbound,
     parse_status,
@@ -109,6 +117,13 @@ inbound_packets = st.builds(InboundPacket, node_ids, inbound_texts, packet_ids, 
                             wire_times, st.none() | st.integers(1, 2**32 - 1))
 bridge_states = st.builds(BridgeState, topic_levels, st.sampled_from(["online", "offline"]),
                           infos)
+# A node heard: its time is never later than its arrival (a later one is read as now).
+heard_nodes = st.builds(Heard, node_ids, report_times,
+                        st.none() | st.integers(-400, 400).map(lambda q: q / 4)
+                        | st.sampled_from([-MAX_SNR, MAX_SNR, 0.01, -0.0]),
+                        st.none() | st.integers(0, MAX_HOPS))
+heard_bridge_ids = st.text(st.characters(exclude_categories=("Cs",),
+                                         exclude_characters="/\x00"), min_size=1, max_size=64)
 
 
 # --- how each side writes -----------------------------------------------------------------------
@@ -176,6 +191,31 @@ def test_bridge_state_round_trip(root: str, state: BridgeState) -> None:
     assert parse_bridge_state(bridge_state_topic(root, state.bridge_id), payload) == state
 
 
+@PROPS
+@given(roots, heard_bridge_ids, st.lists(heard_nodes, max_size=150))
+def test_nodes_heard_round_trip_in_chunks_that_fit(root: str, bridge_id: str,
+                                                    nodes: list[Heard]) -> None:
+    payloads = heard_payloads(nodes)
+    read: list[Heard] = []
+    for payload in payloads:
+        assert_compact(payload)
+        report = parse_heard(heard_topic(root, bridge_id), payload)
+        assert report.bridge_id == bridge_id
+        assert report.nodes
+        read += report.nodes
+    assert read == nodes
+    # As few chunks as fit: no two neighbours would fit in one payload together.
+    for first, second in itertools.pairwise(payloads):
+        assert len(first) + len(second) - len(b'{"nodes":[]}') + 1 > MAX_PAYLOAD
+
+
+def test_hundreds_of_nodes_take_a_few_payloads() -> None:
+    at = datetime(2026, 11, 27, 14, 47, 12, 123456, tzinfo=UTC)
+    payloads = heard_payloads(Heard(f"!{n:08x}", at, -12.75, 7) for n in range(500))
+    assert 10 <= len(payloads) <= 12
+    assert all(len(p) <= MAX_PAYLOAD for p in payloads)
+
+
 def test_optional_fields_are_left_out_not_null() -> None:
     at = datetime(2026, 11, 27, 14, 47, 10, tzinfo=UTC)
     bare = json.loads(status_payload(str(uuid.uuid4()), "delivered", bridge_id="b", at=at))
@@ -187,6 +227,8 @@ def test_optional_fields_are_left_out_not_null() -> None:
     zero = inbound_payload("!a1b2c3d4", "x", packet_id=1, bridge_id="b", rx_time=at,
                            reply_to=0)
     assert parse_inbound(zero).reply_to_packet_id is None
+    heard = json.loads(heard_payloads([Heard("!a1b2c3d4", at)])[0])
+    assert heard == {"nodes": [{"node_id": "!a1b2c3d4", "last_heard": "2026-11-27T14:47:10Z"}]}
     # A reason is cut to what the gateway keeps.
     long = status_payload(str(uuid.uuid4()), "failed", bridge_id="b", at=at, reason="r" * 100)
     assert parse_status(long).report.reason == "r" * MAX_REASON
@@ -229,10 +271,11 @@ OUTBOUND = outbound_topic("{root}", "{node_id}")
 STATUS = status_topic("{root}")
 INBOUND = inbound_topic("{root}")
 STATE = bridge_state_topic("{root}", "{bridge_id}")
+HEARD = heard_topic("{root}", "{bridge_id}")
 
 
 def test_the_docs_show_one_example_per_topic() -> None:
-    assert set(EXAMPLES) == {OUTBOUND, STATUS, INBOUND, STATE}
+    assert set(EXAMPLES) == {OUTBOUND, STATUS, INBOUND, STATE, HEARD}
 
 
 def assert_written_as_shown(written: bytes, shown: bytes) -> None:
@@ -275,3 +318,12 @@ def test_bridge_state_example() -> None:
     state = parse_bridge_state(bridge_state_topic("kosmo", "pi-north"), shown)
     assert state.bridge_id == "pi-north"
     assert_written_as_shown(state_payload(state.state, state.info), shown)
+
+
+def test_nodes_heard_example() -> None:
+    topic, shown = EXAMPLES[HEARD]
+    assert topic == heard_topic("kosmo", "pi-north")
+    report = parse_heard(topic, shown)
+    assert report.bridge_id == "pi-north"
+    assert [shown] == heard_payloads(report.nodes)
+    assert_written_as_shown(heard_payloads(report.nodes)[0], shown)

@@ -174,7 +174,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @document_response(schemas.Health)
     @security_scheme([])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "bridges": services.bridges()}
+        return {"status": "ok", "bridges": await services.bridges()}
 
     @app.get("/readyz")
     @document_response(schemas.Health)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +11,10 @@ import trio
 from actors.events import EventBus
 from actors.ledger import Ledger
 from kosmo.db import Database
+
+
+async def _no_bridges() -> list[dict[str, Any]]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -22,4 +26,4 @@ class Services:
     broker_connected: Callable[[], bool]
     events: EventBus
     shutdown: trio.Event  # set when the gateway stops: long-lived connections close
-    bridges: Callable[[], list[dict[str, Any]]] = list  # latest state of each bridge
+    bridges: Callable[[], Awaitable[list[dict[str, Any]]]] = _no_bridges  # latest states
