@@ -316,9 +316,11 @@ class Conversations:
             started: list[Publication] = []
             failure: MqttUnavailable | None = None
             for message in pending:
+                assert message.bridge_id is not None, "only handed messages are published"
                 try:
                     started.append(self._start_publish(
-                        outbound_topic(self._root, message.node_id), outbound_payload(message)))
+                        outbound_topic(self._root, message.bridge_id, message.node_id),
+                        outbound_payload(message)))
                 except MqttUnavailable as exc:
                     failure = exc
                     break

@@ -18,7 +18,7 @@ What it does, in one run (see bench/README.md for how to read the figures):
    write), which a time scale of X turns into X times as many radio milliseconds. At 1x the
    figure is what a real radio gets; at 30x it is a lower bound.
    ``duty``: region EU_868 (10 % of each rolling hour), LONG_FAST, 200-byte texts; the limit
-   is 360 s of airtime an hour divided by one text's airtime (bridge/airtime.py). The bridge
+   is 360 s of airtime an hour divided by one text's airtime (kosmo/airtime.py). The bridge
    spends the first hour's budget in a burst, then sends as old sends leave the window, so
    only a window that starts an hour or more after the first send is a steady state: the
    figure is the count in the second hour (and the range over sliding one-hour windows that
@@ -73,11 +73,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from bridge import airtime  # noqa: E402
 from bridge.config import BridgeSettings  # noqa: E402
 from bridge.daemon import Bridge, run_bridge  # noqa: E402
 from bridge.radio import Device  # noqa: E402
 from bridge.sim import SimConfig, SimRadio, SimRadioServer, make_nodes  # noqa: E402
+from kosmo import airtime  # noqa: E402
 from kosmo.config import MqttEndpoint  # noqa: E402
 
 NODE = "!a1b2c3d4"  # the simulated mesh's first node: one relay away, it acknowledges
@@ -105,7 +105,7 @@ class Scenario:
 
     @property
     def text_airtime(self) -> float:
-        """What the bridge charges per text (its own formula, bridge/airtime.py)."""
+        """What the bridge charges per text (its own formula, kosmo/airtime.py)."""
         return airtime.text_airtime(self.params, self.text_bytes)
 
     @property
@@ -436,7 +436,7 @@ def report(args: argparse.Namespace, rounds: list[Round]) -> str:
         else:
             w(f"duty: region {sc.region} (10 % of each rolling hour = "
               f"{0.1 * airtime.DUTY_WINDOW:.0f} s), {sc.preset}, {sc.text_bytes}-byte texts "
-              f"({sc.text_airtime:.3f} s on air by bridge/airtime.py), radio at "
+              f"({sc.text_airtime:.3f} s on air by kosmo/airtime.py), radio at "
               f"{sc.time_scale:g}x; limit {sc.limit_per_min:.3f} texts/min "
               f"({60 * sc.limit_per_min:.1f}/h)")
         w(f"{'round':<7}{'texts':>6}{'span min':>9}{'texts/min':>10}{'ratio':>7}"

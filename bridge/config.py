@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.airtime import REGION_DUTY_PERCENT
 from bridge.radio import Device
 from kosmo import config as kosmo_config
+from kosmo.airtime import REGION_DUTY_PERCENT
 from kosmo.config import MqttEndpoint, Option, parse_duration, parse_topic_root
 
 

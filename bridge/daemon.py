@@ -134,7 +134,7 @@ class Bridge:
 
     async def run_intake(self, db: AsyncStore,
                          received: trio.MemoryReceiveChannel[MqttInbound]) -> None:
-        prefix = wire.outbound_filter(self.settings.mqtt_topic_root).rstrip("+")
+        prefix = wire.outbound_filter(self.settings.mqtt_topic_root, self.bridge_id).rstrip("+")
         async with received:
             async for first in received:
                 batch = take_waiting(received, [first], INTAKE_BATCH)
@@ -239,7 +239,7 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
             state_topic = wire.bridge_state_topic(s.mqtt_topic_root, bridge_id)
             mqtt = MqttActor(
                 s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
-                subscriptions=[(wire.outbound_filter(s.mqtt_topic_root), 1)],
+                subscriptions=[(wire.outbound_filter(s.mqtt_topic_root, bridge_id), 1)],
                 inbound=received_send,
                 will=(state_topic, wire.state_payload("offline"), 1, True))
             coverage = CoverageReporter(mqtt, wire.heard_topic(s.mqtt_topic_root, bridge_id))

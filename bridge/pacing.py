@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bridge.airtime import DUTY_WINDOW
+from kosmo.airtime import DUTY_WINDOW
 
 _EPSILON = 1e-9
 _AFTER = 1e-6  # "just after" an old send leaves the window, robust to float rounding

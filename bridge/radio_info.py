@@ -8,7 +8,7 @@ Rules:
   know reads ``UNKNOWN_<n>``. Airtime is costed with the preset's LoRa parameters, or the
   radio's own spreading factor, bandwidth and coding rate when it uses no preset (falling back
   to the preset, as the firmware does, when those are not valid). A preset unknown to the
-  bridge is costed as bridge/airtime.py says, with a warning.
+  bridge is costed as kosmo/airtime.py says, with a warning.
 - ``queue_max`` is the size of the radio's transmit queue as its QueueStatus reports it (None
   until it did), which bounds the texts in flight (bridge/sender.py).
 """
@@ -19,8 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import airtime
-from bridge.airtime import LoraParams
+from kosmo import airtime
+from kosmo.airtime import LoraParams
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from bridge import airtime
 from bridge.pacing import Pacer, PacingRules
 from bridge.radio import Link, Radio, RadioEvent, RadioUnavailable, RoutingResult
 from bridge.radio_info import RadioInfo
@@ -49,6 +48,7 @@ from bridge.rows import RowState
 from bridge.store import Change, OutboxItem, Reporter, Row, Store
 from bridge.timing import RadioClock, Wakeup
 from bridge.tracking import UNKNOWN_AFTER_RESTART, Flight, Next, Outcome, Phase, Tracker
+from kosmo import airtime
 from kosmo.clock import utcnow
 from kosmo.wire import inbound_payload, inbound_text_ok, inbound_topic
 

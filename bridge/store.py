@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge import rows
-from bridge.airtime import MAX_TEXT_BYTES
 from bridge.rows import RowState
+from kosmo.airtime import MAX_TEXT_BYTES
 from kosmo.wire import Outbound
 
 OutboxItem = tuple[str, bytes]  # (topic, payload)

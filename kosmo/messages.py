@@ -14,7 +14,8 @@ from kosmo.delivery import Report
 
 @dataclass(frozen=True)
 class NewMessage:
-    """A message the ledger accepted: what a conversation actor publishes."""
+    """A message the ledger accepted; once the dispatcher handed it to a bridge (``bridge_id``),
+    what a conversation actor publishes on that bridge's topic."""
 
     message_id: UUID
     user_id: UUID
@@ -22,6 +23,7 @@ class NewMessage:
     text: str
     created_at: datetime
     expires_at: datetime
+    bridge_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The MQTT contract (docs/mqtt.md): the topics, and every payload in both directions. No I/O.
 
-    outbound message   gateway -> bridges   outbound_payload   parse_outbound (the bridge)
+    outbound message   gateway -> a bridge  outbound_payload   parse_outbound (the bridge)
     status report      bridge -> gateway    status_payload     parse_status
     inbound text       bridge -> gateway    inbound_payload    parse_inbound
-    bridge state       bridge -> gateway    state_payload      parse_bridge_state (retained)
+    bridge state       bridge -> gateway    state_payload      parse_bridge_state (retained),
+                                                                parse_pace (its pace, credit)
     nodes heard        bridge -> gateway    heard_payloads     parse_heard (chunked)
 
 Rules:
@@ -68,13 +69,14 @@ class BadOutbound(BadPayload):
 
 # --- topics -----------------------------------------------------------------------------------
 
-def outbound_topic(root: str, node_id: str) -> str:
-    return f"{root}/mesh/outbound/{node_id}"
+def outbound_topic(root: str, bridge_id: str, node_id: str) -> str:
+    """Where the gateway hands one bridge a message for ``node_id``: each bridge has its own."""
+    return f"{root}/bridge/{bridge_id}/outbound/{node_id}"
 
 
-def outbound_filter(root: str) -> str:
-    """What a bridge subscribes to: the outbound messages for every node."""
-    return outbound_topic(root, "+")
+def outbound_filter(root: str, bridge_id: str) -> str:
+    """What a bridge subscribes to: the messages handed to it, for every node."""
+    return outbound_topic(root, bridge_id, "+")
 
 
 def status_topic(root: str) -> str:
@@ -254,6 +256,60 @@ class BridgeState:
 
 def state_payload(state: str, info: dict[str, Any] | None = None) -> bytes:
     return _dumps({"state": state, **(info or {})})
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What a bridge's state says of its radio's pace, for the gateway's schedule.
+
+    ``credit``: texts the bridge holds unsent at most (the gateway hands it no more);
+    ``min_gap_s``: real seconds between two texts' starts; ``duty_cycle``: the share of each
+    rolling ``window_s`` the radio may transmit (None: no limit) of which ``airtime_used_s`` is
+    spent; ``busy_s``: real seconds until the radio has sent what it holds; ``region`` and
+    ``modem_preset`` price a text's airtime (kosmo.airtime)."""
+
+    credit: int = 2
+    min_gap_s: float = 2.0
+    duty_cycle: float | None = None
+    window_s: float = 3600.0
+    airtime_used_s: float = 0.0
+    busy_s: float = 0.0
+    region: str = "UNSET"
+    modem_preset: str = "LONG_FAST"
+
+
+MAX_CREDIT = 64
+
+
+def _number(info: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = info.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not low <= value <= high:
+        raise BadPayload(f"{key} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def parse_pace(info: dict[str, Any]) -> Pace:
+    """The pace members of an ``online`` state (``BridgeState.info``); a member left out takes
+    its default (an older bridge says none of them: credit 2, one text per 2 s, no limit)."""
+    credit = info.get("credit", Pace.credit)
+    if isinstance(credit, bool) or not isinstance(credit, int) or not 1 <= credit <= MAX_CREDIT:
+        raise BadPayload(f"credit must be an integer 1..{MAX_CREDIT}")
+    duty = info.get("duty_cycle_percent")
+    if duty is not None:
+        duty = _number(info, "duty_cycle_percent", 100.0, 0.01, 100.0) / 100.0
+    region, preset = info.get("region", Pace.region), info.get("modem_preset", Pace.modem_preset)
+    if not isinstance(region, str) or not isinstance(preset, str):
+        raise BadPayload("region and modem_preset must be strings")
+    return Pace(credit=credit,
+                min_gap_s=_number(info, "min_gap_s", Pace.min_gap_s, 0.0, 3600.0),
+                duty_cycle=duty,
+                window_s=_number(info, "window_s", Pace.window_s, 1.0, 86400.0),
+                airtime_used_s=_number(info, "airtime_used_s", 0.0, 0.0, 86400.0),
+                busy_s=_number(info, "estimated_wait_s", 0.0, 0.0, 10.0 * 86400.0),
+                region=region, modem_preset=preset)
 
 
 def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:

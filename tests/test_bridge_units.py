@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import airtime
 from bridge.config import BridgeSettings, add_arguments, load
 from bridge.pacing import Pacer, PacingRules
 from bridge.radio import Device, next_packet_id, send_as
@@ -22,6 +21,7 @@ from bridge.rows import IllegalMove, RowState, applies
 from bridge.sender import restored
 from bridge.store import DB_NAME, Change, Row, Store, StoreLocked
 from bridge.tracking import Flight, Next, Outcome, Phase, Tracker
+from kosmo import airtime
 from kosmo.config import ConfigError
 from kosmo.wire import BadOutbound, Outbound, parse_outbound, status_payload
 

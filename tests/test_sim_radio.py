@@ -27,8 +27,6 @@ from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from meshtastic.tcp_interface import TCPInterface
 from pubsub import pub
 
-from bridge.airtime import PRESETS, retransmission_delay
-from bridge.airtime import data_airtime as packet_airtime
 from bridge.sim import (
     Reach,
     SimConfig,
@@ -39,6 +37,8 @@ from bridge.sim import (
     serve_sim_radio,
 )
 from bridge.sim.protocol import START1, FrameDecoder, encode_frame, parse_node_id
+from kosmo.airtime import PRESETS, retransmission_delay
+from kosmo.airtime import data_airtime as packet_airtime
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHTASTIC = str(Path(sys.executable).with_name("meshtastic"))

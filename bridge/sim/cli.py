@@ -26,12 +26,12 @@ from pathlib import Path
 
 import trio
 
-from bridge.airtime import PRESETS
 from bridge.sim.air import AirLog
 from bridge.sim.config import OUR_NODE_NUM, Reach, SimConfig, SimNode, make_nodes
 from bridge.sim.protocol import parse_node_id
 from bridge.sim.radio import SimRadio
 from bridge.sim.server import DEFAULT_PORT, serve_radio
+from kosmo.airtime import PRESETS
 
 EPILOG = (
     "Which nodes the radio reaches: exactly those of --hears if given, else --nodes generated "

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 
 from meshtastic.protobuf import config_pb2
 
-from bridge.airtime import PRESETS
-from bridge.airtime import REGION_DUTY_PERCENT as DUTY_CYCLE
 from bridge.sim.protocol import BROADCAST_NUM, node_id
+from kosmo.airtime import PRESETS
+from kosmo.airtime import REGION_DUTY_PERCENT as DUTY_CYCLE
 
 OUR_NODE_NUM = 0x0A0A0A0A
 FIRST_NODE_NUM = 0xA1B2C3D4

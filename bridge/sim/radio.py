@@ -43,18 +43,18 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 
-from bridge.airtime import (
-    HEADER_BYTES,
-    MAX_LORA_PAYLOAD,
-    PRESETS,
-    retransmission_delay,
-)
-from bridge.airtime import data_airtime as packet_airtime
 from bridge.sim import device
 from bridge.sim.air import AirRecord, SimStats
 from bridge.sim.config import Reach, SimConfig, SimNode
 from bridge.sim.device import Message
 from bridge.sim.protocol import BROADCAST_NUM, encode_frame
+from kosmo.airtime import (
+    HEADER_BYTES,
+    MAX_LORA_PAYLOAD,
+    PRESETS,
+    retransmission_delay,
+)
+from kosmo.airtime import data_airtime as packet_airtime
 
 ERRNO_OK = 0
 ERRNO_UNKNOWN = 32  # the TX queue refused the packet
