@@ -6,12 +6,14 @@ Rules:
 - Expiry is a delivery report like any other (reason ``ttl``): the ledger applies it through the
   state machine, which refunds exactly once and ignores messages already on air.
 - A database outage skips a sweep (logged as a warning); the next one catches up.
+- After a sweep that expired something, ``settled`` tells the dispatcher (a bridge may have
+  credit again; its queue changed).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from uuid import UUID
 
@@ -29,8 +31,10 @@ log = logging.getLogger(__name__)
 
 class Expiry:
     def __init__(self, db: Database, ledger: Ledger, *, interval: float = 30.0,
+                 settled: Callable[[], Awaitable[None]] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
+        self._settled = settled
         self._ledger = ledger
         self._interval = interval
         self._clock = clock
@@ -55,6 +59,8 @@ class Expiry:
         except* DatabaseUnavailable as group:
             log.warning("expiry sweep stopped, database unavailable: %s", group.exceptions[0])
         self.expired += count
+        if count and self._settled is not None:
+            await self._settled()
         return count
 
     async def _expire(self, message_id: UUID, now: datetime) -> None:

@@ -2,10 +2,10 @@
 
 Supervision policy:
 - Start order is dependency order: database pool, MQTT, event bus, ledger, inbound consumer,
-  conversations, outbox, expiry, HTTP.
+  conversations, dispatcher, outbox, expiry, HTTP.
   Each actor is started with ``nursery.start`` and the next starts only once it is ready.
 - Infrastructure actors (MQTT, event bus, ledger, inbound consumer, conversations router,
-  outbox, expiry) failing bring the whole
+  dispatcher, outbox, expiry) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
   exits non-zero so the process manager restarts it. The MQTT actor itself reconnects with
   backoff; a conversation actor contains its own failure.
@@ -25,6 +25,7 @@ from functools import partial
 import trio
 
 from actors.conversations import Conversations
+from actors.dispatcher import Dispatcher
 from actors.events import EventBus
 from actors.expiry import Expiry
 from actors.http.app import create_app
@@ -53,6 +54,7 @@ class Running:
     mqtt: MqttActor
     ledger: Ledger
     conversations: Conversations
+    dispatcher: Dispatcher
     outbox: Outbox
     events: EventBus
     consumer: InboundConsumer
@@ -105,18 +107,24 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 start_publish=mqtt.start_publish, broker_ready=mqtt.wait_connected, report=report,
                 load_pending=load_pending, topic_root=settings.mqtt_topic_root,
                 idle=settings.conversation_idle, max_nodes=settings.max_conversations)
-            ledger = Ledger(db, dispatch=conversations.dispatch,
+            dispatcher = Dispatcher(db, hand=conversations.dispatch,
+                                    message_ttl=settings.message_ttl)
+            ledger = Ledger(db, dispatch=dispatcher.accepted,
                             message_ttl=settings.message_ttl, events=events)
             await infra.start(ledger.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,
-                thread_window=settings.thread_window, ack=mqtt.ack, events=events)
+                thread_window=settings.thread_window, ack=mqtt.ack, events=events,
+                bridge_changed=dispatcher.bridge_state, settled=dispatcher.settled,
+                heard=dispatcher.heard)
             await infra.start(consumer.run, received)
             await infra.start(conversations.run)
+            await infra.start(dispatcher.run)
             outbox = Outbox(db, dispatch=conversations.dispatch,
                             interval=settings.outbox_interval)
             await infra.start(outbox.run)
-            expiry = Expiry(db, ledger, interval=min(30.0, settings.message_ttl / 4))
+            expiry = Expiry(db, ledger, interval=min(30.0, settings.message_ttl / 4),
+                            settled=dispatcher.settled)
             await infra.start(expiry.run)
 
             app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
@@ -127,8 +135,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
-                task_status.started(Running(binds, db, mqtt, ledger, conversations, outbox,
-                                            events, consumer, expiry))
+                task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
+                                            outbox, events, consumer, expiry))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

@@ -13,6 +13,8 @@ Rules:
   neighbours in the batch are stored as usual.
 - Bridge states (retained) are kept in memory, latest per bridge; ``bridges()`` returns a copy,
   with the number of nodes each has heard read from the database (left out while it is down).
+  Each state, each report that moved a message and each batch of nodes heard is told to the
+  dispatcher (``bridge_changed``, ``settled``, ``heard``), after the commit.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ from kosmo.messages import StatusReport
 log = logging.getLogger(__name__)
 
 
+async def _ignore_bridge(bridge_id: str, state: wire.BridgeState | None) -> None:
+    pass
+
+
+async def _ignore() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class _Bridge:
     state: str
@@ -52,6 +62,9 @@ class _Bridge:
 class InboundConsumer:
     def __init__(self, db: Database, ledger: Ledger, *, topic_root: str, thread_window: float,
                  ack: Callable[[MqttInbound], Awaitable[None]], events: EventBus,
+                 bridge_changed: Callable[[str, wire.BridgeState | None], Awaitable[None]]
+                 = _ignore_bridge, settled: Callable[[], Awaitable[None]] = _ignore,
+                 heard: Callable[[], Awaitable[None]] = _ignore,
                  max_batch: int = 256, clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
         self._ledger = ledger
@@ -63,6 +76,9 @@ class InboundConsumer:
         self._max_batch = max_batch
         self._clock = clock
         self._bridges: dict[str, _Bridge] = {}
+        self._bridge_changed = bridge_changed
+        self._settled = settled
+        self._heard = heard
         self.dead_letters = 0
         self.stored = 0
 
@@ -103,6 +119,7 @@ class InboundConsumer:
         packets: list[wire.InboundPacket] = []
         heard: list[wire.HeardReport] = []
         dead: list[DeadLetter] = []
+        states: list[tuple[str, wire.BridgeState | None]] = []
         for message in batch:
             try:
                 if message.topic == self._status_topic:
@@ -112,7 +129,7 @@ class InboundConsumer:
                 elif wire.is_heard_topic(message.topic):
                     heard.append(wire.parse_heard(message.topic, message.payload))
                 else:
-                    self._bridge_state(message)
+                    states.append(self._bridge_state(message))
             except wire.BadPayload as exc:
                 dead.append(self._dead(message, str(exc)))
 
@@ -130,7 +147,11 @@ class InboundConsumer:
                 nursery.start_soon(report, i, item)
         if unavailable:
             raise unavailable[0]
+        moved = False
         for (message, item), outcome in zip(reports, applied, strict=True):
+            if outcome is not None and outcome.transition is not None \
+                    and outcome.transition.changed:
+                moved = True
             if outcome is not None and outcome.transition is None:
                 dead.append(self._dead(message, f"unknown message id {item.message_id}"))
             elif outcome is not None:
@@ -148,14 +169,24 @@ class InboundConsumer:
                     log.info("reply %s from node %s (packet %d) for user %s", reply.message_id,
                              reply.packet.from_node_id, reply.packet.packet_id, reply.user_id)
         self.dead_letters += len(dead)
+        for bridge_id, state in states:
+            await self._bridge_changed(bridge_id, state)
+        if moved:
+            await self._settled()
+        if heard:
+            await self._heard()
 
-    def _bridge_state(self, message: MqttInbound) -> None:
+    def _bridge_state(self, message: MqttInbound) -> tuple[str, wire.BridgeState | None]:
         if not message.payload:  # a retained state cleared: forget the bridge
-            self._bridges.pop(wire.parse_bridge_id(message.topic), None)
-            return
+            bridge_id = wire.parse_bridge_id(message.topic)
+            self._bridges.pop(bridge_id, None)
+            return bridge_id, None
         state = wire.parse_bridge_state(message.topic, message.payload)
+        known = self._bridges.get(state.bridge_id)
         self._bridges[state.bridge_id] = _Bridge(state.state, state.info, self._clock())
-        log.info("bridge %s is %s", state.bridge_id, state.state)
+        if known is None or known.state != state.state:
+            log.info("bridge %s is %s", state.bridge_id, state.state)
+        return state.bridge_id, state
 
     @staticmethod
     def _dead(message: MqttInbound, reason: str) -> DeadLetter:

@@ -1,10 +1,15 @@
-"""Outbox recovery: messages stored but never acknowledged by the broker are handed out again.
+"""Outbox recovery: messages handed to a bridge but never acknowledged by the broker are
+published again, to the same bridge.
 
 Rules:
-- At start, every ``pending`` message is dispatched again (a crash between the commit and the
-  publish loses nothing); the actor reports ready only after that first pass was handed over.
-- Then, every ``interval`` seconds, messages ``pending`` for longer than ``interval`` are
-  dispatched again (a publish that was lost with a failed node actor or a dropped report).
+- At start, every message handed to a bridge (claimed by the dispatcher) and still ``pending``
+  is dispatched again (a crash between the claim and the publish loses nothing); the actor
+  reports ready only after that first pass was handed over.
+- Then, every ``interval`` seconds, messages handed longer than ``interval`` ago and still
+  ``pending`` are dispatched again (a publish lost with a failed node actor or a dropped
+  report).
+- A message is always published to the bridge it was handed to (``bridge_id``): it never
+  moves. Messages that wait for a bridge are the dispatcher's (actors/dispatcher.py).
 - Dispatching twice is harmless: conversation actors skip ids already waiting, and consumers
   dedupe by ``message_id``.
 - A database outage skips a pass (logged as a warning); the next pass retries.
@@ -43,9 +48,9 @@ class Outbox:
             await trio.sleep(self._interval)
             await self.recover(self._clock() - timedelta(seconds=self._interval))
 
-    async def recover(self, created_before: datetime) -> int:
+    async def recover(self, handed_before: datetime) -> int:
         try:
-            messages = await self._db.run(pending_messages, created_before)
+            messages = await self._db.run(pending_messages, handed_before)
         except DatabaseUnavailable as exc:
             log.warning("outbox pass skipped, database unavailable: %s", exc)
             return 0

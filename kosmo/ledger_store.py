@@ -254,13 +254,14 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
     return applied, events
 
 
-def pending_messages(conn: psycopg.Connection, created_before: datetime,
+def pending_messages(conn: psycopg.Connection, handed_before: datetime,
                      limit: int = 10_000) -> list[NewMessage]:
-    """Outbound messages still ``pending`` (stored, not yet acknowledged by the broker)."""
+    """Outbound messages handed to a bridge (claimed) but still ``pending``: the broker has not
+    acknowledged their publish on that bridge's topic."""
     rows = conn.execute(
-        "SELECT id, user_id, node_id, text, created_at, expires_at FROM messages"
-        " WHERE status = 'pending' AND created_at < %s ORDER BY created_at, id LIMIT %s",
-        (created_before, limit)).fetchall()
+        "SELECT id, user_id, node_id, text, created_at, expires_at, bridge_id FROM messages"
+        " WHERE status = 'pending' AND handed_at IS NOT NULL AND handed_at < %s"
+        " ORDER BY created_at, id LIMIT %s", (handed_before, limit)).fetchall()
     return [NewMessage(*row) for row in rows]
 
 
@@ -274,10 +275,11 @@ def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000)
 
 def pending_for_node(conn: psycopg.Connection, node_id: str, after: datetime,
                      limit: int) -> list[NewMessage]:
-    """A node's ``pending`` messages created after ``after``, oldest first."""
+    """A node's messages handed to a bridge and still ``pending``, created after ``after``,
+    oldest first."""
     rows = conn.execute(
-        "SELECT id, user_id, node_id, text, created_at, expires_at FROM messages"
-        " WHERE status = 'pending' AND direction = 'outbound' AND node_id = %s"
-        " AND created_at > %s ORDER BY created_at, id LIMIT %s",
+        "SELECT id, user_id, node_id, text, created_at, expires_at, bridge_id FROM messages"
+        " WHERE status = 'pending' AND handed_at IS NOT NULL AND direction = 'outbound'"
+        " AND node_id = %s AND created_at > %s ORDER BY created_at, id LIMIT %s",
         (node_id, after, limit)).fetchall()
     return [NewMessage(*row) for row in rows]

@@ -35,3 +35,14 @@ class StatusReport:
     at: datetime
     packet_id: int | None = None
     bridge_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The dispatcher's answer before a send is debited: where it would go and when.
+    ``retry_after`` set: refused (mesh-congested), retry after that many seconds."""
+
+    bridge_id: str | None = None  # the radio's bridge it would go to
+    queue_position: int | None = None  # 1 = next to be handed to that bridge
+    estimated_transmit_at: datetime | None = None
+    retry_after: float | None = None

@@ -278,7 +278,7 @@ class Pace:
     modem_preset: str = "LONG_FAST"
 
 
-MAX_CREDIT = 64
+MAX_CREDIT = 100_000  # the contract's bound; a bridge's own setting is far smaller
 
 
 def _number(info: dict[str, Any], key: str, default: float, low: float, high: float) -> float:

@@ -25,8 +25,9 @@ import pytest
 import trio
 
 from actors.gateway import Running, run_gateway
-from kosmo import migrate
+from kosmo import migrate, wire
 from kosmo.config import Settings
+from tests.mesh import FakeBridgeLink
 
 pytest_plugins = ["tests.services"]
 
@@ -186,9 +187,26 @@ async def subscribed(url: str, topic: str) -> AsyncIterator[Subscriber]:
         sub.close()
 
 
+FAKE_BRIDGE = "!b0000001"
+ONLINE = {"credit": 100_000, "min_gap_s": 0.0}  # takes every message at once
+
+
 @pytest.fixture
-async def subscriber(mqtt_url: str, topic_root: str) -> AsyncIterator[Subscriber]:
-    async with subscribed(mqtt_url, f"{topic_root}/mesh/outbound/+") as sub:
+def online_bridge(mqtt_url: str, topic_root: str) -> Iterator[FakeBridgeLink]:
+    """A bridge as the gateway sees it: online (its retained state), with a credit so large
+    that the gateway hands it every message at once. Nothing reads its topic unless a test
+    subscribes (``subscriber``)."""
+    link = FakeBridgeLink(mqtt_url, topic_root, FAKE_BRIDGE)
+    link.state("online", ONLINE)
+    yield link
+    link.close()
+
+
+@pytest.fixture
+async def subscriber(mqtt_url: str, topic_root: str, online_bridge: FakeBridgeLink
+                     ) -> AsyncIterator[Subscriber]:
+    """What the gateway hands to ``online_bridge``, on that bridge's topic."""
+    async with subscribed(mqtt_url, wire.outbound_filter(topic_root, FAKE_BRIDGE)) as sub:
         yield sub
 
 

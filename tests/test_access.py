@@ -42,6 +42,9 @@ from tests.mesh import FakeBridgeLink
 from tests.test_reports import status_of, wait_for
 from tests.test_stream import connect, events, lifecycle, next_event
 
+# Messages are handed to a bridge only while one is online: this one takes them all.
+pytestmark = pytest.mark.usefixtures("online_bridge")
+
 SECRET = "test-secret-with-enough-bytes-for-hs256"
 NODE = "!a1b2c3d4"
 UNKNOWN = "00000000-0000-4000-8000-000000000000"

@@ -38,6 +38,9 @@ from kosmo.config import Settings
 from tests.conftest import SANCTUARY, WANDERER, Gateway, start_gateway
 from tests.test_stream import connect, problem, rejected, until_closed, wait_until
 
+# Messages are handed to a bridge only while one is online: this one takes them all.
+pytestmark = pytest.mark.usefixtures("online_bridge")
+
 IDLE, READ, BODY = 1.0, 4.0, 1.0
 SLACK = 1.5
 USER = f"X-User-ID: {WANDERER}\r\n".encode()

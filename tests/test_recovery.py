@@ -5,10 +5,13 @@ from __future__ import annotations
 import trio
 
 from actors.ledger import Ledger
+from kosmo import wire
 from kosmo.config import MqttEndpoint, Settings
 from kosmo.db import Database
 from kosmo.ledger_store import Accepted
 from tests.conftest import (
+    FAKE_BRIDGE,
+    ONLINE,
     SANCTUARY,
     WANDERER,
     Subscriber,
@@ -16,6 +19,7 @@ from tests.conftest import (
     start_gateway,
     subscribed,
 )
+from tests.mesh import FakeBridgeLink
 
 
 async def _status(sql, message_id) -> str:
@@ -63,7 +67,10 @@ async def test_outbox_publishes_what_a_crashed_process_committed(
 
 async def test_broker_restart_loses_nothing(nursery, settings: Settings, private_broker, sql):
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
-    topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
+    topic = wire.outbound_filter(settings.mqtt_topic_root, FAKE_BRIDGE)
+    bridge = FakeBridgeLink(private_broker.url, settings.mqtt_topic_root, FAKE_BRIDGE)
+    bridge.state("online", ONLINE)
+    bridge.close()
     async with subscribed(private_broker.url, topic) as subscriber:
         async with start_gateway(nursery, settings) as gateway:
             first = (await gateway.send(WANDERER, text="before")).json()
@@ -90,7 +97,10 @@ async def test_broker_restart_loses_nothing(nursery, settings: Settings, private
 async def test_sends_never_hang_while_the_broker_is_away(nursery, settings: Settings,
                                                          private_broker, sql):
     settings = settings.replace(mqtt_url=MqttEndpoint.from_url(private_broker.url))
-    topic = f"{settings.mqtt_topic_root}/mesh/outbound/+"
+    topic = wire.outbound_filter(settings.mqtt_topic_root, FAKE_BRIDGE)
+    bridge = FakeBridgeLink(private_broker.url, settings.mqtt_topic_root, FAKE_BRIDGE)
+    bridge.state("online", ONLINE)
+    bridge.close()
     async with subscribed(private_broker.url, topic) as subscriber:
         async with start_gateway(nursery, settings) as gateway:
             private_broker.stop()

@@ -14,6 +14,9 @@ from kosmo.config import Settings
 from tests.conftest import WANDERER, Gateway, db_value, start_gateway
 from tests.mesh import FakeBridgeLink
 
+# Messages are handed to a bridge only while one is online: this one takes them all.
+pytestmark = pytest.mark.usefixtures("online_bridge")
+
 
 @pytest.fixture
 async def bridge(mqtt_url: str, topic_root: str) -> AsyncIterator[FakeBridgeLink]:
@@ -128,9 +131,12 @@ async def test_unknown_message_id_and_bad_payloads_are_dead_letters(
     bridge.status(good, "transmitted")
     await wait_for(lambda: status_of(sql, good) == "transmitted")
     await wait_for(lambda: db_value(sql, "SELECT count(*) FROM dead_letters") == len(bad))
+    # One dead letter each, whatever batches the consumer took them in.
     reasons = [r[0] for r in sql.execute("SELECT reason FROM dead_letters ORDER BY id")]
-    for (_, _, expected), reason in zip(bad, reasons, strict=True):
-        assert expected in reason
+    for _, _, expected in bad:
+        match = next(r for r in reasons if expected in r)
+        reasons.remove(match)
+    assert reasons == []
     assert db_value(sql, "SELECT max(length(payload)) FROM dead_letters") <= 4096
     assert gateway.running.consumer.dead_letters == len(bad)
 

@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import CANCELED, FREE, GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value
+from tests.conftest import (
+    CANCELED,
+    FAKE_BRIDGE,
+    FREE,
+    GUARDIAN,
+    SANCTUARY,
+    WANDERER,
+    Gateway,
+    db_value,
+)
 
 
 async def test_send_is_stored_debited_and_published(gateway: Gateway, subscriber, sql, topic_root):
@@ -24,7 +33,7 @@ async def test_send_is_stored_debited_and_published(gateway: Gateway, subscriber
     assert response.headers["Location"] == f"/api/v1/messages/{body['message_id']}"
 
     [(topic, payload)] = await subscriber.wait_for(1)
-    assert topic == f"{topic_root}/mesh/outbound/!a1b2c3d4"
+    assert topic == f"{topic_root}/bridge/{FAKE_BRIDGE}/outbound/!a1b2c3d4"
     assert payload["message_id"] == body["message_id"]
     assert payload["target_node_id"] == "!a1b2c3d4"
     assert payload["text"] == "Hello mesh"

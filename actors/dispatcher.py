@@ -1,0 +1,498 @@
+"""The dispatcher: the steward of airtime. It routes each waiting message to one online bridge,
+orders each radio's share fairly, hands a bridge only what its credit allows, and estimates
+when every waiting message goes on air.
+
+Rules:
+- The database is the queue (kosmo/dispatch_store.py). Every ``refresh`` seconds, and at once
+  when a held message leaves its bridge (a report) or a bridge comes or goes, the actor reads
+  the waiting and held messages again; messages accepted by this process arrive at once
+  (``accepted``), cancels too (``canceled``). So several gateway processes may run one each:
+  they read the same queue, and their claims are serialized by the database.
+- Routing (kosmo/routing.py) is per (user, node) and sticky: while a user has messages to a node
+  held by a bridge, or waiting in an online bridge's queue, the next ones go there too, so they
+  go on air in the order they were accepted. When a bridge goes offline, the messages it was
+  never given move to another online bridge, except those of a (user, node) of which it holds
+  an older message: they wait for it (or their expiry), never overtaking.
+- Each online bridge has a fair queue (kosmo/fair_queue.py: deficit round robin by airtime,
+  weighted by plan). While the bridge holds fewer than its credit, the head of its queue is
+  claimed (one transaction per hand-over, under the database's hand-over lock) and given to the
+  conversations actor, which publishes it on that bridge's topic. A claimed message never moves.
+- Estimates: a bridge's held messages, then its queue in fair order, are laid on its radio's
+  pace (kosmo/schedule.py); position and time are written to the waiting rows when they moved
+  by more than ``WRITE_SLACK`` seconds. A message no online bridge can take has neither.
+- Admission (``admit``): where a new message would go, its place in the fair order and its
+  estimated transmit time; ``retry_after`` when that is beyond its expiry. Before any debit.
+- A database outage skips a round (logged); the next one catches up. The actor failing brings
+  the gateway down (its state is rebuilt from the database at the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import trio
+
+from actors.reply import Reply
+from kosmo import airtime, wire
+from kosmo.channels import take_waiting
+from kosmo.clock import utcnow
+from kosmo.db import Database, DatabaseUnavailable
+from kosmo.dispatch_store import Held, Waiting, claim, load_hearings, load_queue, write_estimates
+from kosmo.fair_queue import Entry, FairQueue
+from kosmo.messages import Admission, NewMessage
+from kosmo.routing import Hearing, choose_bridge
+from kosmo.schedule import RadioPace, transmit_times
+
+log = logging.getLogger(__name__)
+
+REFRESH = 1.0  # seconds between two reads of the queue
+COVERAGE_EVERY = 10.0  # seconds between two reads of coverage
+WRITE_SLACK = 2.0  # seconds an estimate moves before it is written again
+LAYOUT_EVERY = 0.2  # seconds between two layouts of a radio's schedule between reads
+MAX_WAITING = 100_000
+CLAIM_BATCH = 256  # messages offered in one claim  # waiting messages read at once
+INBOX = 256
+Pair = tuple[UUID, str]  # (user, node)
+
+
+@dataclass
+class _Radio:
+    """One bridge as the dispatcher sees it: its pace, its fair queue, what it holds."""
+
+    bridge_id: str
+    pace: wire.Pace
+    online: bool
+    queue: FairQueue
+    held: list[Held] = field(default_factory=list)
+    params: airtime.LoraParams = field(default_factory=lambda: airtime.preset_params("LONG_FAST"))
+    starts: list[float] = field(default_factory=list)  # held + queue + one more, epoch s
+    dirty: bool = True  # its queue or held changed since ``starts`` was laid out
+
+    def cost(self, size: int) -> float:
+        return airtime.text_airtime(self.params, size)
+
+    def radio_pace(self) -> RadioPace:
+        p = self.pace
+        return RadioPace(p.min_gap_s, p.duty_cycle, p.window_s, p.airtime_used_s)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    messages: list[NewMessage]
+
+
+@dataclass(frozen=True)
+class _BridgeState:
+    bridge_id: str
+    state: wire.BridgeState | None  # None: its retained state was cleared
+
+
+@dataclass(frozen=True)
+class _Reload:
+    coverage: bool = False  # read coverage too, whenever it was read last
+
+
+@dataclass(frozen=True)
+class _Canceled:
+    ids: list[UUID]
+
+
+@dataclass(frozen=True)
+class _Admit:
+    user_id: UUID
+    node_id: str
+    size: int
+    reply: Reply[Admission] = field(compare=False)
+
+
+Inbox = _Accepted | _BridgeState | _Reload | _Canceled | _Admit
+
+
+def _radio_params(pace: wire.Pace) -> airtime.LoraParams:
+    wide = pace.region.startswith("LORA_24")
+    try:
+        return airtime.preset_params(pace.modem_preset, wide=wide)
+    except (KeyError, ValueError):
+        return airtime.preset_params("LONG_SLOW")
+
+
+class Dispatcher:
+    def __init__(self, db: Database, *, hand: Callable[[list[NewMessage]], Awaitable[None]],
+                 message_ttl: float, refresh: float = REFRESH,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self._db = db
+        self._hand = hand
+        self._ttl = message_ttl
+        self._refresh = refresh
+        self._clock = clock
+        self._send, self._receive = trio.open_memory_channel[Inbox](INBOX)
+        self._radios: dict[str, _Radio] = {}
+        self._waiting: dict[UUID, Waiting] = {}
+        self._where: dict[UUID, str | None] = {}  # waiting message -> its radio's queue
+        self._routes: dict[Pair, str] = {}
+        self._hearings: dict[str, list[Hearing]] = {}
+        self._hearings_read = -math.inf
+        self._weights: dict[UUID, int] = {}
+        self._written: dict[UUID, tuple[int | None, datetime | None]] = {}
+        self._unrouted: set[UUID] = set()  # waiting messages not yet put in a queue
+        self._laid_out = -math.inf
+        self.handed = 0
+        self.rounds = 0
+
+    # --- what other actors call -------------------------------------------------------------
+
+    async def accepted(self, messages: list[NewMessage]) -> None:
+        await self._send.send(_Accepted(messages))
+
+    async def canceled(self, ids: list[UUID]) -> None:
+        await self._send.send(_Canceled(ids))
+
+    async def settled(self) -> None:
+        """A held message left its bridge (on air, failed, expired): read the queue again."""
+        await self._send.send(_Reload())
+
+    async def heard(self) -> None:
+        """Coverage changed: read it (and the queue) again."""
+        await self._send.send(_Reload(coverage=True))
+
+    async def bridge_state(self, bridge_id: str, state: wire.BridgeState | None) -> None:
+        await self._send.send(_BridgeState(bridge_id, state))
+
+    async def admit(self, user_id: UUID, node_id: str, text: str) -> Admission:
+        reply: Reply[Admission] = Reply()
+        await self._send.send(_Admit(user_id, node_id, len(text.encode("utf-8")), reply))
+        return await reply.wait()
+
+    def waiting(self) -> dict[str, int]:
+        """Waiting messages per bridge ('' for those no online bridge can take)."""
+        counts: dict[str, int] = {}
+        for where in self._where.values():
+            counts[where or ""] = counts.get(where or "", 0) + 1
+        return counts
+
+    # --- the actor --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticks)
+            task_status.started()
+            async with self._receive:
+                async for first in self._receive:
+                    items = take_waiting(self._receive, [first], INBOX)
+                    await self._handle(items)
+            nursery.cancel_scope.cancel()
+
+    async def _ticks(self) -> None:
+        while True:
+            await self._send.send(_Reload())
+            await trio.sleep(self._refresh)
+
+    async def _handle(self, items: list[Inbox]) -> None:
+        reload = coverage = False
+        for item in items:
+            if isinstance(item, _Accepted):
+                for message in item.messages:
+                    size = len(message.text.encode("utf-8"))
+                    weight = self._weights.get(message.user_id, 1)
+                    self._wait(Waiting(message, size, weight))
+            elif isinstance(item, _Canceled):
+                for message_id in item.ids:
+                    self._unwait(message_id)
+            elif isinstance(item, _BridgeState):
+                reload = self._bridge(item) or reload
+            elif isinstance(item, _Reload):
+                reload, coverage = True, coverage or item.coverage
+        if reload:
+            await self._reload(coverage=coverage)
+        self._route(list(self._waiting) if reload else list(self._unrouted))
+        self._lay_out(force=reload)
+        for item in items:
+            if isinstance(item, _Admit):
+                item.reply.set(self._admission(item))
+        if await self._hand_out():
+            self._lay_out(force=True)
+        if reload:
+            await self._write_estimates()
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _bridge(self, item: _BridgeState) -> bool:
+        """Apply a bridge's state; True when its coming or going asks for a new read."""
+        radio = self._radios.get(item.bridge_id)
+        online = item.state is not None and item.state.state == "online"
+        pace = wire.Pace()
+        if item.state is not None and online:
+            try:
+                pace = wire.parse_pace(item.state.info)
+            except wire.BadPayload as exc:
+                log.warning("bridge %s: pace unreadable (%s); assuming the defaults",
+                            item.bridge_id, exc)
+        if radio is None:
+            if not online:
+                return False
+            params = _radio_params(pace)
+            radio = self._radios[item.bridge_id] = _Radio(
+                item.bridge_id, pace, True,
+                FairQueue(airtime.text_airtime(params, airtime.MAX_TEXT_BYTES)), params=params)
+            log.info("bridge %s online: credit %d, %s", item.bridge_id, pace.credit,
+                     radio.params.describe())
+            return True
+        changed = radio.online != online
+        radio.online = online
+        if online:
+            radio.pace, radio.params = pace, _radio_params(pace)
+        if changed:
+            log.info("bridge %s is %s", item.bridge_id, "online" if online else "offline")
+        return changed
+
+    def _wait(self, waiting: Waiting) -> None:
+        message_id = waiting.message.message_id
+        if message_id in self._waiting:
+            return
+        self._waiting[message_id] = waiting
+        self._where[message_id] = None
+        self._unrouted.add(message_id)
+
+    def _unwait(self, message_id: UUID) -> None:
+        self._waiting.pop(message_id, None)
+        self._unrouted.discard(message_id)
+        where = self._where.pop(message_id, None)
+        if where is not None:
+            radio = self._radios[where]
+            radio.queue.remove(message_id)
+            radio.dirty = True
+        self._written.pop(message_id, None)
+
+    async def _reload(self, *, coverage: bool = False) -> None:
+        try:
+            queue = await self._db.run(load_queue, MAX_WAITING)
+            if coverage or trio.current_time() - self._hearings_read >= COVERAGE_EVERY:
+                online = sorted(b for b, r in self._radios.items() if r.online)
+                hearings = await self._db.run(load_hearings, online) if online else []
+                self._hearings = {}
+                for h in hearings:
+                    self._hearings.setdefault(h.node_id, []).append(h)
+                self._hearings_read = trio.current_time()
+        except DatabaseUnavailable as exc:
+            log.warning("dispatch round skipped, database unavailable: %s", exc)
+            return
+        self.rounds += 1
+        fresh = {w.message.message_id: w for w in queue.waiting}
+        for message_id in [m for m in self._waiting if m not in fresh]:
+            self._unwait(message_id)  # handed, canceled, expired (here or elsewhere)
+        for message_id, waiting in fresh.items():
+            self._weights[waiting.message.user_id] = waiting.weight
+            known = self._waiting.get(message_id)
+            if known is not None and known.weight != waiting.weight:
+                self._unwait(message_id)
+            self._wait(waiting)
+        for radio in self._radios.values():
+            radio.held = []
+        for held in queue.held:
+            if held.bridge_id not in self._radios:  # not heard of since this process started
+                self._radios[held.bridge_id] = _Radio(
+                    held.bridge_id, wire.Pace(), False,
+                    FairQueue(airtime.text_airtime(airtime.preset_params("LONG_FAST"),
+                                                   airtime.MAX_TEXT_BYTES)))
+            self._radios[held.bridge_id].held.append(held)
+        self._routes = {(h.user_id, h.node_id): h.bridge_id for h in queue.held}
+
+    def _route(self, ids: list[UUID]) -> None:
+        """Put each of these waiting messages in the queue of the bridge its (user, node) goes
+        to, oldest first."""
+        online = {b: r for b, r in self._radios.items() if r.online}
+        waits = {b: self._wait_of(r) for b, r in online.items()}
+        for waiting in sorted((self._waiting[i] for i in ids),
+                              key=lambda w: (w.message.created_at, w.message.message_id)):
+            m = waiting.message
+            pair = (m.user_id, m.node_id)
+            current = self._where[m.message_id]
+            target = self._routes.get(pair)
+            if target is None and current in online and not self._better_heard(m.node_id,
+                                                                                 current):
+                target = current
+            if target is None and online:
+                target = choose_bridge(self._hearings.get(m.node_id, ()), waits)
+            if target is not None:
+                self._routes[pair] = target
+            self._unrouted.discard(m.message_id)
+            if target == current:
+                continue
+            if current is not None:
+                self._radios[current].queue.remove(m.message_id)
+                self._radios[current].dirty = True
+            self._where[m.message_id] = target
+            if target is not None:
+                radio = self._radios[target]
+                radio.queue.push(Entry(m.message_id, m.user_id, m.node_id, m.created_at,
+                                       radio.cost(waiting.size), waiting.weight))
+                radio.dirty = True
+
+    def _better_heard(self, node_id: str, bridge_id: str) -> bool:
+        """Whether an online bridge heard the node while ``bridge_id`` (routed to by its wait)
+        did not: its waiting messages move there."""
+        heard = {h.bridge_id for h in self._hearings.get(node_id, ())}
+        return bridge_id not in heard and any(
+            b in heard for b, r in self._radios.items() if r.online)
+
+    def _wait_of(self, radio: _Radio) -> float:
+        """Seconds until the radio would send one more text, as last laid out."""
+        if not radio.starts:
+            return 0.0
+        return max(0.0, radio.starts[-1] - self._clock().timestamp())
+
+    def _lay_out(self, *, force: bool) -> None:
+        """Each online radio's held messages, then its queue, on its pace; radios whose queue
+        changed, at most every ``LAYOUT_EVERY`` seconds unless forced (admission extrapolates
+        meanwhile)."""
+        if not force and trio.current_time() - self._laid_out < LAYOUT_EVERY:
+            return
+        self._laid_out = trio.current_time()
+        now = self._clock().timestamp()
+        for radio in self._radios.values():
+            if not radio.online:
+                radio.starts = []
+            elif radio.dirty or force:
+                costs = [radio.cost(h.size) for h in radio.held]
+                costs += [e.cost for e in radio.queue.order()]
+                costs.append(radio.cost(airtime.MAX_TEXT_BYTES))
+                radio.starts = transmit_times(radio.radio_pace(), now, costs)
+            radio.dirty = False
+
+    def _start(self, radio: _Radio, index: int, cost: float) -> float:
+        """When the text at ``index`` (held first, then the queue) starts, epoch seconds; past
+        the layout, the radio's sustained pace for texts of ``cost``."""
+        if index < len(radio.starts):
+            return radio.starts[index]
+        pace = radio.pace
+        step = max(pace.min_gap_s, cost, cost / pace.duty_cycle if pace.duty_cycle else 0.0)
+        return radio.starts[-1] + (index - len(radio.starts) + 1) * step
+
+    # --- admission --------------------------------------------------------------------------
+
+    def _admission(self, item: _Admit) -> Admission:
+        pair = (item.user_id, item.node_id)
+        target = self._routes.get(pair)
+        online = {b: r for b, r in self._radios.items() if r.online}
+        if target is None:
+            target = choose_bridge(self._hearings.get(item.node_id, ()),
+                                   {b: self._wait_of(r) for b, r in online.items()})
+        radio = self._radios.get(target) if target is not None else None
+        if radio is None or not radio.online or not radio.starts:
+            return Admission()
+        weight = self._weights.get(item.user_id, 1)
+        cost = radio.cost(item.size)
+        place = radio.queue.place(item.user_id, weight, cost)
+        at = self._start(radio, len(radio.held) + place, cost)
+        eta = datetime.fromtimestamp(at, self._clock().tzinfo)
+        deadline = self._clock() + timedelta(seconds=self._ttl)
+        if eta > deadline:
+            return Admission(target, place + 1, eta,
+                             retry_after=max(1.0, (eta - deadline).total_seconds()))
+        return Admission(target, place + 1, eta)
+
+    # --- hand-over --------------------------------------------------------------------------
+
+    async def _hand_out(self) -> bool:
+        """Claim the head of each online radio's queue as far as its credit allows; True if
+        any was handed."""
+        handed = False
+        tz = self._clock().tzinfo
+        for radio in list(self._radios.values()):
+            while radio.online and len(radio.held) < radio.pace.credit and len(radio.queue):
+                heads = radio.queue.order(min(radio.pace.credit - len(radio.held), CLAIM_BATCH))
+                offered = [(e.message_id, datetime.fromtimestamp(
+                    self._start(radio, len(radio.held) + i, e.cost), tz) if radio.starts
+                    else None) for i, e in enumerate(heads)]
+                try:
+                    found = await self._db.run(claim, offered, radio.bridge_id,
+                                               radio.pace.credit, self._clock())
+                except DatabaseUnavailable as exc:
+                    log.warning("hand-over to bridge %s waits for the database: %s",
+                                radio.bridge_id, exc)
+                    return handed
+                if not found.locked:
+                    return handed  # another process is handing out; the next round retries
+                for message_id in found.gone:
+                    self._unwait(message_id)  # canceled, expired or handed elsewhere
+                self._took(radio, found.handed)
+                for message in found.handed:
+                    log.info("message %s to node %s handed to bridge %s", message.message_id,
+                             message.node_id, radio.bridge_id)
+                if found.handed:
+                    handed = True
+                    await self._hand(found.handed)
+                if found.held >= radio.pace.credit and len(radio.held) < found.held:
+                    break  # it holds more than this process knew of: the next read shows them
+                if not found.handed and not found.gone:
+                    break
+        return handed
+
+    def _took(self, radio: _Radio, messages: list[NewMessage]) -> None:
+        """Take the claimed messages out of the radio's queue, charging its round robin as
+        ``pop`` does. Only a cancel or expiry racing the claim can make the pops differ from
+        what was claimed: an entry popped but not claimed goes back in its place."""
+        claimed = {m.message_id for m in messages}
+        popped: list[Entry] = []
+        for _ in messages:
+            entry = radio.queue.pop()
+            if entry is not None:
+                popped.append(entry)
+        for entry in popped:
+            if entry.message_id not in claimed:
+                radio.queue.push(entry)
+        for message in messages:
+            radio.queue.remove(message.message_id)  # a no-op for those popped
+            self._waiting.pop(message.message_id, None)
+            self._where.pop(message.message_id, None)
+            self._written.pop(message.message_id, None)
+            radio.held.append(Held(message.message_id, radio.bridge_id, message.user_id,
+                                   message.node_id, message.created_at,
+                                   len(message.text.encode("utf-8"))))
+            self._routes[(message.user_id, message.node_id)] = radio.bridge_id
+            self.handed += 1
+        radio.dirty = True
+
+    # --- estimates ----------------------------------------------------------------------------
+
+    async def _write_estimates(self) -> None:
+        tz = self._clock().tzinfo
+        rows: list[tuple[UUID, int | None, datetime | None]] = []
+        seen: set[UUID] = set()
+        for radio in self._radios.values():
+            if not radio.online:
+                continue
+            for i, entry in enumerate(radio.queue.order()):
+                start = self._start(radio, len(radio.held) + i, entry.cost)
+                value: tuple[int | None, datetime | None] = (
+                    i + 1, datetime.fromtimestamp(start, tz))
+                seen.add(entry.message_id)
+                if self._moved(entry.message_id, value):
+                    rows.append((entry.message_id, *value))
+        for message_id in self._waiting:
+            if message_id not in seen and self._moved(message_id, (None, None)):
+                rows.append((message_id, None, None))
+        if not rows:
+            return
+        try:
+            await self._db.run(write_estimates, rows)
+        except DatabaseUnavailable as exc:
+            log.warning("estimates not written, database unavailable: %s", exc)
+            return
+        for message_id, position, at in rows:
+            self._written[message_id] = (position, at)
+
+    def _moved(self, message_id: UUID, value: tuple[int | None, datetime | None]) -> bool:
+        old = self._written.get(message_id)
+        if old is None:
+            return True
+        if old[0] != value[0] or (old[1] is None) != (value[1] is None):
+            return True
+        if old[1] is None or value[1] is None:
+            return False
+        return abs((old[1] - value[1]).total_seconds()) > WRITE_SLACK
