@@ -11,6 +11,9 @@ Rules:
   of every gateway process, and only while the bridge holds fewer than its credit (counted in
   the same transaction). So a message is handed to one bridge, once, and never moves after;
   the claim commits durably before anything is published.
+- Order is the database's too: a message is not claimed while an older one of its (user, node)
+  still waits or is held by another bridge. A message offered but not claimed is reported
+  ``gone``; if it still waits, the next read brings it back.
 - Estimates (``queue_position``, ``estimated_transmit_at``) are written only on rows that still
   wait; a claim clears the position.
 """
@@ -110,11 +113,21 @@ class Claimed:
     locked: bool = True
 
 
+# A message is claimed only while it waits, before its expiry, and never ahead of its own
+# (user, node): no older one may still wait (unless offered in this claim) nor be held by
+# another bridge. So one user's messages to one node go on air in the order they were
+# accepted, whichever gateway process accepted or claims them.
 _CLAIM = """
-UPDATE messages AS m SET handed_at = %s, bridge_id = %s, queue_position = NULL,
+UPDATE messages AS m SET handed_at = %(now)s, bridge_id = %(bridge)s, queue_position = NULL,
        estimated_transmit_at = x.e
-FROM unnest(%s::uuid[], %s::timestamptz[]) AS x (i, e)
-WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL AND m.expires_at > %s
+FROM unnest(%(ids)s::uuid[], %(etas)s::timestamptz[]) AS x (i, e)
+WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL AND m.expires_at > %(now)s
+  AND NOT EXISTS (
+    SELECT 1 FROM messages o
+    WHERE o.user_id = m.user_id AND o.node_id = m.node_id AND o.direction = 'outbound'
+      AND (o.created_at, o.id) < (m.created_at, m.id) AND o.status IN ('pending', 'queued')
+      AND ((o.handed_at IS NULL AND o.expires_at > %(now)s AND o.id <> ALL(%(ids)s::uuid[]))
+           OR (o.handed_at IS NOT NULL AND o.bridge_id <> %(bridge)s)))
 RETURNING m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at
 """
 
@@ -134,8 +147,9 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
     take = offered[:max(0, credit - held)]
     if not take:
         return Claimed([], [], held)
-    rows = {row[0]: row for row in conn.execute(_CLAIM, (
-        now, bridge_id, [i for i, _ in take], [e for _, e in take], now)).fetchall()}
+    rows = {row[0]: row for row in conn.execute(_CLAIM, {
+        "now": now, "bridge": bridge_id, "ids": [i for i, _ in take],
+        "etas": [e for _, e in take]}).fetchall()}
     handed = [NewMessage(*rows[i][:6], bridge_id=bridge_id)  # type: ignore[misc]
               for i, _ in take if i in rows]
     return Claimed(handed, [i for i, _ in take if i not in rows], held + len(handed))

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from bridge.daemon import Bridge
+from kosmo import airtime
 from bridge.sim import make_nodes
 from tests.conftest import GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value
 from tests.test_bridge import BridgeRunner, SimRunner, make_settings
@@ -171,3 +172,55 @@ async def test_a_bridge_going_offline_hands_on_what_it_was_never_given_and_nothi
     assert other.on_air("held 0") == other.on_air("held 1") == 0
     for site in (north, south):
         await site.stop()
+
+
+def on_air_order(sql: psycopg.Connection[Any], ids: list[str]) -> list[str]:
+    """The messages in the order they went on air (their ``transmitted`` history lines)."""
+    return [str(r[0]) for r in sql.execute(
+        "SELECT message_id FROM message_status_history WHERE message_id = ANY(%s::uuid[])"
+        " AND status = 'transmitted' ORDER BY at, id", (ids,)).fetchall()]
+
+
+async def test_a_light_user_waits_one_round_behind_a_heavy_backlog_with_estimates(
+        nursery: trio.Nursery, tmp_path: Path, mqtt_url: str, topic_root: str,
+        gateway: Gateway, sql: psycopg.Connection[Any]) -> None:
+    site = Site("solo", NORTH, [ONLY_NORTH])
+    await site.start(nursery, tmp_path, mqtt_url, topic_root)
+    await until(lambda: db_value(sql, "SELECT count(*) FROM coverage") == 1)
+    heavy = [await send(gateway, WANDERER, ONLY_NORTH, f"heavy {i}") for i in range(10)]
+    light = await send(gateway, SANCTUARY, ONLY_NORTH, "light")
+
+    # While they wait: each has its place in the fair order and a time, in that order.
+    def waiting() -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in sql.execute(
+            "SELECT id::text, queue_position, estimated_transmit_at FROM messages"
+            " WHERE status = 'pending' AND handed_at IS NULL AND queue_position IS NOT NULL"
+            " ORDER BY queue_position").fetchall()]
+
+    rows = await until(lambda: len(found := waiting()) >= 5 and found)
+    positions = [r[1] for r in rows]
+    assert positions == list(range(1, len(rows) + 1))
+    times = [r[2] for r in rows]
+    assert times == sorted(times)
+    assert all(t is not None for t in times)
+    ids = [r[0] for r in rows]
+    # A round gives each user a quantum of airtime (the longest text's) times its weight: the
+    # heavy user's short texts fit several to a round.
+    lora = airtime.preset_params("LONG_FAST")
+    per_round = int(airtime.text_airtime(lora, airtime.MAX_TEXT_BYTES)
+                    // airtime.text_airtime(lora, len("heavy 0")))
+    if light in ids:  # still waiting: at most one round of the heavy user's ahead of it
+        assert ids.index(light) <= per_round
+
+    for message_id in [*heavy, light]:
+        await until(lambda m=message_id: row(sql, m)[0] == "delivered", timeout=60)
+    order = on_air_order(sql, [*heavy, light])
+    assert [m for m in order if m != light] == heavy  # one user's texts in the order sent
+    # The light text went out within one round of arriving: behind what the bridge already
+    # held (its credit, 2) and at most one round of heavy texts, not behind all ten.
+    assert order.index(light) <= 2 + per_round < len(heavy)
+    after = sql.execute("SELECT queue_position, estimated_transmit_at FROM messages"
+                        " WHERE id = %s", (light,)).fetchone()
+    assert after is not None
+    assert after[0] is None  # handed: no place in a queue any more
+    await site.stop()
