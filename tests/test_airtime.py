@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from bridge.daemon import Bridge
-from kosmo import airtime
 from bridge.sim import make_nodes
+from kosmo import airtime
 from tests.conftest import GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value
 from tests.test_bridge import BridgeRunner, SimRunner, make_settings
 

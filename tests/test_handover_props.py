@@ -72,7 +72,8 @@ class Process:
         async def run(task_status: trio.TaskStatus[None]) -> None:
             with self.scope:
                 async with trio.open_nursery() as inner:
-                    assert self.dispatcher is not None and self.ledger is not None
+                    assert self.dispatcher is not None
+                    assert self.ledger is not None
                     await inner.start(self.dispatcher.run)
                     await inner.start(self.ledger.run)
                     task_status.started()
