@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kosmo import wire
 from kosmo.config import Settings
 from kosmo.delivery import Report, Status
 from kosmo.domain import text_problem
@@ -162,7 +164,7 @@ def assert_compact(payload: bytes) -> None:
 def test_outbound_message_round_trip(root: str, message: NewMessage) -> None:
     payload = outbound_payload(message)
     assert_compact(payload)
-    topic = outbound_topic(root, message.node_id)
+    topic = outbound_topic(root, "!0b0b0b0b", message.node_id)
     assert parse_outbound(topic, payload) == as_read_by_the_bridge(message)
     assert datetime.fromisoformat(json.loads(payload)["created_at"]) == message.created_at
 
@@ -267,7 +269,7 @@ def doc_examples() -> dict[str, tuple[str | None, bytes]]:
 
 
 EXAMPLES = doc_examples()
-OUTBOUND = outbound_topic("{root}", "{node_id}")
+OUTBOUND = outbound_topic("{root}", "{bridge_id}", "{node_id}")
 STATUS = status_topic("{root}")
 INBOUND = inbound_topic("{root}")
 STATE = bridge_state_topic("{root}", "{bridge_id}")
@@ -290,7 +292,7 @@ def assert_written_as_shown(written: bytes, shown: bytes) -> None:
 def test_outbound_example() -> None:
     topic, shown = EXAMPLES[OUTBOUND]
     fields: dict[str, Any] = json.loads(shown)
-    assert topic == outbound_topic("kosmo", fields["target_node_id"])
+    assert topic == outbound_topic("kosmo", topic.split("/")[2], fields["target_node_id"])
     message = NewMessage(uuid.UUID(fields["message_id"]), uuid.uuid4(), fields["target_node_id"],
                          fields["text"], datetime.fromisoformat(fields["created_at"]),
                          datetime.fromisoformat(fields["expires_at"]))
@@ -327,3 +329,19 @@ def test_nodes_heard_example() -> None:
     assert report.bridge_id == "pi-north"
     assert [shown] == heard_payloads(report.nodes)
     assert_written_as_shown(heard_payloads(report.nodes)[0], shown)
+
+
+# --- a bridge's pace ----------------------------------------------------------------------------
+
+def test_pace_takes_its_defaults_from_an_older_bridge_and_refuses_nonsense() -> None:
+    assert wire.parse_pace({}) == wire.Pace()
+    pace = wire.parse_pace({"credit": 3, "min_gap_s": 0.1, "duty_cycle_percent": 10,
+                            "window_s": 3600, "airtime_used_s": 12.5, "estimated_wait_s": 4,
+                            "region": "EU_868", "modem_preset": "LONG_FAST"})
+    assert (pace.credit, pace.min_gap_s, pace.duty_cycle, pace.airtime_used_s, pace.busy_s) == (
+        3, 0.1, 0.1, 12.5, 4.0)
+    for bad in [{"credit": 0}, {"credit": True}, {"credit": 1.5}, {"min_gap_s": -1},
+                {"duty_cycle_percent": 0}, {"duty_cycle_percent": 101}, {"window_s": "x"},
+                {"airtime_used_s": float("nan")}, {"region": 7}]:
+        with pytest.raises(wire.BadPayload):
+            wire.parse_pace(bad)
