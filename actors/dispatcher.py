@@ -168,6 +168,10 @@ class Dispatcher:
         await self._send.send(_Admit(user_id, node_id, len(text.encode("utf-8")), reply))
         return await reply.wait()
 
+    def online(self) -> list[str]:
+        """The bridges it knows to be online."""
+        return sorted(b for b, r in self._radios.items() if r.online)
+
     def waiting(self) -> dict[str, int]:
         """Waiting messages per bridge ('' for those no online bridge can take)."""
         counts: dict[str, int] = {}
@@ -214,9 +218,10 @@ class Dispatcher:
         for item in items:
             if isinstance(item, _Admit):
                 item.reply.set(self._admission(item))
-        if await self._hand_out():
+        handed = await self._hand_out()
+        if handed:
             self._lay_out(force=True)
-        if reload:
+        if reload or handed:  # every place behind a hand-over moved up
             await self._write_estimates()
 
     # --- state --------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 idle=settings.conversation_idle, max_nodes=settings.max_conversations)
             dispatcher = Dispatcher(db, hand=conversations.dispatch,
                                     message_ttl=settings.message_ttl)
-            ledger = Ledger(db, dispatch=dispatcher.accepted,
+            ledger = Ledger(db, dispatch=dispatcher.accepted, canceled=dispatcher.canceled,
                             message_ttl=settings.message_ttl, events=events)
             await infra.start(ledger.run)
             consumer = InboundConsumer(
@@ -128,7 +128,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             await infra.start(expiry.run)
 
             app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
-                                                shutdown, consumer.bridges))
+                                                shutdown, consumer.bridges,
+                                                admit=dispatcher.admit))
             front = HttpFront(app, settings.http_bind, shutdown=shutdown,
                               idle_timeout=settings.http_idle_timeout,
                               read_timeout=settings.http_read_timeout)

@@ -1,12 +1,18 @@
 """The quota ledger actor: the only writer of quota usage and of message status.
 
 Rules:
-- Requests arrive on two bounded channels, one lane each: sends (from the HTTP front) and
-  delivery reports (from the conversation and MQTT paths). Each lane takes everything waiting,
-  up to ``max_batch``, and applies it in ONE transaction (group commit): throughput is not
-  bounded by one commit per request, and while a batch commits the next one gathers.
+- Requests arrive on three bounded channels, one lane each: sends (from the HTTP front),
+  delivery reports (from the conversation and MQTT paths) and cancels (from the HTTP front).
+  Each lane takes everything waiting, up to ``max_batch``, and applies it in ONE transaction
+  (group commit): throughput is not bounded by one commit per request, and while a batch
+  commits the next one gathers.
+- Cancels have a lane of their own rather than sharing the reports lane: a user waits on each
+  one, so it must not wait behind the linger of ``queued`` marks nor behind a burst of reports,
+  and a report batch stays one kind of request. A cancel changes status and quota like a report
+  does, so it stays here, with the only writer of both.
 - The lanes run concurrently; PostgreSQL row locks keep them exact (the debit is a conditional
-  upsert, a refund is guarded by ``messages.charged``).
+  upsert, a refund is guarded by ``messages.charged``, a cancel and a report lock the message's
+  row, and so does the dispatcher's claim: see ``kosmo.ledger_store``).
 - Replies are set only after the commit, so a 201 always means "stored and debited".
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
@@ -15,6 +21,8 @@ Rules:
   commit-order lock, so the live stream receives events in event-id order whatever lane or
   actor wrote them. Then the accepted messages go to the conversations actor as one batch
   (``dispatch``), in creation order. ``created_at`` is strictly increasing within this process.
+  The ids a cancel batch canceled go to ``canceled`` after its commit, so the dispatcher drops
+  them from its queue.
 """
 
 from __future__ import annotations
@@ -38,13 +46,23 @@ from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
 from kosmo.events import Event
-from kosmo.ledger_store import Accepted, Applied, Refused, accept_sends, apply_reports
+from kosmo.ledger_store import (
+    Accepted,
+    Applied,
+    Canceled,
+    CancelRefusal,
+    CancelRequest,
+    Refused,
+    accept_sends,
+    apply_reports,
+    cancel_messages,
+)
 from kosmo.messages import NewMessage, StatusReport
 
 log = logging.getLogger(__name__)
 QUEUED_LINGER = 0.01  # seconds a batch of only ``queued`` marks waits for more
 T = TypeVar("T")
-R = TypeVar("R", "SendRequest", "ReportRequest")
+R = TypeVar("R", "SendRequest", "ReportRequest", "CancelMessage")
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,8 @@ class SendRequest:
     node_id: str
     text: str
     reply: Reply[Accepted | Refused] = field(compare=False)
+    queue_position: int | None = None
+    estimated_transmit_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +81,17 @@ class ReportRequest:
     reply: Reply[Applied] | None = field(default=None, compare=False)
 
 
-Request = SendRequest | ReportRequest
+@dataclass(frozen=True)
+class CancelMessage:
+    cancel: CancelRequest
+    reply: Reply[Canceled | CancelRefusal] = field(compare=False)
+
+
+Request = SendRequest | ReportRequest | CancelMessage
+
+
+async def _none_canceled(ids: list[UUID]) -> None:
+    pass
 
 
 class Ledger:
@@ -69,9 +99,11 @@ class Ledger:
                  dispatch: Callable[[list[NewMessage]], Awaitable[None]],
                  message_ttl: float, events: EventBus | None = None,
                  max_batch: int = 256,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 canceled: Callable[[list[UUID]], Awaitable[None]] = _none_canceled) -> None:
         self._db = db
         self._dispatch = dispatch
+        self._canceled = canceled
         self._in_commit_order = events.in_commit_order if events else _no_events
         self._ttl = timedelta(seconds=message_ttl)
         self._max_batch = max_batch
@@ -79,12 +111,23 @@ class Ledger:
         self._last_created = datetime.min.replace(tzinfo=clock().tzinfo)
         self._sends = trio.open_memory_channel[SendRequest](max_batch)
         self._reports = trio.open_memory_channel[ReportRequest](max_batch)
+        self._cancels = trio.open_memory_channel[CancelMessage](max_batch)
         self.batches = 0
 
-    async def send(self, user_id: UUID, node_id: str, text: str) -> Accepted | Refused:
-        """Check, debit and store one outbound message; the reply comes after the commit."""
+    async def send(self, user_id: UUID, node_id: str, text: str, *,
+                   queue_position: int | None = None,
+                   estimated_transmit_at: datetime | None = None) -> Accepted | Refused:
+        """Check, debit and store one outbound message, with its admission's estimate; the
+        reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
-        await self._sends[0].send(SendRequest(user_id, node_id, text, reply))
+        await self._sends[0].send(SendRequest(user_id, node_id, text, reply, queue_position,
+                                              estimated_transmit_at))
+        return await reply.wait()
+
+    async def cancel(self, user_id: UUID, message_id: UUID) -> Canceled | CancelRefusal:
+        """Cancel the user's message if it still waits; the reply comes after the commit."""
+        reply: Reply[Canceled | CancelRefusal] = Reply()
+        await self._cancels[0].send(CancelMessage(CancelRequest(user_id, message_id), reply))
         return await reply.wait()
 
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
@@ -101,6 +144,7 @@ class Ledger:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._lane, self._sends[1], self._process_sends)
             nursery.start_soon(self._lane, self._reports[1], self._process_reports)
+            nursery.start_soon(self._lane, self._cancels[1], self._process_cancels)
             task_status.started()
 
     async def _lane(self, receive: trio.MemoryReceiveChannel[R],
@@ -117,7 +161,8 @@ class Ledger:
 
     async def _process_sends(self, batch: list[SendRequest]) -> None:
         new = [self._new_message(s) for s in batch]
-        results = await self._commit(batch, accept_sends, new, self._clock())
+        results = await self._commit(batch, self._process_sends, accept_sends, new,
+                                     self._clock())
         if results is None:
             return
         for send, result in zip(batch, results, strict=True):
@@ -127,15 +172,27 @@ class Ledger:
             await self._dispatch(accepted)  # one hand-over for the whole batch
 
     async def _process_reports(self, batch: list[ReportRequest]) -> None:
-        results = await self._commit(batch, apply_reports, [r.report for r in batch])
+        results = await self._commit(batch, self._process_reports, apply_reports,
+                                     [r.report for r in batch])
         if results is None:
             return
         for report, outcome in zip(batch, results, strict=True):
             if report.reply is not None:
                 report.reply.set(outcome)
 
-    async def _commit(self, batch: Sequence[Request], fn: Callable[..., tuple[list[T], Any]],
-                      *args: Any) -> list[T] | None:
+    async def _process_cancels(self, batch: list[CancelMessage]) -> None:
+        results = await self._commit(batch, self._process_cancels, cancel_messages,
+                                     [c.cancel for c in batch], self._clock())
+        if results is None:
+            return
+        for request, outcome in zip(batch, results, strict=True):
+            request.reply.set(outcome)
+        canceled = [r.message.message_id for r in results if isinstance(r, Canceled)]
+        if canceled:
+            await self._canceled(canceled)
+
+    async def _commit(self, batch: Sequence[R], retry: Callable[[list[R]], Awaitable[None]],
+                      fn: Callable[..., tuple[list[T], Any]], *args: Any) -> list[T] | None:
         """Run ``fn`` over the batch in one transaction and publish its events, in commit
         order. On failure, fail the batch's replies (database down) or retry its requests
         one by one (any other database error). None: the replies are already settled."""
@@ -158,17 +215,15 @@ class Ledger:
                 await publish(events)
                 return results
         for request in batch:  # outside the ordering lock: each takes it again
-            if isinstance(request, SendRequest):
-                await self._process_sends([request])
-            else:
-                await self._process_reports([request])
+            await retry([request])
         return None
 
     def _new_message(self, send: SendRequest) -> NewMessage:
         created = max(self._clock(), self._last_created + timedelta(microseconds=1))
         self._last_created = created
         return NewMessage(uuid.uuid4(), send.user_id, send.node_id, send.text, created,
-                          created + self._ttl)
+                          created + self._ttl, queue_position=send.queue_position,
+                          estimated_transmit_at=send.estimated_transmit_at)
 
 
 @asynccontextmanager

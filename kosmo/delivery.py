@@ -2,24 +2,31 @@
 
 Theory of operation
 -------------------
-An outbound message starts ``pending`` (stored and debited). Reports move it forward:
+An outbound message starts ``pending`` (stored and debited). Reports move it forward; the user
+may cancel it while it waits:
 
     pending -> queued -> transmitted -> delivered
-       |          |          |
-       +----------+----------+--> failed (reason)          pending/queued --> expired (reason)
+       |  |       |          |
+       |  +-------+----------+--> failed (reason)          pending/queued --> expired (reason)
+       |
+       +--> canceled (reason "canceled"): only while waiting (pending, not handed to a bridge)
 
 Rules:
 - Forward only. A report that would move a message backwards, or repeats its status, changes
   nothing (duplicates and late reports are idempotent no-ops).
 - ``delivered`` implies ``transmitted``: a delivery report that arrives first adds an inferred
   ``transmitted`` entry to the history before ``delivered``.
-- ``failed``, ``expired`` and ``delivered`` are final. A report for an expired message is kept in
-  the history as a note and changes neither status nor quota.
+- ``failed``, ``expired``, ``canceled`` and ``delivered`` are final. A report for an expired or
+  a canceled message is kept in the history as a note and changes neither status nor quota.
 - ``failed`` and ``expired`` carry a reason (``unknown`` when a failure report has none).
 - Refund rule: a message that never reached the air (``failed`` or ``expired`` straight from
   ``pending``/``queued``) is refunded, and since both are final this happens exactly once.
   ``transmitted -> failed`` is not refunded: the radio sent it.
 - ``expired`` does not apply once a message is ``transmitted`` (it reached the air in time).
+- ``cancel`` is the user's request, not a report: it applies only to a message that *waits*
+  (``pending`` and not yet handed to a bridge, which the caller says with ``handed``), whose
+  text no radio can have; it ends ``canceled`` and is refunded. Anything else (handed, queued,
+  on air, final) is unchanged: the text may already be on its way.
 - Reporting a status that is not a report (``pending``, ``received``) is a protocol error:
   ``InvalidReport``.
 """
@@ -37,15 +44,18 @@ class Status(enum.StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELED = "canceled"
     RECEIVED = "received"  # inbound messages only; never part of a transition
 
 
-FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.EXPIRED})
+FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.EXPIRED, Status.CANCELED})
+NOTED = frozenset({Status.EXPIRED, Status.CANCELED})  # final; later reports become notes
 ON_AIR = frozenset({Status.TRANSMITTED, Status.DELIVERED})
 REPORTS = frozenset({Status.QUEUED, Status.TRANSMITTED, Status.DELIVERED, Status.FAILED,
                      Status.EXPIRED})
 _RANK = {Status.PENDING: 0, Status.QUEUED: 1, Status.TRANSMITTED: 2, Status.DELIVERED: 3}
 UNKNOWN_REASON = "unknown"
+CANCELED_REASON = "canceled"
 
 
 class InvalidReport(ValueError):
@@ -97,7 +107,7 @@ def apply(status: Status, report: Report) -> Transition:
     if target in (Status.FAILED, Status.EXPIRED) and not reason:
         reason = UNKNOWN_REASON if target is Status.FAILED else "ttl"
 
-    if status is Status.EXPIRED:
+    if status in NOTED:
         return _unchanged(status, Entry(target, reason, note=True))
     if status in FINAL:
         return _unchanged(status)
@@ -116,3 +126,12 @@ def apply(status: Status, report: Report) -> Transition:
     if target is Status.DELIVERED and status is not Status.TRANSMITTED:
         history = (Entry(Status.TRANSMITTED, "inferred"), *history)
     return Transition(status, target, history)
+
+
+def cancel(status: Status, handed: bool) -> Transition:
+    """What the user's cancel does to a message in ``status``; ``handed``: a bridge has it."""
+    status = Status(status)
+    if status is Status.PENDING and not handed:
+        return Transition(status, Status.CANCELED, (Entry(Status.CANCELED, CANCELED_REASON),),
+                          refund=True)
+    return _unchanged(status)

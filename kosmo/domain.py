@@ -71,6 +71,7 @@ class Refusal(enum.StrEnum):
     RECEIVE_ONLY = "receive-only"
     NODE_NOT_WHITELISTED = "node-not-whitelisted"
     QUOTA_EXCEEDED = "quota-exceeded"
+    MESH_CONGESTED = "mesh-congested"  # the estimate lies beyond the expiry; with retry-after
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,15 @@ Rules:
 - Writers assign history ids in commit order (see ``lock_event_order``), so "everything after
   event N" is a stable set once N has been seen.
 - An event carries the message as it was at that event (a ``kosmo.views.MessageView``): its
-  status and reason then, and ``updated_at`` = the time of the event.
+  status and reason then, and ``updated_at`` = the time of the event. Its ``bridge_id`` is null
+  on a ``pending`` event (a bridge is assigned when the message is handed, after its creation,
+  and never changes) and the message's bridge otherwise.
+- The waiting fields (``queue_position``, ``estimated_transmit_at``) are not kept per event: a
+  live event carries them as the writer knew them at that event, a replayed one as the message
+  has them when it is replayed (the view clears them for a status they do not apply to).
+- Event types follow the message: ``message.created`` (an outbound message accepted,
+  ``pending``), ``message.status`` (every later status of an outbound message, ``canceled``
+  included), ``message.inbound`` (a reply threaded to its user).
 - An event belongs to one user (the message's owner). Unassigned inbound messages have no
   owner and produce no event anyone can see.
 """
@@ -72,7 +80,8 @@ def events_since(conn: psycopg.Connection[Any], user_id: UUID, after: int,
     # After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.
     rows = conn.execute("""
         SELECT h.id, m.id, m.direction, m.node_id, m.text, h.status, h.reason, m.created_at,
-               h.at
+               h.at, CASE WHEN h.status <> 'pending' THEN m.bridge_id END, m.queue_position,
+               m.estimated_transmit_at
         FROM message_status_history h JOIN messages m ON m.id = h.message_id
         WHERE h.user_id = %s AND h.id > %s AND NOT h.note
         ORDER BY h.id LIMIT %s""", (user_id, after, limit)).fetchall()

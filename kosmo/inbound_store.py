@@ -93,6 +93,6 @@ def store_inbound(conn: psycopg.Connection[Any], packets: list[InboundPacket],
     stored = [Stored(p, i, o) if i in inserted else Stored(p, None, None)
               for p, i, o in zip(packets, ids, owners, strict=True)]
     history = [HistoryRow(o, MessageView(i, Direction.INBOUND, p.from_node_id, p.text,
-                                         Status.RECEIVED, t, t))
+                                         Status.RECEIVED, t, t, bridge_id=p.bridge_id))
                for p, i, o, t in zip(packets, ids, owners, times, strict=True) if i in inserted]
     return stored, record_history(conn, history)

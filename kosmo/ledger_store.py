@@ -1,4 +1,4 @@
-"""The ledger's SQL: check, debit and store sends; apply delivery reports and refunds.
+"""The ledger's SQL: check, debit and store sends; apply delivery reports, cancels and refunds.
 
 Rules:
 - Everything here runs inside the caller's transaction (``Database.run``): a batch of sends
@@ -11,11 +11,16 @@ Rules:
   one transaction, so no message is refunded twice, whatever the reports.
 - History rows are appended through ``record_history``, which assigns their ids (event ids)
   in commit order.
+- A cancel locks the message's row (``FOR UPDATE``) and decides with ``delivery.cancel`` on
+  what it reads there: the dispatcher's claim (``... WHERE status = 'pending' AND handed_at IS
+  NULL``) takes the same row lock, so of a cancel and a claim racing exactly one wins: a claim
+  that waited finds the row canceled and skips it, a cancel that waited finds it handed.
 - Subscription and plan rules live in ``kosmo.domain``; state transitions in ``kosmo.delivery``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -40,6 +45,25 @@ class Accepted:
 class Refused:
     refusal: Refusal
     quota: Quota | None = None
+    retry_after: float | None = None  # seconds, for a refusal that passes (mesh-congested)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    user_id: UUID
+    message_id: UUID
+
+
+@dataclass(frozen=True)
+class Canceled:
+    message: MessageView  # as it is now: canceled
+
+
+class CancelRefusal(enum.StrEnum):
+    """Why a cancel changed nothing; each value is the last segment of a problem type URI."""
+
+    NOT_FOUND = "not-found"  # unknown, inbound, or another user's
+    ALREADY_ON_AIR = "already-on-air"  # handed to a bridge, or finished
 
 
 @dataclass(frozen=True)
@@ -89,10 +113,12 @@ WHERE q.user_id = t.u AND q.period_start = t.s
 
 _INSERT_MESSAGES = """
 INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at, updated_at,
-                      expires_at, debit_period_start, charged)
-SELECT i, 'outbound', u, n, t, 'pending', c, c, e, p, true
+                      expires_at, debit_period_start, charged, queue_position,
+                      estimated_transmit_at)
+SELECT i, 'outbound', u, n, t, 'pending', c, c, e, p, true, q, w
 FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],
-            %s::timestamptz[], %s::timestamptz[]) AS x (i, u, n, t, c, e, p)
+            %s::timestamptz[], %s::timestamptz[], %s::integer[], %s::timestamptz[])
+     AS x (i, u, n, t, c, e, p, q, w)
 """
 
 _INSERT_HISTORY = """
@@ -117,9 +143,11 @@ FROM (SELECT user_id, debit_period_start, count(*) AS n FROM refunded
 WHERE q.user_id = r.user_id AND q.period_start = r.debit_period_start
 """
 
+# A message that left ``pending`` no longer waits: its queue position goes.
 _UPDATE_STATUS = """
 UPDATE messages AS m SET status = x.s, reason = x.r, updated_at = x.a,
-       packet_id = COALESCE(x.p, m.packet_id), bridge_id = COALESCE(x.b, m.bridge_id)
+       packet_id = COALESCE(x.p, m.packet_id), bridge_id = COALESCE(x.b, m.bridge_id),
+       queue_position = CASE WHEN x.s = 'pending' THEN m.queue_position END
 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::text[])
      AS x (i, s, r, a, p, b)
 WHERE m.id = x.i
@@ -195,7 +223,8 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
             [m.message_id for m in stored], [m.user_id for m in stored],
             [m.node_id for m in stored], [m.text for m in stored],
             [m.created_at for m in stored], [m.expires_at for m in stored],
-            [subs[m.user_id].period_start for m in stored]))
+            [subs[m.user_id].period_start for m in stored],
+            [m.queue_position for m in stored], [m.estimated_transmit_at for m in stored]))
         events = record_history(conn, [HistoryRow(m.user_id, MessageView.accepted(m))
                                        for m in stored])
     return results, events
@@ -207,11 +236,13 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
     if not reports:
         return [], []
     rows = conn.execute(
-        "SELECT id, status, user_id, node_id, text, created_at FROM messages"
+        "SELECT id, status, user_id, node_id, text, created_at, bridge_id,"
+        " estimated_transmit_at FROM messages"
         " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
         (list({r.message_id for r in reports}),)).fetchall()
     found = {row[0]: row for row in rows}
     status = {row[0]: Status(row[1]) for row in rows}
+    bridge: dict[UUID, str | None] = {row[0]: row[6] for row in rows}
     final: dict[UUID, tuple[str, str | None, datetime, int | None, str | None]] = {}
     applied: list[Applied] = []
     history: list[HistoryRow] = []
@@ -222,10 +253,14 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
             applied.append(Applied(item, None))
             continue
         transition = delivery.apply(status[item.message_id], item.report)
-        owner, node_id, text, created_at = row[2:]
+        owner, node_id, text, created_at, _, estimated = row[2:]
+        if transition.changed and item.bridge_id is not None:
+            bridge[item.message_id] = item.bridge_id
         history.extend(
             HistoryRow(owner, MessageView(item.message_id, Direction.OUTBOUND, node_id, text,
-                                          e.status, created_at, item.at, e.reason), e.note)
+                                          e.status, created_at, item.at, e.reason,
+                                          bridge[item.message_id],
+                                          estimated_transmit_at=estimated), e.note)
             for e in transition.history)
         if transition.changed:
             status[item.message_id] = transition.after
@@ -252,6 +287,53 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
             conn.execute(_REFUND, (refunds,))
         events = record_history(conn, history)
     return applied, events
+
+
+_CANCEL = """
+UPDATE messages SET status = 'canceled', reason = %s, updated_at = %s, queue_position = NULL,
+       estimated_transmit_at = NULL
+WHERE id = ANY(%s)
+"""
+
+
+def cancel_messages(conn: psycopg.Connection, cancels: list[CancelRequest], now: datetime
+                    ) -> tuple[list[Canceled | CancelRefusal], list[Event]]:
+    """Cancel each waiting message asked for, in order; one result per request, the events."""
+    if not cancels:
+        return [], []
+    rows = conn.execute(
+        "SELECT id, user_id, status, handed_at IS NOT NULL, node_id, text, created_at"
+        " FROM messages WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
+        (list({c.message_id for c in cancels}),)).fetchall()
+    found = {row[0]: row for row in rows}
+    status = {row[0]: Status(row[2]) for row in rows}
+    results: list[Canceled | CancelRefusal] = []
+    history: list[HistoryRow] = []
+    refunds: list[UUID] = []
+    for item in cancels:
+        row = found.get(item.message_id)
+        if row is None or row[1] != item.user_id:
+            results.append(CancelRefusal.NOT_FOUND)
+            continue
+        transition = delivery.cancel(status[item.message_id], handed=row[3])
+        if not transition.changed:
+            results.append(CancelRefusal.ALREADY_ON_AIR)
+            continue
+        status[item.message_id] = transition.after
+        (entry,) = transition.history
+        view = MessageView(item.message_id, Direction.OUTBOUND, row[4], row[5], entry.status,
+                           row[6], now, entry.reason)
+        results.append(Canceled(view))
+        history.append(HistoryRow(item.user_id, view))
+        if transition.refund:
+            refunds.append(item.message_id)
+    if history:
+        with conn.pipeline():
+            conn.execute(_CANCEL, (delivery.CANCELED_REASON, now,
+                                   [h.message.message_id for h in history]))
+            conn.execute(_REFUND, (refunds,))
+            return results, record_history(conn, history)
+    return results, []
 
 
 def pending_messages(conn: psycopg.Connection, handed_before: datetime,

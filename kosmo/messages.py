@@ -24,6 +24,21 @@ class NewMessage:
     created_at: datetime
     expires_at: datetime
     bridge_id: str | None = None
+    # The admission's estimate when accepted (``Admission``); stored with the row.
+    queue_position: int | None = None
+    estimated_transmit_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the dispatcher says of a send before it is debited: accepted (``retry_after`` None)
+    with its place in the queue of the radio it would go to and when it would go on air (each
+    None when unknown, e.g. with no bridge online), or refused for now (``mesh-congested``)."""
+
+    bridge_id: str | None = None  # the radio's bridge it would go to
+    queue_position: int | None = None  # 1 = next to be handed to that bridge
+    estimated_transmit_at: datetime | None = None
+    retry_after: float | None = None  # set: refused, mesh-congested, retry after s
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,3 @@ class StatusReport:
     packet_id: int | None = None
     bridge_id: str | None = None
 
-
-@dataclass(frozen=True)
-class Admission:
-    """The dispatcher's answer before a send is debited: where it would go and when.
-    ``retry_after`` set: refused (mesh-congested), retry after that many seconds."""
-
-    bridge_id: str | None = None  # the radio's bridge it would go to
-    queue_position: int | None = None  # 1 = next to be handed to that bridge
-    estimated_transmit_at: datetime | None = None
-    retry_after: float | None = None

@@ -5,6 +5,8 @@ offline before it was given the message (and only then), and waits its fair turn
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import trio
 from bridge.daemon import Bridge
 from bridge.sim import make_nodes
 from kosmo import airtime
-from tests.conftest import GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value
+from kosmo.config import Settings
+from tests.conftest import GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value, start_gateway
+from tests.mesh import FakeBridgeLink
 from tests.test_bridge import BridgeRunner, SimRunner, make_settings
 
 NORTH, SOUTH = 0x0B0B0B0B, 0x0C0C0C0C
@@ -197,9 +201,9 @@ async def test_a_light_user_waits_one_round_behind_a_heavy_backlog_with_estimate
             " WHERE status = 'pending' AND handed_at IS NULL AND queue_position IS NOT NULL"
             " ORDER BY queue_position").fetchall()]
 
-    rows = await until(lambda: len(found := waiting()) >= 5 and found)
-    positions = [r[1] for r in rows]
-    assert positions == list(range(1, len(rows) + 1))
+    # Places are rewritten as the queue moves: wait for a consistent reading of at least five.
+    rows = await until(lambda: len(found := waiting()) >= 5 and [
+        r[1] for r in found] == list(range(1, len(found) + 1)) and found)
     times = [r[2] for r in rows]
     assert times == sorted(times)
     assert all(t is not None for t in times)
@@ -224,3 +228,54 @@ async def test_a_light_user_waits_one_round_behind_a_heavy_backlog_with_estimate
     assert after is not None
     assert after[0] is None  # handed: no place in a queue any more
     await site.stop()
+
+
+async def test_a_send_the_mesh_cannot_carry_in_time_is_refused_before_any_debit(
+        nursery: trio.Nursery, settings: Settings, mqtt_url: str, topic_root: str,
+        sql: psycopg.Connection[Any]) -> None:
+    # One bridge that takes one text at a time and sends one every 2 s (it never reports, so
+    # what it holds stays held); messages live 7 s.
+    link = FakeBridgeLink(mqtt_url, topic_root, "slow")
+    link.state("online", {"credit": 1, "min_gap_s": 2.0})
+    try:
+        async with start_gateway(nursery, settings.replace(message_ttl=7.0)) as gateway:
+            await until(lambda: gateway.running.dispatcher.online() == ["slow"])
+            answers = []
+            for i in range(6):
+                answers.append(await gateway.send(SANCTUARY, ONLY_NORTH, f"m{i}"))
+                if answers[-1].status_code == 503:
+                    break
+            accepted = [a.json() for a in answers if a.status_code == 201]
+            refused = answers[-1]
+            assert refused.status_code == 503, [a.status_code for a in answers]
+            assert refused.headers["Content-Type"] == "application/problem+json"
+            assert refused.json()["type"] == "/problems/mesh-congested"
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert db_value(sql, "SELECT used FROM quota_usage WHERE user_id = %s",
+                            SANCTUARY) == len(accepted)  # nothing charged for the refusal
+            assert db_value(sql, "SELECT count(*) FROM messages") == len(accepted)
+            # The first is handed at once (the bridge's one credit); the others wait, each
+            # one place and about 2 s further back, the next one first.
+            waiting = accepted[1:]
+            assert [a["queue_position"] for a in waiting] == list(range(1, len(waiting) + 1))
+            times = [datetime.fromisoformat(a["estimated_transmit_at"]) for a in accepted]
+            assert all(1.5 < (b - a).total_seconds() < 2.5 for a, b in itertools.pairwise(times))
+
+            # Cancel the last waiting one: refunded, and the dispatcher forgets it.
+            last = waiting[-1]["message_id"]
+            canceled = await gateway.client.delete(f"/api/v1/messages/{last}",
+                                                   headers={"X-User-ID": str(SANCTUARY)})
+            assert canceled.status_code == 200, canceled.text
+            assert canceled.json()["status"] == "canceled"
+            assert db_value(sql, "SELECT used FROM quota_usage WHERE user_id = %s",
+                            SANCTUARY) == len(accepted) - 1
+            await until(lambda: gateway.running.dispatcher.waiting().get("slow", 0)
+                        == len(waiting) - 1)
+            held = accepted[0]["message_id"]  # given to the bridge at once: too late
+            await until(lambda: row(sql, held)[2])
+            again = await gateway.client.delete(f"/api/v1/messages/{held}",
+                                                headers={"X-User-ID": str(SANCTUARY)})
+            assert again.status_code == 409
+            assert again.json()["type"] == "/problems/already-on-air"
+    finally:
+        link.close()

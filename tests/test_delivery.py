@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kosmo.delivery import Entry, InvalidReport, Report, Status, apply
+from kosmo.delivery import FINAL, Entry, InvalidReport, Report, Status, apply, cancel
 
 S = Status
 
@@ -158,3 +158,33 @@ def test_a_plain_string_expired_status_still_records_the_note() -> None:
 def test_a_plain_string_report_is_applied_like_the_enum() -> None:
     failed: Status = "failed"  # type: ignore[assignment]
     assert apply(S.PENDING, Report(failed)) == apply(S.PENDING, Report(S.FAILED))
+
+
+def test_a_waiting_message_is_canceled_and_refunded() -> None:
+    transition = cancel(S.PENDING, handed=False)
+    assert (transition.before, transition.after, transition.refund) == (S.PENDING, S.CANCELED,
+                                                                        True)
+    assert transition.history == (Entry(S.CANCELED, "canceled"),)
+    assert S.CANCELED in FINAL
+
+
+@pytest.mark.parametrize(("before", "handed"), [
+    (S.PENDING, True), *((status, handed) for status in (S.QUEUED, S.TRANSMITTED, S.DELIVERED,
+                                                         S.FAILED, S.EXPIRED, S.CANCELED)
+                         for handed in (False, True))])
+def test_only_a_waiting_message_can_be_canceled(before: Status, handed: bool) -> None:
+    transition = cancel(before, handed)
+    assert not transition.changed
+    assert (transition.after, transition.history, transition.refund) == (before, (), False)
+
+
+@pytest.mark.parametrize("report", [S.QUEUED, S.TRANSMITTED, S.DELIVERED, S.FAILED, S.EXPIRED])
+def test_a_report_for_a_canceled_message_is_only_a_note(report: Status) -> None:
+    transition = apply(S.CANCELED, Report(report, "late"))
+    assert (transition.after, transition.refund) == (S.CANCELED, False)
+    assert [(e.status, e.note) for e in transition.history] == [(report, True)]
+
+
+def test_canceled_is_not_a_report() -> None:
+    with pytest.raises(InvalidReport):
+        Report(S.CANCELED)

@@ -1,7 +1,8 @@
 """Property tests: ``kosmo.delivery`` and the quota refund rule against an independent model.
 
 The model knows only a rank table and one step rule: nothing leaves a final status, ``expired``
-does not touch a transmitted message, and otherwise a report wins when it ranks higher. A user
+does not touch a transmitted message, and otherwise a report wins when it ranks higher; a
+cancel wins only over a message that is still pending and was never handed to a bridge. A user
 is a limit and a ``used`` counter that a send debits and a refund credits.
 """
 
@@ -21,14 +22,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from kosmo.delivery import Entry, Report, Status, Transition, apply
+from kosmo.delivery import Entry, Report, Status, Transition, apply, cancel
 
 S = Status
 TOP = 3
 RANK = {S.PENDING: 0, S.QUEUED: 1, S.TRANSMITTED: 2, S.DELIVERED: TOP, S.FAILED: TOP,
-        S.EXPIRED: TOP}
+        S.EXPIRED: TOP, S.CANCELED: TOP}
 AIR = {S.TRANSMITTED, S.DELIVERED}
-LOST = {S.FAILED, S.EXPIRED}
+LOST = {S.FAILED, S.EXPIRED, S.CANCELED}
+NOTED = {S.EXPIRED, S.CANCELED}
 
 
 def model_step(status: Status, report: Status) -> Status:
@@ -58,6 +60,7 @@ class Message:
     history: list[Entry] = field(default_factory=lambda: [Entry(S.PENDING)])
     model: Status = S.PENDING
     model_on_air: bool = False
+    handed: bool = False  # a bridge was given it (the dispatcher's claim)
     refunds: int = 0
     last_seen: Status = S.PENDING  # the status at the previous invariant check
 
@@ -107,7 +110,7 @@ class DeliveryMachine(RuleBasedStateMachine):
                 assert entry.reason == report.reason
             elif report.status is S.FAILED:
                 assert entry.reason == "unknown"
-        if transition.before is S.EXPIRED:  # kept for the record, and nothing else
+        if transition.before in NOTED:  # kept for the record, and nothing else
             assert [(e.status, e.note) for e in transition.history] == [(report.status, True)]
         message.status = transition.after
         message.history.extend(transition.history)
@@ -125,6 +128,27 @@ class DeliveryMachine(RuleBasedStateMachine):
     def report(self, message: Message, report: Report) -> tuple[Message, Report]:
         self.deliver(message, report)
         return message, report
+
+    @rule(message=messages)
+    def hand(self, message: Message) -> None:
+        message.handed = True
+
+    @rule(message=messages)
+    def cancel(self, message: Message) -> None:
+        waiting = message.status is S.PENDING and not message.handed
+        transition = cancel(message.status, message.handed)
+        assert transition.before is message.status
+        assert transition.changed == transition.refund == waiting
+        if waiting:
+            event("canceled")
+            assert transition.history == (Entry(S.CANCELED, "canceled"),)
+            message.model = S.CANCELED
+            message.refunds += 1
+            message.user.used -= 1
+        else:
+            assert transition.history == ()
+        message.status = transition.after
+        message.history.extend(transition.history)
 
     @rule(pair=applied)
     def duplicate(self, pair: tuple[Message, Report]) -> None:
@@ -180,12 +204,18 @@ class DeliveryMachine(RuleBasedStateMachine):
             assert user.used == user.sent - refunds == in_flight
 
     @invariant()
-    def notes_only_on_expired_messages(self) -> None:
+    def notes_only_on_expired_or_canceled_messages(self) -> None:
         noted = [message for message in self.sent if any(e.note for e in message.history)]
-        assert all(message.status is S.EXPIRED for message in noted)
+        assert all(message.status in NOTED for message in noted)
         for message in noted:
             first_note = next(i for i, e in enumerate(message.history) if e.note)
-            assert message.history[first_note - 1].status is S.EXPIRED
+            assert message.history[first_note - 1].status is message.status
+
+    @invariant()
+    def a_canceled_message_was_never_handed_nor_reported(self) -> None:
+        for message in self.sent:
+            if message.status is S.CANCELED:
+                assert message.steps() == [S.PENDING, S.CANCELED]
 
 
 DeliveryMachine.TestCase.settings = settings(

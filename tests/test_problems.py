@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import trio
 
+from kosmo.api.problems import TITLES
 from tests.conftest import WANDERER, Gateway, db_value
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "http-api.md"
 
 URL = "/api/v1/messages"
 USER = {"X-User-ID": str(WANDERER)}
@@ -106,6 +111,9 @@ async def test_chunked_body_over_the_limit_is_413(gateway: Gateway):
     ("GET", "/api/v1/messages/conversations/!a1b2c3d4?cursor=WyJ4IiwieSJd", 422,
      "invalid-fields"),
     ("DELETE", "/api/v1/messages", 405, "method-not-allowed"),
+    ("DELETE", "/api/v1/messages/not-a-uuid", 404, "not-found"),
+    ("DELETE", "/api/v1/messages/00000000-0000-0000-0000-000000000000", 404, "not-found"),
+    ("PUT", "/api/v1/messages/00000000-0000-0000-0000-000000000000", 405, "method-not-allowed"),
     ("PUT", "/api/v1/messages/conversations", 405, "method-not-allowed"),
 ])
 async def test_path_and_query_errors(gateway: Gateway, method, path, status, slug):
@@ -117,6 +125,8 @@ async def test_missing_credentials_on_reads(gateway: Gateway):
     for path in ["/api/v1/messages/conversations", "/api/v1/messages/conversations/!a1b2c3d4",
                  "/api/v1/messages/00000000-0000-0000-0000-000000000000"]:
         assert_problem(await gateway.client.get(path), 401, "unauthorized")
+    assert_problem(await gateway.client.delete(
+        "/api/v1/messages/00000000-0000-0000-0000-000000000000"), 401, "unauthorized")
 
 
 async def test_garbage_requests_never_yield_500(gateway: Gateway):
@@ -148,3 +158,9 @@ async def test_an_error_before_the_body_was_read_does_not_wedge_keep_alive(gatew
             assert first.status_code in (405, 413)
             second = await gateway.client.post(URL, headers=USER, json=body)
         assert second.status_code == 201
+
+
+def test_every_problem_type_is_documented_with_its_title():
+    rows = re.findall(r"^\| `/problems/([a-z-]+)` \| [^|]+ \| ([^|]+) \|", DOC.read_text(),
+                      re.MULTILINE)
+    assert {slug: title.strip() for slug, title in rows} == TITLES

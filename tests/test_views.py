@@ -28,10 +28,14 @@ CREATED = datetime(2026, 11, 27, 14, 33, 41, 164774, tzinfo=UTC)
 UPDATED = datetime(2026, 11, 27, 15, 33, 44, tzinfo=timezone(timedelta(hours=1)))  # 14:33:44Z
 
 
+ESTIMATE = datetime(2026, 11, 27, 14, 40, tzinfo=UTC)
+
+
 def view(direction: Direction = Direction.OUTBOUND, status: Status = Status.FAILED,
-         reason: str | None = "no_ack") -> MessageView:
+         reason: str | None = "no_ack", bridge_id: str | None = "pi-north",
+         queue_position: int | None = 3, estimated: datetime | None = ESTIMATE) -> MessageView:
     return MessageView(MESSAGE_ID, direction, "!a1b2c3d4", "Hello \"mesh\" ✓", status, CREATED,
-                       UPDATED, reason)
+                       UPDATED, reason, bridge_id, queue_position, estimated)
 
 
 async def served_spec() -> dict[str, Any]:
@@ -55,16 +59,37 @@ def test_to_json_writes_the_documented_keys_order_and_times():
         '{"message_id": "2b667622-67af-4db2-861b-de3cbfebee65", "direction": "outbound", '
         '"node_id": "!a1b2c3d4", "text": "Hello \\"mesh\\" \\u2713", "status": "failed", '
         '"created_at": "2026-11-27T14:33:41.164774Z", "updated_at": "2026-11-27T14:33:44Z", '
-        '"reason": "no_ack"}')
+        '"reason": "no_ack", "bridge_id": "pi-north", "queue_position": null, '
+        '"estimated_transmit_at": null}')
     without = view(status=Status.QUEUED, reason=None).to_json()
     assert "reason" not in without
     assert list(without) == ["message_id", "direction", "node_id", "text", "status",
-                             "created_at", "updated_at"]
+                             "created_at", "updated_at", "bridge_id", "queue_position",
+                             "estimated_transmit_at"]
+
+
+@pytest.mark.parametrize(("status", "position", "estimate"), [
+    (Status.PENDING, 3, "2026-11-27T14:40:00Z"),
+    (Status.QUEUED, None, "2026-11-27T14:40:00Z"),
+    *((status, None, None) for status in (Status.TRANSMITTED, Status.DELIVERED, Status.FAILED,
+                                          Status.EXPIRED, Status.CANCELED)),
+])
+def test_the_waiting_fields_show_only_while_they_apply(status, position, estimate):
+    out = view(status=status, bridge_id=None).to_json()
+    assert (out["bridge_id"], out["queue_position"], out["estimated_transmit_at"]) == (
+        None, position, estimate)
+
+
+def test_an_inbound_message_has_its_bridge_and_no_waiting_fields():
+    out = view(Direction.INBOUND, Status.RECEIVED, None).to_json()
+    assert out["bridge_id"] == "pi-north"
+    assert "queue_position" not in out
+    assert "estimated_transmit_at" not in out
 
 
 def test_from_row_reads_the_columns_in_their_order():
     row = (MESSAGE_ID, "outbound", "!a1b2c3d4", "Hello \"mesh\" ✓", "failed", "no_ack", CREATED,
-           UPDATED)
+           UPDATED, "pi-north", 3, ESTIMATE)
     assert len(row) == len(COLUMNS.split(","))
     assert MessageView.from_row(row) == view()
     assert MessageView.from_row(row).status is Status.FAILED
@@ -72,9 +97,11 @@ def test_from_row_reads_the_columns_in_their_order():
 
 def test_an_accepted_message_is_pending_since_its_creation():
     message = NewMessage(MESSAGE_ID, WANDERER, "!a1b2c3d4", "hi", CREATED,
-                         CREATED + timedelta(hours=1))
+                         CREATED + timedelta(hours=1), queue_position=2,
+                         estimated_transmit_at=ESTIMATE)
     assert MessageView.accepted(message) == MessageView(
-        MESSAGE_ID, Direction.OUTBOUND, "!a1b2c3d4", "hi", Status.PENDING, CREATED, CREATED)
+        MESSAGE_ID, Direction.OUTBOUND, "!a1b2c3d4", "hi", Status.PENDING, CREATED, CREATED,
+        queue_position=2, estimated_transmit_at=ESTIMATE)
 
 
 @pytest.mark.parametrize(("direction", "status", "kind"), [
@@ -95,20 +122,28 @@ async def test_every_status_and_direction_validate_against_the_served_schema():
     component = spec["components"]["schemas"]["MessageOut"]
     check = validator(spec, component)
     properties, required = set(component["properties"]), set(component["required"])
+    waiting = {"queue_position", "estimated_transmit_at"}
     for direction, status in itertools.product(Direction, Status):
-        for reason in (None, "ttl"):
-            out = view(direction, status, reason).to_json()
+        for reason, bridge, position, estimate in itertools.product(
+                (None, "ttl"), (None, "pi-north"), (None, 1), (None, ESTIMATE)):
+            out = view(direction, status, reason, bridge, position, estimate).to_json()
             check.validate(out)
-            assert set(out) == (required if reason is None else properties)
+            expected = required | ({"reason"} if reason else set()) | (
+                waiting if direction is Direction.OUTBOUND else set())
+            assert set(out) == expected
+            assert properties == required | {"reason"} | waiting
     # And it is no looser than to_json: a null reason, a status or a direction no message has,
     # an id or a time that is not one, are refused.
     good = view().to_json()
     for broken in ({"reason": None}, {"status": "sent"}, {"direction": "up"},
-                   {"message_id": "42"}, {"created_at": "yesterday"}):
+                   {"message_id": "42"}, {"created_at": "yesterday"}, {"queue_position": 0},
+                   {"queue_position": "1"}, {"estimated_transmit_at": "soon"},
+                   {"bridge_id": 7}):
         assert not check.is_valid({**good, **broken}), broken
     # The model lists the view's fields in the order to_json writes them.
     assert list(schemas.MessageOut.model_fields) == [f.name for f in fields(MessageView)]
     assert list(good) == [f.name for f in fields(MessageView)]
+    assert not check.is_valid({k: v for k, v in good.items() if k != "bridge_id"})
 
 
 async def test_the_send_answer_and_the_detail_extend_the_message_schema():

@@ -1,11 +1,16 @@
 """The HTTP API (Quart on quart-trio). Handlers only translate: HTTP in, actor request, HTTP out.
 
 Rules:
-- Sends go to the quota ledger actor; reads go to the database through ``kosmo.reads``.
+- Sends and cancels go to the quota ledger actor; reads go to the database through
+  ``kosmo.reads``.
 - A send is checked in this order, and the first failure answers: 431 head too large
   (``kosmo.api.limits``) -> 413 body too large (from the bytes actually read) -> 408 body too
-  slow -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields ->
-  403 plan -> 429 quota. A refused request never debits the quota.
+  slow -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields -> 503 mesh congested
+  (the dispatcher's admission, ``Services.admit``, asked before the ledger) -> 403 plan ->
+  429 quota. A refused request never debits the quota.
+- A cancel (``DELETE`` of a message) has the rules of reading it: 401 credentials -> 404 for a
+  malformed id, an unknown message or another user's (the same answer) -> 409 when it no
+  longer waits (handed to a bridge, or finished) -> 200 with the canceled message.
 - Every error is RFC 9457 problem+json (``kosmo.api.problems``). No input yields a 500: an
   unexpected exception is logged and answered as a problem, and a database outage is a 503 with
   ``Retry-After``.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -41,7 +47,7 @@ from kosmo.clock import utcnow
 from kosmo.config import Settings
 from kosmo.db import DatabaseUnavailable
 from kosmo.domain import Refusal, parse_node_id, parse_uuid, text_problem
-from kosmo.ledger_store import Accepted
+from kosmo.ledger_store import Accepted, Canceled, CancelRefusal, Refused
 from kosmo.views import MessageView
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,11 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @document_response(schemas.MessageCreated, 201)
     @problems(400, 401, 403, 413, 415, 422, 429, 503)
     async def send_message() -> Response:
+        """Send a message to a mesh node.
+
+        Debits one message and stores it; it waits for its radio's turn. The answer says where
+        it stands in that radio's queue. A message the mesh cannot carry before it expires is
+        refused (503 mesh-congested) before any debit."""
         body = await request.get_data(cache=False)
         user = caller()
         if request.mimetype != "application/json":
@@ -119,9 +130,15 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
                           else "the Content-Type header is missing")
         fields = _parse_json(body)
         node_id, text = _validate_send(fields, settings.max_text_bytes)
-        result = await services.ledger.send(user, node_id, text)
+        admission = await services.admit(user, node_id, text)
+        if admission.retry_after is not None:
+            raise _refusal_problem(Refused(Refusal.MESH_CONGESTED,
+                                           retry_after=admission.retry_after))
+        result = await services.ledger.send(
+            user, node_id, text, queue_position=admission.queue_position,
+            estimated_transmit_at=admission.estimated_transmit_at)
         if not isinstance(result, Accepted):
-            raise _refusal_problem(result.refusal, result.quota)
+            raise _refusal_problem(result)
         message = result.message
         log.info("message %s accepted for node %s (user %s)", message.message_id, node_id, user)
         out = MessageView.accepted(message).to_json()
@@ -161,6 +178,25 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         if found is None:
             raise Problem(404, "not-found", "no such message")
         return found  # type: ignore[no-any-return]
+
+    @app.delete("/api/v1/messages/<message_id>")
+    @document_response(schemas.MessageOut)
+    @problems(401, 404, 409, 503)
+    async def cancel_message(message_id: str) -> dict[str, Any]:
+        """Cancel a message that still waits.
+
+        A message not yet handed to a bridge ends canceled and is refunded; once a bridge has
+        it, or it has ended, the answer is 409 already-on-air."""
+        user = caller()
+        wanted = parse_uuid(message_id)
+        result = await services.ledger.cancel(user, wanted) if wanted else None
+        if isinstance(result, Canceled):
+            log.info("message %s canceled (user %s)", wanted, user)
+            return result.message.to_json()
+        if result is CancelRefusal.ALREADY_ON_AIR:
+            raise Problem(409, result.value,
+                          "the message was already handed to a bridge, or has ended")
+        raise Problem(404, "not-found", "no such message")
 
     @app.get("/problems/<slug>")
     @security_scheme([])
@@ -238,17 +274,30 @@ def _validate_send(fields: Any, max_bytes: int) -> tuple[str, str]:
     return node_id, text  # type: ignore[return-value]
 
 
-def _refusal_problem(refusal: Refusal, quota: Any) -> Problem:
-    if refusal is Refusal.QUOTA_EXCEEDED:
+def _refusal_problem(refused: Refused) -> Problem:
+    refusal, quota = refused.refusal, refused.quota
+    if refusal is Refusal.QUOTA_EXCEEDED and quota is not None:
         seconds = max(1, int((quota.resets_at - utcnow()).total_seconds()) + 1)
         return Problem(429, refusal.value, f"the quota resets at {quota.to_json()['resets_at']}",
                        headers={"Retry-After": str(seconds)}, quota=quota.to_json())
+    if refusal is Refusal.MESH_CONGESTED:
+        seconds = _whole_seconds(refused.retry_after)
+        return Problem(503, refusal.value,
+                       "the radios that reach this node could not send it before it expires;"
+                       f" retry in {seconds} s", headers={"Retry-After": str(seconds)})
     details = {
         Refusal.SUBSCRIPTION_INACTIVE: "the account has no active subscription",
         Refusal.RECEIVE_ONLY: "the plan can receive replies but not send messages",
         Refusal.NODE_NOT_WHITELISTED: "this node is not on the plan's whitelist",
     }
     return Problem(403, refusal.value, details[refusal])
+
+
+def _whole_seconds(seconds: float | None) -> int:
+    """A Retry-After value: whole seconds, rounded up, at least 1."""
+    if seconds is None or not math.isfinite(seconds):
+        return 1
+    return max(1, math.ceil(seconds))
 
 
 def _page() -> tuple[int, str | None]:

@@ -28,6 +28,8 @@ TITLES: dict[str, str] = {
     "receive-only": "The plan can only receive messages",
     "node-not-whitelisted": "The plan does not allow messaging this node",
     "quota-exceeded": "The monthly message quota is used up",
+    "mesh-congested": "The mesh cannot carry the message before it expires",
+    "already-on-air": "The message no longer waits and cannot be canceled",
     "not-found": "Not found",
     "request-timeout": "The request took too long to arrive",
     "method-not-allowed": "Method not allowed",

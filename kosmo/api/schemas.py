@@ -53,6 +53,11 @@ class MessageOut(BaseModel):
     updated_at: datetime
     # Present only when set, never null.
     reason: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
+    # Always present; null until an outbound message is handed to a bridge.
+    bridge_id: str | None = Field(examples=["pi-north"])
+    # On every outbound message (null when unknown or no longer waiting), never on an inbound.
+    queue_position: int | None = Field(default=None, ge=1, json_schema_extra=_no_default)
+    estimated_transmit_at: datetime | None = Field(default=None, json_schema_extra=_no_default)
 
 
 class MessageCreated(MessageOut):
