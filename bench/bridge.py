@@ -5,8 +5,10 @@ What it does, in one run (see bench/README.md for how to read the figures):
    port, sped up by ``time_scale``) and the real bridge daemon (``bridge.daemon.run_bridge``,
    the meshtastic library's TCP client, a fresh SQLite state directory), connected to the MQTT
    broker with a private topic root and bridge id.
-2. Publishes a backlog of outbound messages on ``{root}/mesh/outbound/!a1b2c3d4`` as the
-   gateway would (QoS 1, the JSON of docs/mqtt.md), all at once, after the bridge subscribed.
+2. Publishes a backlog of outbound messages on the bridge's own topic
+   ``{root}/bridge/{bridge_id}/outbound/!a1b2c3d4`` (QoS 1, the JSON of docs/mqtt.md), all at
+   once, after the bridge subscribed: beyond its credit, as a gateway that predates late
+   binding would, so the bridge's own pace is measured, not the gateway's schedule.
 3. The radio notes, in radio seconds, when each text reaches it and whether it refused it;
    its counters give the NAKs by reason. Nothing is converted by hand: radio time is the
    simulated radio's own clock, so the figures are per minute of radio time.
@@ -77,7 +79,7 @@ from bridge.config import BridgeSettings  # noqa: E402
 from bridge.daemon import Bridge, run_bridge  # noqa: E402
 from bridge.radio import Device  # noqa: E402
 from bridge.sim import SimConfig, SimRadio, SimRadioServer, make_nodes  # noqa: E402
-from kosmo import airtime  # noqa: E402
+from kosmo import airtime, wire  # noqa: E402
 from kosmo.config import MqttEndpoint  # noqa: E402
 
 NODE = "!a1b2c3d4"  # the simulated mesh's first node: one relay away, it acknowledges
@@ -228,10 +230,11 @@ def mqtt_client(endpoint: MqttEndpoint, client_id: str) -> Client:
 
 
 class Gateway:
-    """Publishes outbound messages as the gateway does and counts the bridge's reports."""
+    """Hands one bridge outbound messages on its own topic and counts the bridge's reports."""
 
-    def __init__(self, endpoint: MqttEndpoint, root: str, client_id: str) -> None:
-        self.root = root
+    def __init__(self, endpoint: MqttEndpoint, root: str, bridge_id: str,
+                 client_id: str) -> None:
+        self.root, self.bridge_id = root, bridge_id
         self.reports: Counter[str] = Counter()
         self._client = mqtt_client(endpoint, client_id)
         self._subscribed = False
@@ -262,7 +265,7 @@ class Gateway:
             time.sleep(0.02)
 
     def publish_backlog(self, count: int, text_bytes: int, ttl: float) -> None:
-        topic = f"{self.root}/mesh/outbound/{NODE}"
+        topic = wire.outbound_topic(self.root, self.bridge_id, NODE)
         now = time.time()
         created = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         expires = datetime.fromtimestamp(now + ttl, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -347,7 +350,8 @@ async def run_round(sc: Scenario, number: int, endpoint: MqttEndpoint, tag: str,
 
         with trio.fail_after(30):
             bridge = await nursery.start(serve_bridge)
-        gateway = await trio.to_thread.run_sync(Gateway, endpoint, root, f"bench-gw-{tag}")
+        gateway = await trio.to_thread.run_sync(Gateway, endpoint, root, bridge_id,
+                                                f"bench-gw-{tag}")
         try:
             await trio.to_thread.run_sync(
                 gateway.publish_backlog, sc.backlog, sc.text_bytes,

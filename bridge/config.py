@@ -7,6 +7,9 @@ Rules (as kosmo/config.py):
 - The broker URL and topic root are the gateway's own variables (``KOSMO_MQTT_URL``,
   ``KOSMO_MQTT_TOPIC_ROOT``). The MQTT client id is not a setting: it is derived from the
   bridge id, which names the persistent session.
+- ``credit`` is only said, in the retained state: the gateway hands the bridge at most that
+  many unsent texts. The bridge takes whatever it is given all the same (an older gateway
+  hands it everything).
 - The bridge id, when not given, is the radio's node id, learned at the first start and kept
   in the state directory, so the session (and the retained state topic) stays the same.
 """
@@ -23,6 +26,7 @@ from bridge.radio import Device
 from kosmo import config as kosmo_config
 from kosmo.airtime import REGION_DUTY_PERCENT
 from kosmo.config import MqttEndpoint, Option, parse_duration, parse_topic_root
+from kosmo.wire import MAX_CREDIT
 
 
 def parse_bridge_id(text: str) -> str:
@@ -36,6 +40,16 @@ def parse_region(text: str) -> str:
     if region not in REGION_DUTY_PERCENT:
         raise ValueError(f"{text!r} is not a Meshtastic region (e.g. EU_868, US, ANZ)")
     return region
+
+
+def parse_credit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_CREDIT:
+        raise ValueError(f"{text!r} must be from 1 to {MAX_CREDIT}")
+    return value
 
 
 def parse_time_scale(text: str) -> float:
@@ -72,6 +86,10 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_BRIDGE_RESULT_TIMEOUT", parse_duration, "5m",
         "how long after the hand-over to wait for a text's routing result and delivery ACK "
         "before reporting it failed (radio time)"),
+    "credit": Option(
+        "KOSMO_BRIDGE_CREDIT", parse_credit, "2",
+        f"how many unsent texts the gateway may hand this bridge at a time, 1..{MAX_CREDIT}; "
+        "the rest wait at the gateway, where they can still be rerouted or canceled"),
     "time_scale": Option(
         "KOSMO_BRIDGE_TIME_SCALE", parse_time_scale, "1",
         "radio seconds per real second, for a simulated radio that runs faster (keep 1 with "
@@ -88,6 +106,7 @@ class BridgeSettings:
     mqtt_topic_root: str = "kosmo"
     state_dir: Path = Path(".kosmo/bridge")
     result_timeout: float = 300.0
+    credit: int = 2
     time_scale: float = 1.0
 
     def describe(self) -> dict[str, str]:

@@ -18,8 +18,9 @@ Supervision policy:
 - Outbox: status reports and received texts are published in order, QoS 1, each deleted only
   after its PUBACK; a lost connection leaves them for the next one (a report may then go out
   twice: the gateway takes reports and replies idempotently).
-- State: ``{root}/bridge/{id}/state`` is published retained on every (re)connect and on each
-  change (queue depth, radio link, estimated wait), at most about once a second.
+- State: ``{root}/bridge/{id}/state`` is published retained on every (re)connect, at once
+  when what the bridge holds changes, on any other change (radio link, pace, estimated wait)
+  at most once a second (bridge/state.py).
 - Coverage: the radio's node database at each connect of the radio, and the sender of every
   packet it receives, go to ``{root}/bridge/{id}/heard`` at most once a second
   (bridge/coverage.py).
@@ -44,6 +45,7 @@ from bridge.config import BridgeSettings
 from bridge.coverage import CoverageReporter, node_db_heard
 from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
+from bridge.state import RetainedState
 from bridge.store import OutboxItem, Store
 from bridge.timing import RadioClock, Wakeup
 from kosmo import wire
@@ -57,8 +59,6 @@ VERSION = "0.1"
 INTAKE_BATCH = 256
 OUTBOX_BATCH = 64
 EVENTS_BUFFER = 256
-STATE_MIN_INTERVAL = 1.0  # real seconds between two state publishes
-STATE_REFRESH = 30.0  # republish at least this often while something waits
 STOP_SENDING_WITHIN = 1.5
 OFFLINE_WITHIN = 1.0
 
@@ -96,7 +96,7 @@ class Bridge:
 
     def __init__(self, settings: BridgeSettings, bridge_id: str, *, radio: Radio,
                  sender: Sender, mqtt: MqttActor, report: StatusReports,
-                 wake: Wakeups, coverage: CoverageReporter) -> None:
+                 wake: Wakeups, coverage: CoverageReporter, state_topic: str) -> None:
         self.settings = settings
         self.bridge_id = bridge_id
         self.ready = False  # True once it serves (the radio connected, the broker subscribed)
@@ -106,6 +106,8 @@ class Bridge:
         self._report = report
         self._wake = wake
         self.coverage = coverage
+        self.retained = RetainedState(mqtt, state_topic, describe=self.state,
+                                      held=sender.held, wake=wake.state)
 
     def radio_changed(self) -> None:
         """The radio link came or went: the sender, the retained state and coverage follow."""
@@ -117,18 +119,14 @@ class Bridge:
             nodes = getattr(link.iface, "nodesByNum", None) or {}  # None before a config
             self.coverage.observe_all(node_db_heard(list(nodes.values())))
 
-    async def stop(self, state_topic: str) -> None:
+    async def stop(self) -> None:
         log.info("bridge %s stopping", self.bridge_id)
         self.sender.stop_sending()
         with trio.move_on_after(STOP_SENDING_WITHIN):
             await self.sender.wait_idle()
         if self.mqtt.connected:
             with trio.move_on_after(OFFLINE_WITHIN):
-                try:
-                    await self.mqtt.publish(state_topic, wire.state_payload("offline"),
-                                            qos=1, retain=True)
-                except MqttUnavailable:
-                    pass  # the will says the same
+                await self.retained.publish_offline()
 
     # --- intake: broker -> store ------------------------------------------------------------
 
@@ -194,21 +192,6 @@ class Bridge:
         info.update(await self.sender.queue_state())
         return info
 
-    async def run_state(self, topic: str) -> None:
-        last: tuple[int, bytes] | None = None
-        while True:
-            await self.mqtt.wait_connected()
-            payload = wire.state_payload("online", await self.state())
-            key = (self.mqtt.statistics().epoch, payload)
-            if key != last:
-                try:
-                    await self.mqtt.publish(topic, payload, qos=1, retain=True)
-                    last = key
-                except MqttUnavailable:
-                    continue
-            await trio.sleep(STATE_MIN_INTERVAL)
-            await self._wake.state.wait_at_most(STATE_REFRESH)
-
 
 async def run_bridge(settings: BridgeSettings, shutdown: trio.Event, *,
                      task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED) -> None:
@@ -232,7 +215,7 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
             sender = Sender(
                 db, radio, report, topic_root=s.mqtt_topic_root, bridge_id=bridge_id,
                 clock=RadioClock(s.time_scale), result_timeout=s.result_timeout,
-                region=s.region, changed=wake.changed)
+                region=s.region, credit=s.credit, changed=wake.changed)
             await sender.restore()
 
             received_send, received = trio.open_memory_channel[MqttInbound](INTAKE_BATCH)
@@ -244,7 +227,7 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
                 will=(state_topic, wire.state_payload("offline"), 1, True))
             coverage = CoverageReporter(mqtt, wire.heard_topic(s.mqtt_topic_root, bridge_id))
             bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
-                            wake=wake, coverage=coverage)
+                            wake=wake, coverage=coverage, state_topic=state_topic)
             radio.changed = bridge.radio_changed  # no task waited on a link change before
             radio.heard = coverage.observe
             bridge.radio_changed()  # the node database of a link that came before
@@ -252,7 +235,7 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
             nursery.start_soon(coverage.run)
             nursery.start_soon(bridge.run_intake, db, received)
             nursery.start_soon(bridge.run_outbox, db)
-            nursery.start_soon(bridge.run_state, state_topic)
+            nursery.start_soon(bridge.retained.run)
             nursery.start_soon(sender.run_results, events)
             nursery.start_soon(sender.run_deadlines)
             nursery.start_soon(sender.run_sender)
@@ -262,7 +245,7 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
                      s.device, s.mqtt_url.redacted(), s.mqtt_topic_root)
             task_status.started(bridge)
             await shutdown.wait()
-            await bridge.stop(state_topic)
+            await bridge.stop()
             nursery.cancel_scope.cancel()
 
 

@@ -45,6 +45,7 @@ from bridge.pacing import Pacer, PacingRules
 from bridge.radio import Link, Radio, RadioEvent, RadioUnavailable, RoutingResult
 from bridge.radio_info import RadioInfo
 from bridge.rows import RowState
+from bridge.state import Held, pace
 from bridge.store import Change, OutboxItem, Reporter, Row, Store
 from bridge.timing import RadioClock, Wakeup
 from bridge.tracking import UNKNOWN_AFTER_RESTART, Flight, Next, Outcome, Phase, Tracker
@@ -82,7 +83,7 @@ class AsyncStore:
 class Sender:
     def __init__(self, db: AsyncStore, radio: Radio, report: Reporter, *, topic_root: str,
                  bridge_id: str, clock: RadioClock, result_timeout: float,
-                 region: str | None = None,
+                 region: str | None = None, credit: int = 2,
                  changed: Callable[[], None] = lambda: None) -> None:
         self._db, self._store, self._radio, self._report = db, db.store, radio, report
         self._inbound_topic = inbound_topic(topic_root)
@@ -90,6 +91,7 @@ class Sender:
         self.clock = clock
         self._result_timeout = result_timeout
         self._region = region
+        self._credit = credit  # only said in the state: the gateway keeps to it
         self._changed = changed  # the outbox or the state may have something new
         self.tracker = Tracker()
         self.pacer = Pacer(PacingRules(min_gap=self._min_gap()))
@@ -308,22 +310,31 @@ class Sender:
     # --- state ------------------------------------------------------------------------------
 
     async def queue_state(self) -> dict[str, Any]:
+        """The state's members about the queue and the pace (bridge/state.py)."""
         depth, sizes = await self._db.call(self._store.queued_sizes, ESTIMATE_LIMIT)
         link = self._radio.link
         radio_now = self.clock.now()
         state: dict[str, Any] = {"queue_depth": depth}
         if link is not None:
             self._use_link(link)
+        state.update(pace(self.pacer.rules, self.clock, self._credit))
+        if link is not None:
             airtimes = [airtime.text_airtime(link.info.lora, size) for size in sizes]
             wait = self.pacer.estimate(radio_now, airtimes)
             if depth > len(sizes) and sizes:
                 wait *= depth / len(sizes)
             duty = self.pacer.rules.duty_cycle
             state.update(in_flight=self.tracker.in_flight(link.epoch),
-                         estimated_wait_s=round(self.clock.real(wait), 1),
-                         airtime_used_s=round(self.pacer.used(radio_now), 1),
+                         estimated_wait_s=round(self.clock.real(wait), 3),
+                         airtime_used_s=round(self.clock.real(self.pacer.used(radio_now)), 3),
                          duty_cycle_percent=None if duty is None else round(duty * 100, 2))
         return state
+
+    async def held(self) -> Held:
+        """What the bridge holds unsent, as its state says it (``queue_depth``, ``in_flight``)."""
+        depth = await self._db.call(self._store.queued_count)
+        link = self._radio.link
+        return depth, None if link is None else self.tracker.in_flight(link.epoch)
 
 
 def restored(row: Row, now: float, result_timeout: float) -> Flight | Outcome:

@@ -245,14 +245,17 @@ class Store:
             "SELECT sent_at, airtime FROM outbound WHERE sent_at > ? AND airtime IS NOT NULL",
             (since,))]
 
+    def queued_count(self) -> int:
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM outbound WHERE state = ?", (RowState.QUEUED,)).fetchone()[0])
+
     def queued_sizes(self, limit: int) -> tuple[int, list[int]]:
         """How many messages wait, and the UTF-8 sizes of the first ``limit`` of them."""
-        count = self._db.execute(
-            "SELECT COUNT(*) FROM outbound WHERE state = ?", (RowState.QUEUED,)).fetchone()[0]
+        count = self.queued_count()
         sizes = [r[0] for r in self._db.execute(
             "SELECT length(CAST(text AS BLOB)) FROM outbound WHERE state = ? "
             "ORDER BY rowid LIMIT ?", (RowState.QUEUED, limit))]
-        return int(count), sizes
+        return count, sizes
 
     def prune(self, now: float) -> int:
         with self._tx() as db:

@@ -39,9 +39,12 @@ class Wakeup:
         await self._event.wait()
         self._event = trio.Event()
 
-    async def wait_at_most(self, seconds: float) -> None:
-        """Wait for a ``set()``, or ``seconds`` (real time), whichever comes first."""
+    async def wait_at_most(self, seconds: float) -> bool:
+        """Wait for a ``set()``, or ``seconds`` (real time), whichever comes first; True when
+        it was a ``set()``."""
         with trio.move_on_after(max(seconds, 0.0)):
             await self._event.wait()
         if self._event.is_set():
             self._event = trio.Event()
+            return True
+        return False

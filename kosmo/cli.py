@@ -55,15 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(sub, DB_OPTIONS)
     sub = commands.add_parser("gateway", help="serve the HTTP API and the MQTT actors")
     config.add_arguments(sub, GATEWAY_OPTIONS)
+    from kosmo.up import MAX_RADIOS, parse_radios
+
     sub = commands.add_parser(
         "up", help="run the whole stack on embedded defaults (PostgreSQL, MQTT broker, "
-                   "gateway, a simulated radio and a bridge)",
+                   "gateway, simulated radios and their bridges)",
         description="Start an embedded PostgreSQL and an MQTT broker (mosquitto if installed, "
                     "else amqtt), migrate, seed the demo data and serve the gateway in header "
-                    "auth mode, with a simulated radio and a bridge attached to it. Data is kept "
-                    "in --data-dir. Ctrl-C stops everything.")
+                    "auth mode, with simulated radios (one by default), each with a bridge "
+                    "attached to it. Data is kept in --data-dir. Ctrl-C stops everything.")
     sub.add_argument("--data-dir", type=Path, default=Path(".kosmo"),
                      help="where the embedded services keep their data (default ./.kosmo)")
+    sub.add_argument("--radios", type=parse_radios, default=1, metavar="N",
+                     help=f"simulated radios, each with its own bridge, 1..{MAX_RADIOS}; all hear "
+                          "!a1b2c3d4 and each two nodes of its own (default 1)")
     config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
 
     import bridge.cli

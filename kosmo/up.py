@@ -2,16 +2,25 @@
 
 Rules: an embedded PostgreSQL and an MQTT broker process are started under ``--data-dir``
 (kept between runs), the schema is migrated and the demo data loaded, then the gateway serves
-in header auth mode, and a simulated radio with demo nodes starts with a bridge attached, so a
-message goes all the way to ``delivered`` and gets a reply. Whatever happens, the embedded
-services are stopped on the way out.
+in header auth mode, and simulated radios with demo nodes start, each with a bridge attached,
+so a message goes all the way to ``delivered`` and gets a reply. Whatever happens, the
+embedded services are stopped on the way out.
+
+Radios (``--radios N``, 1..8; ``demo_radios``): radio k has its own node id (``!0a0a0a0a``,
+``!0b0b0b0b``, ...), which is also its bridge's id, and its bridge its own state directory
+(``bridge`` for the first, ``bridge-k`` for the others). Coverage overlaps: every radio hears
+``!a1b2c3d4`` (the demo's node, which all of them share) and two nodes of its own, so with one
+radio the mesh is today's three nodes, and with several a message to ``!a1b2c3d4`` shows the
+gateway choosing one bridge.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -20,13 +29,17 @@ from kosmo.embedded import start_broker, start_postgres
 
 log = logging.getLogger(__name__)
 
+MAX_RADIOS = 8
+SHARED_NODE = 0xA1B2C3D4  # bridge/sim's first generated node: the demo's, heard by every radio
+NODE_STEP = 0x01010101  # !a1b2c3d4, !a2b3c4d5, ... as bridge/sim generates them
+FIRST_RADIO = 0x0A0A0A0A  # bridge/sim's own node by default
+
 BANNER = """
 KosmoConnect Gateway is up: {url}
   database: embedded PostgreSQL in {data}/postgres
   broker:   {broker} ({impl})
   auth:     header mode (X-User-ID), for development only
-  mesh:     a simulated radio on 127.0.0.1:{radio} with demo nodes (!a1b2c3d4 replies),
-            and a bridge attached to it
+  mesh:     {mesh}
 
 Try it (demo user on the wanderer plan, 50 messages a month):
 
@@ -43,6 +56,55 @@ Try it (demo user on the wanderer plan, 50 messages a month):
 
 API description: {url}/openapi.json   Press Ctrl-C to stop.
 """
+
+
+@dataclass(frozen=True)
+class DemoRadio:
+    """One simulated radio of ``kosmo up``: its number, own node and the nodes it hears."""
+
+    number: int  # 1..N
+    node_num: int
+    hears: tuple[int, ...]  # the shared node first
+
+    @property
+    def node_id(self) -> str:
+        return f"!{self.node_num:08x}"
+
+
+def demo_radios(count: int) -> list[DemoRadio]:
+    """``count`` radios: each hears the shared node and two nodes no other radio hears."""
+    if not 1 <= count <= MAX_RADIOS:
+        raise ValueError(f"from 1 to {MAX_RADIOS} radios")
+
+    def node(i: int) -> int:
+        return (SHARED_NODE + i * NODE_STEP) & 0xFFFFFFFF
+
+    return [DemoRadio(k + 1, FIRST_RADIO + k * NODE_STEP,
+                      (SHARED_NODE, node(1 + 2 * k), node(2 + 2 * k))) for k in range(count)]
+
+
+def parse_radios(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= count <= MAX_RADIOS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to {MAX_RADIOS}")
+    return count
+
+
+def describe_mesh(radios: Sequence[DemoRadio], ports: Sequence[int]) -> str:
+    """The banner's lines about the radios."""
+    if len(radios) == 1:
+        return (f"a simulated radio on 127.0.0.1:{ports[0]} with demo nodes (!a1b2c3d4 "
+                "replies),\n            and a bridge attached to it")
+    lines = [f"{len(radios)} simulated radios, each with a bridge attached (bridge id = the "
+             "radio's node id);", "every radio hears !a1b2c3d4, the gateway picks one bridge "
+             "for each message:"]
+    for radio, port in zip(radios, ports, strict=True):
+        heard = ", ".join(f"!{n:08x}" for n in radio.hears)
+        lines.append(f"radio {radio.number} {radio.node_id} on 127.0.0.1:{port} hears {heard}")
+    return "\n            ".join(lines)
 
 
 async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
@@ -69,21 +131,28 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
                  "KOSMO_AUTH_MODE": "header"}, args, serving=True)
             async with trio.open_nursery() as nursery:
                 running: Running = await nursery.start(run_gateway, settings, shutdown)
-                async with trio.open_nursery() as radio:
-                    radio_port = await radio.start(serve_sim_radio, 0)
-                    bridge = BridgeSettings(
-                        device=Device.parse(f"tcp:127.0.0.1:{radio_port}"),
+                async with trio.open_nursery() as mesh:
+                    radios = demo_radios(args.radios)
+                    ports: list[int] = [
+                        await mesh.start(partial(serve_sim_radio, 0, hears=r.hears,
+                                                 node_id=r.node_num)) for r in radios]
+                    bridges = [BridgeSettings(
+                        device=Device.parse(f"tcp:127.0.0.1:{port}"), bridge_id=r.node_id,
                         mqtt_url=settings.mqtt_url, mqtt_topic_root=settings.mqtt_topic_root,
-                        state_dir=data / "bridge")
-                    async with trio.open_nursery() as bridges:
-                        await bridges.start(run_bridge, bridge, shutdown)
+                        state_dir=data / ("bridge" if r.number == 1 else f"bridge-{r.number}"))
+                        for r, port in zip(radios, ports, strict=True)]
+                    async with trio.open_nursery() as serving:
+                        async with trio.open_nursery() as starting:  # side by side
+                            for bridge in bridges:
+                                starting.start_soon(partial(
+                                    serving.start, run_bridge, bridge, shutdown))
                         host, port = settings.http_bind
                         url = running.binds[0] if port == 0 else f"http://{host}:{port}"
                         print(BANNER.format(url=url, data=data, broker=broker.url,
-                                            impl=broker.implementation, radio=radio_port),
-                              flush=True)
-                    # The bridge has stopped (it watches ``shutdown``); the radio may go.
-                    radio.cancel_scope.cancel()
+                                            impl=broker.implementation,
+                                            mesh=describe_mesh(radios, ports)), flush=True)
+                    # The bridges have stopped (they watch ``shutdown``); the radios may go.
+                    mesh.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(broker.stop)

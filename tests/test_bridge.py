@@ -27,7 +27,7 @@ from kosmo.clock import utcnow
 from kosmo.config import MqttEndpoint
 from kosmo.embedded import Broker
 from kosmo.messages import NewMessage
-from kosmo.wire import Outbound, outbound_payload
+from kosmo.wire import Outbound, outbound_payload, outbound_topic
 from tests.mesh import FakeBridgeLink
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,16 +157,18 @@ class Observer:
 
 
 class Mesh:
-    """The test's view of MQTT: publish outbound messages, watch what the bridge publishes."""
+    """The test's view of MQTT: hand the bridge outbound messages on its own topic, as the
+    gateway does, and watch what the bridge publishes."""
 
-    def __init__(self, url: str, root: str) -> None:
+    def __init__(self, url: str, root: str, bridge_id: str | None = None) -> None:
         self.root = root
+        self.bridge_id = bridge_id or f"br-{root}"  # make_settings' bridge id
         self.link = FakeBridgeLink(url, root)
         self.seen = Observer(url, [f"{root}/mesh/status", f"{root}/mesh/inbound",
                                    f"{root}/bridge/+/state"])
 
     async def send(self, message: dict[str, Any] | bytes, node: str = NODE) -> None:
-        topic = f"{self.root}/mesh/outbound/{node}"
+        topic = outbound_topic(self.root, self.bridge_id, node)
         await trio.to_thread.run_sync(self.link.publish, topic, message)
 
     def statuses(self, message_id: str) -> list[dict[str, Any]]:

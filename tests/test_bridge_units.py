@@ -373,11 +373,11 @@ def _outbound(**changes: object) -> bytes:
 
 
 def test_parse_outbound() -> None:
-    message = parse_outbound("k/mesh/outbound/!a1b2c3d4", _outbound())
+    message = parse_outbound("k/bridge/br/outbound/!a1b2c3d4", _outbound())
     assert message.target == "!a1b2c3d4"
     assert message.text == "héllo"
     assert message.expires_at == pytest.approx(1795826828.5)
-    epoch = parse_outbound("k/mesh/outbound/!a1b2c3d4", _outbound(expires_at=1795826828))
+    epoch = parse_outbound("k/bridge/br/outbound/!a1b2c3d4", _outbound(expires_at=1795826828))
     assert epoch.expires_at == 1795826828
 
 
@@ -389,7 +389,7 @@ def test_parse_outbound() -> None:
 ])
 def test_unusable_outbound_payloads(payload: bytes, with_id: bool) -> None:
     with pytest.raises(BadOutbound) as caught:
-        parse_outbound("k/mesh/outbound/!a1b2c3d4", payload)
+        parse_outbound("k/bridge/br/outbound/!a1b2c3d4", payload)
     assert (caught.value.message_id is not None) == with_id
 
 
@@ -411,12 +411,15 @@ def test_status_payload_fits_the_gateway() -> None:
 def test_settings_from_environment_and_flags() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--device", "tcp:10.0.0.5", "--region", "eu_868"])
+    args = parser.parse_args(["--device", "tcp:10.0.0.5", "--region", "eu_868", "--credit", "5"])
     s = load({"KOSMO_RADIO": "serial:/dev/ttyUSB0", "KOSMO_MQTT_TOPIC_ROOT": "mesh1",
               "KOSMO_BRIDGE_TIME_SCALE": "20"}, args)
     assert s.device == Device("tcp", host="10.0.0.5", port=4403)
     assert (s.region, s.mqtt_topic_root, s.time_scale) == ("EU_868", "mesh1", 20.0)
+    assert s.credit == 5
+    assert load({"KOSMO_BRIDGE_CREDIT": "64"}).credit == 64
     assert load({}) == BridgeSettings()
+    assert BridgeSettings().credit == 2
     assert Device.parse("tcp:[::1]:4500") == Device("tcp", host="::1", port=4500)
     assert Device.parse("serial:auto") == Device("serial")
 
@@ -429,6 +432,9 @@ def test_settings_from_environment_and_flags() -> None:
     ({"KOSMO_MQTT_URL": "http://x"}, "KOSMO_MQTT_URL"),
     ({"KOSMO_BRIDGE_RESULT_TIMEOUT": "0"}, "KOSMO_BRIDGE_RESULT_TIMEOUT"),
     ({"KOSMO_BRIDGE_TIME_SCALE": "-1"}, "KOSMO_BRIDGE_TIME_SCALE"),
+    ({"KOSMO_BRIDGE_CREDIT": "0"}, "KOSMO_BRIDGE_CREDIT"),
+    ({"KOSMO_BRIDGE_CREDIT": "65"}, "KOSMO_BRIDGE_CREDIT"),
+    ({"KOSMO_BRIDGE_CREDIT": "2.5"}, "KOSMO_BRIDGE_CREDIT"),
 ])
 def test_bad_settings_are_one_line(environ: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -8,8 +8,8 @@
   without dying or logging an ERROR, dead-letters exactly the unusable ones, stores a coverage
   row for every (bridge, node) the usable nodes-heard reports name, and still handles a good
   report, reply, bridge state and nodes-heard report afterwards.
-- The bridge (``{root}/mesh/outbound/{node_id}``) takes a batch of generated payloads and still
-  puts a good message on the (simulated) air afterwards.
+- The bridge (its own topic ``{root}/bridge/{bridge_id}/outbound/{node_id}``) takes a batch of
+  generated payloads and still puts a good message on the (simulated) air afterwards.
 
 Payloads mix random bytes, invalid UTF-8, JSON of wrong types, nested junk, payloads over
 4 KiB and well-shaped JSON with boundary values (huge and negative numbers, NaN and Infinity
@@ -247,15 +247,18 @@ def gateway_messages(draw: st.DrawFn, root: str, known_ids: list[str]) -> tuple[
 
 
 @st.composite
-def outbound_messages(draw: st.DrawFn, root: str) -> tuple[str, bytes]:
-    """(topic, payload) for the bridge: mostly a node's topic with a message for that node."""
+def outbound_messages(draw: st.DrawFn, root: str, bridge_id: str = "br") -> tuple[str, bytes]:
+    """(topic, payload) for the bridge ``bridge_id``: mostly a node's topic of its own with a
+    message for that node; a few on topics it does not subscribe to (another bridge's, the
+    old shared one), which the broker never gives it."""
     if draw(st.sampled_from([True] + [False] * 4)):
         node = draw(bad_nodes.filter(lambda n: isinstance(n, str) and n and topic_level_ok(n)))
     else:
         node = draw(good_nodes)
-    topic = draw(st.sampled_from([f"{root}/mesh/outbound/{node}"] * 12 + [
-        f"{root}/mesh/outbound/{KNOWN_NODE}", f"{root}/mesh/outbound/x/y",
-        f"{root}/mesh/outbound", f"{root}/mesh/outbound/"]))
+    mine = wire.outbound_topic(root, bridge_id, "")
+    topic = draw(st.sampled_from([mine + node] * 12 + [
+        mine + KNOWN_NODE, mine + "x/y", mine.rstrip("/"), mine,
+        wire.outbound_topic(root, "other", KNOWN_NODE), f"{root}/mesh/outbound/{node}"]))
     if draw(st.sampled_from([True] + [False] * 4)):
         return topic, draw(junk)
     return topic, draw(encoded(outbound_objects(node)))
@@ -402,7 +405,7 @@ def test_parse_outbound_returns_a_sendable_message_or_raises_bad_outbound(
     assert storable(message.text.replace("\x00", ""))  # NUL is fine on the air
     assert math.isfinite(message.expires_at)
     # What was read is what a well-formed payload with those values reads as.
-    again = wire.parse_outbound(f"kosmo/mesh/outbound/{message.target}", json.dumps({
+    again = wire.parse_outbound(wire.outbound_topic("kosmo", "br", message.target), json.dumps({
         "message_id": message.message_id, "target_node_id": message.target,
         "text": message.text, "expires_at": message.expires_at}).encode())
     assert again == message
@@ -536,18 +539,18 @@ async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeB
 
 # --- the live bridge --------------------------------------------------------------------------
 
-def bridge_regressions(root: str) -> list[tuple[str, bytes]]:
+def bridge_regressions(root: str, bridge_id: str) -> list[tuple[str, bytes]]:
     """Payloads that once stopped the bridge, sent every run."""
-    topic = f"{root}/mesh/outbound/{KNOWN_NODE}"
+    topic = wire.outbound_topic(root, bridge_id, KNOWN_NODE)
     return [(topic, json.dumps({**outbound(KNOWN_NODE), "expires_at": expires}).encode())
             for expires in (math.nan, math.inf, -math.inf, 10**400)]
 
 
-def readable_rejects(root: str, batch: list[tuple[str, bytes]]) -> set[str]:
+def readable_rejects(root: str, bridge_id: str, batch: list[tuple[str, bytes]]) -> set[str]:
     """Ids of the messages the bridge receives, cannot use, but can name: each must be reported
     ``failed``/``invalid_payload`` (ids seen more than once are left out: which copy counts
     depends on how the bridge batches them)."""
-    prefix = f"{root}/mesh/outbound/"
+    prefix = wire.outbound_topic(root, bridge_id, "")
     seen: Counter[str] = Counter()
     rejected = set()
     for topic, payload in batch:
@@ -571,8 +574,9 @@ async def test_bridge_survives_generated_payloads(nursery: trio.Nursery, tmp_pat
         sim = await SimRunner().start(nursery)
         runner = BridgeRunner(make_settings(tmp_path, mqtt_url, topic_root, sim))
         await runner.start(nursery)
-        batch = draw_batch(outbound_messages(topic_root), LIVE_BATCH) + \
-            bridge_regressions(topic_root)
+        regressions = bridge_regressions(topic_root, mesh.bridge_id)
+        batch = draw_batch(outbound_messages(topic_root, mesh.bridge_id), LIVE_BATCH) + \
+            regressions
 
         def publish_all() -> None:
             for topic, payload in batch:
@@ -580,8 +584,8 @@ async def test_bridge_survives_generated_payloads(nursery: trio.Nursery, tmp_pat
 
         await trio.to_thread.run_sync(publish_all)
         # The unusable ones it can name are answered failed, once each.
-        rejects = readable_rejects(topic_root, batch)
-        assert len(rejects) >= len(bridge_regressions(topic_root))
+        rejects = readable_rejects(topic_root, mesh.bridge_id, batch)
+        assert len(rejects) >= len(regressions)
         await wait_for(lambda: all(mesh.statuses(m) for m in rejects))
         assert {(m, tuple(mesh.status_names(m))) for m in rejects} == {
             (m, ("failed",)) for m in rejects}

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import trio
 
-from bridge.sim.config import SimConfig, make_nodes
+from bridge.sim.config import OUR_NODE_NUM, SimConfig, make_nodes
 from bridge.sim.protocol import FrameDecoder, parse_node_id
 from bridge.sim.radio import SimRadio
 
@@ -149,20 +149,25 @@ async def serve_radio(radio: SimRadio, port: int = DEFAULT_PORT, *, host: str = 
                                                             task_status=task_status)
 
 
-async def serve_sim_radio(port: int = DEFAULT_PORT, *, nodes: int = 3, host: str = "127.0.0.1",
+async def serve_sim_radio(port: int = DEFAULT_PORT, *, nodes: int = 3,
+                          hears: Iterable[str | int] | None = None,
+                          node_id: str | int = OUR_NODE_NUM, host: str = "127.0.0.1",
                           time_scale: float = 1.0, latency: float = 2.0, loss: float = 0.0,
                           unreachable: Iterable[str | int] = (), silent: Iterable[str | int] = (),
                           auto_reply: bool = True, seed: int | None = None,
                           task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve a simulated radio with ``nodes`` remote nodes; ``started(port)`` when listening.
+    """Serve a simulated radio whose own node is ``node_id``, reaching exactly the nodes of
+    ``hears`` if given, else ``nodes`` generated ones; ``started(port)`` when listening.
 
-    ``unreachable`` and ``silent`` take node ids (``"!deadbeef"``) or numbers; ids not among
-    the first ``nodes`` are added as extra known nodes.
+    ``hears``, ``unreachable`` and ``silent`` take node ids (``"!deadbeef"``) or numbers; ids
+    of the last two not reached are added as extra known nodes.
     """
     config = SimConfig(
-        nodes=make_nodes(nodes, unreachable=map(_num, unreachable), silent=map(_num, silent),
+        nodes=make_nodes(nodes, hears=None if hears is None else map(_num, hears),
+                         unreachable=map(_num, unreachable), silent=map(_num, silent),
                          auto_reply=auto_reply),
-        latency=latency, loss=loss, auto_reply=auto_reply, seed=seed)
+        my_node_num=_num(node_id), latency=latency, loss=loss, auto_reply=auto_reply,
+        seed=seed)
     radio = SimRadio(config, epoch=time.time())
     await serve_radio(radio, port, host=host, time_scale=time_scale, task_status=task_status)
 
