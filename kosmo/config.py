@@ -155,7 +155,7 @@ OPTIONS: dict[str, Option] = {
         "broker URL: mqtt://user:pass@host:port, or mqtts:// for TLS", secret=True),
     "mqtt_topic_root": Option(
         "KOSMO_MQTT_TOPIC_ROOT", parse_topic_root, "kosmo",
-        "first level of every MQTT topic (kosmo/mesh/outbound/{node_id} ...)"),
+        "first level of every MQTT topic (kosmo/mesh/status, kosmo/bridge/{id}/outbound/...)"),
     "mqtt_shared_group": Option(
         "KOSMO_MQTT_SHARED_GROUP", parse_group, None,
         "share the status and inbound subscriptions ($share/<group>/...) among gateway "
