@@ -26,7 +26,8 @@ from bridge.radio import Device
 from kosmo import config as kosmo_config
 from kosmo.airtime import REGION_DUTY_PERCENT
 from kosmo.config import MqttEndpoint, Option, parse_duration, parse_topic_root
-from kosmo.wire import MAX_CREDIT
+
+MAX_CREDIT = 64  # texts held unsent at most: a few seconds to minutes of airtime
 
 
 def parse_bridge_id(text: str) -> str:

@@ -477,6 +477,7 @@ async def queued(gateway: Gateway, sql: Any, text: str) -> str:
     return message_id
 
 
+@pytest.mark.usefixtures("online_bridge")  # messages are handed to a bridge while one is online
 async def test_gateway_survives_generated_payloads(gateway: Gateway, link: FakeBridgeLink, sql,
                                                    topic_root: str):
     known = [await queued(gateway, sql, f"known {i}") for i in range(3)]
