@@ -70,7 +70,8 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
                 swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway", "version": "1"},
                 security_schemes=scheme, security=[{name: []} for name in scheme])
 
-    def caller(query: bool = False) -> UUID:
+    async def caller(query: bool = False) -> UUID:
+        """The signed-in user of this request, or Problem(401)."""
         return authenticate(settings.auth_mode, settings.jwt_secret, request.headers,
                             request.args if query else None)
 
@@ -123,7 +124,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         it stands in that radio's queue. A message the mesh cannot carry before it expires is
         refused (503 mesh-congested) before any debit."""
         body = await request.get_data(cache=False)
-        user = caller()
+        user = await caller()
         if request.mimetype != "application/json":
             raise Problem(415, "unsupported-media-type",
                           f"Content-Type is {request.mimetype!r}" if request.mimetype
@@ -152,7 +153,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @document_response(schemas.ConversationList)
     @problems(401, 422, 503)
     async def list_conversations() -> dict[str, Any]:
-        user = caller()
+        user = await caller()
         limit, cursor = _page()
         return await _reads(db_call, reads.conversations, user, limit, cursor)  # type: ignore[no-any-return]
 
@@ -161,7 +162,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @document_response(schemas.ConversationMessages)
     @problems(401, 404, 422, 503)
     async def get_conversation(node_id: str) -> dict[str, Any]:
-        user = caller()
+        user = await caller()
         node = parse_node_id(node_id)
         if node is None:
             raise Problem(404, "not-found", "no such node id")
@@ -172,7 +173,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @document_response(schemas.MessageDetail)
     @problems(401, 404, 503)
     async def get_message(message_id: str) -> dict[str, Any]:
-        user = caller()
+        user = await caller()
         wanted = parse_uuid(message_id)
         found = await db_call(reads.message, user, wanted) if wanted else None
         if found is None:
@@ -187,7 +188,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
         A message not yet handed to a bridge ends canceled and is refunded; once a bridge has
         it, or it has ended, the answer is 409 already-on-air."""
-        user = caller()
+        user = await caller()
         wanted = parse_uuid(message_id)
         result = await services.ledger.cancel(user, wanted) if wanted else None
         if isinstance(result, Canceled):
