@@ -13,7 +13,10 @@ What it does, in one run (see bench/README.md for how to read the figures):
 4. Accept -> publish: each round also offers the gateway a fixed 200 req/s, open loop (request
    i is due at start + i/rate whatever happened before), from this process; a subscriber
    process notes when each message reaches it over MQTT. Latency = arrival at the subscriber
-   minus the request's scheduled send time, matched by ``message_id``.
+   minus the request's scheduled send time, matched by ``message_id``. Messages go to a bridge
+   only while one is online: the run announces one (``bench``, a retained online state with a
+   credit that takes every message at once) and the subscriber reads that bridge's topic, so
+   the figure is accept -> dispatch -> publish.
 5. Prints a table with medians over rounds, then stops the servers and drops the database.
 
 Everything is bounded: each load runs a fixed time under a deadline, every wait has a timeout,
@@ -267,7 +270,7 @@ class Latency:
 async def accept_to_publish(args: argparse.Namespace, port: int, topic_root: str,
                             drained: Any) -> Latency:
     cmd = [sys.executable, str(HERE / "subscriber.py"), "--mqtt-url", args.mqtt_url,
-           "--topic", f"{topic_root}/mesh/outbound/+", "--max-seconds",
+           "--topic", f"{topic_root}/bridge/{BRIDGE}/outbound/+", "--max-seconds",
            str(args.rate_seconds + 120)]
     async with trio.open_nursery() as nursery:
         proc = await nursery.start(partial(trio.run_process, cmd, stdin=subprocess.PIPE,
@@ -298,6 +301,26 @@ async def accept_to_publish(args: argparse.Namespace, port: int, topic_root: str
 
 
 # --- the run --------------------------------------------------------------------------------
+
+BRIDGE = "bench"
+
+
+def announce_bridge(mqtt_url: str, topic_root: str) -> None:
+    """A bridge that takes every message at once, as its retained state says."""
+    import paho.mqtt.client as paho
+
+    host, _, port = mqtt_url.removeprefix("mqtt://").rpartition("@")[2].partition(":")
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-{BRIDGE}")
+    client.connect(host, int(port or 1883))
+    client.loop_start()
+    try:
+        info = client.publish(f"{topic_root}/bridge/{BRIDGE}/state",
+                              json.dumps({"state": "online", "credit": 100_000,
+                                          "min_gap_s": 0.0}), qos=1, retain=True)
+        info.wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @dataclass
@@ -524,6 +547,7 @@ def run(args: argparse.Namespace) -> str:
         args.gateway_url = f"http://127.0.0.1:{args.gateway_port}"
         env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{args.gateway_port}"
         stack.callback(forget_mqtt_session, args.mqtt_url, client_id)
+        announce_bridge(args.mqtt_url, topic_root)
         hello = stack.enter_context(server(
             "hello-world", [sys.executable, str(HERE / "hello.py"), "--bind",
                             f"127.0.0.1:{hello_port}"], env, logs / "hello.log"))
