@@ -74,7 +74,8 @@ class _Radio:
     dirty: bool = True  # its queue or held changed since ``starts`` was laid out
 
     def cost(self, size: int) -> float:
-        return airtime.text_airtime(self.params, size)
+        """Real seconds of airtime of a text of ``size`` bytes on this radio."""
+        return airtime.text_airtime(self.params, size) / self.pace.time_scale
 
     def radio_pace(self) -> RadioPace:
         p = self.pace
@@ -242,8 +243,9 @@ class Dispatcher:
                 return False
             params = _radio_params(pace)
             radio = self._radios[item.bridge_id] = _Radio(
-                item.bridge_id, pace, True,
-                FairQueue(airtime.text_airtime(params, airtime.MAX_TEXT_BYTES)), params=params)
+                item.bridge_id, pace, True, FairQueue(
+                    airtime.text_airtime(params, airtime.MAX_TEXT_BYTES) / pace.time_scale),
+                params=params)
             log.info("bridge %s online: credit %d, %s", item.bridge_id, pace.credit,
                      radio.params.describe())
             return True

@@ -26,7 +26,8 @@ from kosmo.config import MqttEndpoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
-    parser.add_argument("--topic", required=True, help="topic filter, e.g. root/mesh/outbound/+")
+    parser.add_argument("--topic", required=True,
+                        help="topic filter, e.g. root/bridge/ID/outbound/+")
     parser.add_argument("--max-seconds", type=float, default=600.0)
     args = parser.parse_args()
     endpoint = MqttEndpoint.from_url(args.mqtt_url)

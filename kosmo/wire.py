@@ -266,7 +266,9 @@ class Pace:
     ``min_gap_s``: real seconds between two texts' starts; ``duty_cycle``: the share of each
     rolling ``window_s`` the radio may transmit (None: no limit) of which ``airtime_used_s`` is
     spent; ``busy_s``: real seconds until the radio has sent what it holds; ``region`` and
-    ``modem_preset`` price a text's airtime (kosmo.airtime)."""
+    ``modem_preset`` price a text's airtime (kosmo.airtime), in radio seconds: divided by
+    ``time_scale`` (radio seconds per real second; only a sped-up simulated radio says it) it
+    is in real seconds like the rest."""
 
     credit: int = 2
     min_gap_s: float = 2.0
@@ -276,6 +278,7 @@ class Pace:
     busy_s: float = 0.0
     region: str = "UNSET"
     modem_preset: str = "LONG_FAST"
+    time_scale: float = 1.0
 
 
 MAX_CREDIT = 100_000  # the contract's bound; a bridge's own setting is far smaller
@@ -309,7 +312,8 @@ def parse_pace(info: dict[str, Any]) -> Pace:
                 window_s=_number(info, "window_s", Pace.window_s, 1.0, 86400.0),
                 airtime_used_s=_number(info, "airtime_used_s", 0.0, 0.0, 86400.0),
                 busy_s=_number(info, "estimated_wait_s", 0.0, 0.0, 10.0 * 86400.0),
-                region=region, modem_preset=preset)
+                region=region, modem_preset=preset,
+                time_scale=_number(info, "time_scale", 1.0, 0.001, 10_000.0))
 
 
 def parse_bridge_state(topic: str, payload: bytes) -> BridgeState:

@@ -62,7 +62,7 @@ async def test_the_retained_state_says_the_pace(
     gap = (MIN_GAP + GAP_MARGIN + GAP_MARGIN_REAL * TS) / TS  # real seconds
     assert pace == wire.Pace(credit=3, min_gap_s=round(gap, 3), duty_cycle=duty,
                              window_s=airtime.DUTY_WINDOW / TS, airtime_used_s=0.0, busy_s=0.0,
-                             region=region, modem_preset="LONG_FAST")
+                             region=region, modem_preset="LONG_FAST", time_scale=TS)
     assert state.info["time_scale"] == TS
     assert state.info["duty_cycle_percent"] == (None if duty is None else 10.0)
 

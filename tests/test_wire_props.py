@@ -337,11 +337,12 @@ def test_pace_takes_its_defaults_from_an_older_bridge_and_refuses_nonsense() -> 
     assert wire.parse_pace({}) == wire.Pace()
     pace = wire.parse_pace({"credit": 3, "min_gap_s": 0.1, "duty_cycle_percent": 10,
                             "window_s": 3600, "airtime_used_s": 12.5, "estimated_wait_s": 4,
-                            "region": "EU_868", "modem_preset": "LONG_FAST"})
+                            "region": "EU_868", "modem_preset": "LONG_FAST", "time_scale": 20})
+    assert pace.time_scale == 20.0
     assert (pace.credit, pace.min_gap_s, pace.duty_cycle, pace.airtime_used_s, pace.busy_s) == (
         3, 0.1, 0.1, 12.5, 4.0)
     for bad in [{"credit": 0}, {"credit": True}, {"credit": 1.5}, {"min_gap_s": -1},
                 {"duty_cycle_percent": 0}, {"duty_cycle_percent": 101}, {"window_s": "x"},
-                {"airtime_used_s": float("nan")}, {"region": 7}]:
+                {"airtime_used_s": float("nan")}, {"region": 7}, {"time_scale": 0}]:
         with pytest.raises(wire.BadPayload):
             wire.parse_pace(bad)
