@@ -80,8 +80,7 @@ def events_since(conn: psycopg.Connection[Any], user_id: UUID, after: int,
     # After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.
     rows = conn.execute("""
         SELECT h.id, m.id, m.direction, m.node_id, m.text, h.status, h.reason, m.created_at,
-               h.at, CASE WHEN h.status <> 'pending' THEN m.bridge_id END, m.queue_position,
-               m.estimated_transmit_at
+               h.at, h.bridge_id, h.queue_position, h.estimated_transmit_at
         FROM message_status_history h JOIN messages m ON m.id = h.message_id
         WHERE h.user_id = %s AND h.id > %s AND NOT h.note
         ORDER BY h.id LIMIT %s""", (user_id, after, limit)).fetchall()

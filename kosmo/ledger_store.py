@@ -122,10 +122,12 @@ FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],
 """
 
 _INSERT_HISTORY = """
-INSERT INTO message_status_history (message_id, user_id, status, reason, note, at)
-SELECT m, u, s, r, n, a
-FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[])
-     WITH ORDINALITY AS x (m, u, s, r, n, a, ord)
+INSERT INTO message_status_history (message_id, user_id, status, reason, note, at, bridge_id,
+                                    queue_position, estimated_transmit_at)
+SELECT m, u, s, r, n, a, b, q, e
+FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[],
+            %s::text[], %s::integer[], %s::timestamptz[])
+     WITH ORDINALITY AS x (m, u, s, r, n, a, b, q, e, ord)
 ORDER BY ord
 RETURNING id
 """
@@ -172,7 +174,9 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
     ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY, (
         [r.message.message_id for r in rows], [r.user_id for r in rows],
         [r.message.status.value for r in rows], [r.message.reason for r in rows],
-        [r.note for r in rows], [r.message.updated_at for r in rows])).fetchall())
+        [r.note for r in rows], [r.message.updated_at for r in rows],
+        [r.message.bridge_id for r in rows], [r.message.queue_position for r in rows],
+        [r.message.estimated_transmit_at for r in rows])).fetchall())
     # One statement assigns ids in its row order, so the ascending ids follow ``rows``.
     return [make_event(history_id, row.user_id, row.message)
             for history_id, row in zip(ids, rows, strict=True)

@@ -13,6 +13,13 @@ ALTER TABLE messages
     ADD COLUMN queue_position        integer CHECK (queue_position >= 1),
     ADD COLUMN estimated_transmit_at timestamptz;
 
+-- Each history line keeps what the message JSON said then (its event says it again on a
+-- resumed stream): the bridge, the place in the queue and the estimate.
+ALTER TABLE message_status_history
+    ADD COLUMN bridge_id             text,
+    ADD COLUMN queue_position        integer,
+    ADD COLUMN estimated_transmit_at timestamptz;
+
 -- Messages the broker already acknowledged to a bridge before this version were handed.
 UPDATE messages SET handed_at = updated_at WHERE direction = 'outbound' AND status <> 'pending';
 
