@@ -71,12 +71,12 @@ def register_keys(app: QuartTrio, settings: Settings, services: Services,
     @app.get("/api/v1/me")
     @document_response(schemas.Me)
     @problems(401, 403, 503)
-    async def get_me() -> dict[str, Any]:
+    async def get_me() -> Response:
         """The caller's plan, scope, whitelist, subscription and quota.
 
         200 for every signed-in user, a lapsed subscription included."""
         user = await caller()
-        return await services.db.run(account.me, user, utcnow())
+        return _json(await services.db.run(account.me, user, utcnow()))
 
     @app.post("/api/v1/api-keys")
     @document_request(schemas.NewApiKey)
@@ -93,8 +93,7 @@ def register_keys(app: QuartTrio, settings: Settings, services: Services,
         if isinstance(result, api_key_store.KeyRefusal):
             raise Problem(403, result.value, _REFUSALS[result])
         log.info("API key %s created (user %s)", result.key_id, user)
-        response = Response(json.dumps(result.to_json()), status=201,
-                            mimetype="application/json")
+        response = _json(result.to_json(), 201)
         response.headers["Location"] = f"/api/v1/api-keys/{result.key_id}"
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -102,10 +101,10 @@ def register_keys(app: QuartTrio, settings: Settings, services: Services,
     @app.get("/api/v1/api-keys")
     @document_response(schemas.ApiKeyList)
     @problems(401, 403, 503)
-    async def list_keys() -> dict[str, Any]:
+    async def list_keys() -> Response:
         """The caller's API keys, oldest first, without their secrets."""
         user = await caller()
-        return {"api_keys": await services.db.run(api_key_store.list_keys, user)}
+        return _json({"api_keys": await services.db.run(api_key_store.list_keys, user)})
 
     @app.delete("/api/v1/api-keys/<key_id>")
     @problems(401, 403, 404, 503)
@@ -116,7 +115,7 @@ def register_keys(app: QuartTrio, settings: Settings, services: Services,
         if wanted is None or not await services.db.run(api_key_store.revoke_key, user, wanted):
             raise Problem(404, "not-found", "no such API key")
         log.info("API key %s revoked (user %s)", wanted, user)
-        return Response(status=204)
+        return Response(b"", status=204)
 
 
 _REFUSALS = {
@@ -125,6 +124,11 @@ _REFUSALS = {
     api_key_store.KeyRefusal.SUBSCRIPTION_INACTIVE:
         "the account has no active subscription",
 }
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    """A JSON answer with its members in the documented order."""
+    return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
 def _json_body(body: str | bytes) -> Any:
