@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from kosmo.config import Settings
+from kosmo.embedded import EmbeddedPostgres
 from tests.conftest import (
     CANCELED,
     FREE,
@@ -37,6 +38,7 @@ from tests.conftest import (
     start_gateway,
 )
 from tests.test_access import handshake
+from tests.test_db_outage import own_postgres  # noqa: F401 (a fixture)
 from tests.test_stream import connect, events, lifecycle
 from tests.test_views import validator
 
@@ -400,3 +402,22 @@ async def test_nothing_is_logged_with_the_secret(gateway: Gateway, caplog):
                                 headers=key_auth(key["secret"]))
     await me(gateway, key["secret"])
     assert not [r for r in caplog.records if key["secret"][9:] in r.getMessage()]
+
+
+# The database away.
+
+async def test_a_key_while_the_database_is_away_is_503_not_500(
+        nursery: trio.Nursery, settings: Settings,
+        own_postgres: EmbeddedPostgres):  # noqa: F811 (the fixture imported above)
+    settings = settings.replace(database_url=own_postgres.url, start_timeout=10.0)
+    async with start_gateway(nursery, settings) as gateway:
+        key = await create(gateway, as_header(SANCTUARY))
+        await trio.to_thread.run_sync(own_postgres.stop)
+        answers = [await gateway.client.get("/api/v1/me", headers=key_auth(key["secret"])),
+                   await gateway.client.get("/api/v1/stream", headers=key_auth(key["secret"]))]
+        refused = await handshake(gateway, key_auth(key["secret"]))
+    for response in answers:
+        assert (response.status_code, response.headers["Content-Type"]) == (503, PROBLEM)
+        assert int(response.headers["Retry-After"]) > 0
+    assert refused is not None
+    assert (refused.status, refused.problem_type) == (503, "/problems/service-unavailable")

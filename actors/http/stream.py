@@ -96,6 +96,7 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
     @app.get(PATH)
     @document_querystring(StreamQuery)
     @document_response(schemas.ProblemOut, 401)
+    @document_response(schemas.ProblemOut, 403)
     @document_response(schemas.ProblemOut, 426)
     async def stream_without_upgrade() -> Response:
         """Live events of the caller (websocket only).
