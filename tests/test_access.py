@@ -67,6 +67,10 @@ PROTECTED = {
     ("DELETE", "/api/v1/messages/<message_id>"): f"/api/v1/messages/{UNKNOWN}",
     ("GET", "/api/v1/stream"): "/api/v1/stream",
     ("WEBSOCKET", "/api/v1/stream"): "/api/v1/stream",
+    ("GET", "/api/v1/me"): "/api/v1/me",
+    ("POST", "/api/v1/api-keys"): "/api/v1/api-keys",
+    ("GET", "/api/v1/api-keys"): "/api/v1/api-keys",
+    ("DELETE", "/api/v1/api-keys/<key_id>"): f"/api/v1/api-keys/{UNKNOWN}",
 }
 PROTECTED_HTTP = [(method, path) for (method, _), path in PROTECTED.items()
                   if method != "WEBSOCKET"]
@@ -217,7 +221,9 @@ async def test_public_routes_need_no_credentials(nursery, settings: Settings, mo
         spec = (await gateway.client.get("/openapi.json")).json()
     assert answered == {path: 200 for path in PUBLIC.values()}
     # The description says the same: public operations need no scheme, the rest the global one.
-    assert spec["security"] == [{"user_id" if mode == "header" else "bearer": []}]
+    # An API key is the other credential, in both modes.
+    assert spec["security"] == [{"user_id" if mode == "header" else "bearer": []},
+                                {"api_key": []}]
     needs = {(method.upper(), path.replace("{", "<").replace("}", ">")): op.get("security")
              for path, ops in spec["paths"].items() for method, op in ops.items()}
     assert needs == {route: ([] if route in PUBLIC else None) for route in needs}

@@ -36,11 +36,11 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors.http.keys import identify, register_keys
 from actors.http.services import Services
 from actors.http.stream import register_stream
 from kosmo import reads
 from kosmo.api import schemas
-from kosmo.api.auth import authenticate
 from kosmo.api.limits import register_limits
 from kosmo.api.problems import TITLES, Problem, for_status
 from kosmo.clock import utcnow
@@ -66,14 +66,15 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
                                           "bearer_format": "JWT"}}
               if settings.auth_mode == "jwt" else
               {"user_id": {"type": "apiKey", "in_": "header", "name": "X-User-ID"}})
+    scheme["api_key"] = {"type": "http", "scheme": "bearer", "bearer_format": "kosmo_sk_..."}
     QuartSchema(app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
                 swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway", "version": "1"},
                 security_schemes=scheme, security=[{name: []} for name in scheme])
 
     async def caller(query: bool = False) -> UUID:
-        """The signed-in user of this request, or Problem(401)."""
-        return authenticate(settings.auth_mode, settings.jwt_secret, request.headers,
-                            request.args if query else None)
+        """The signed-in user of this request (an API key counts), or Problem(401/403)."""
+        return await identify(settings, services, request.headers,
+                              request.args if query else None)
 
     async def db_call(fn: Callable[..., Any], *args: Any) -> Any:
         return await services.db.run(fn, *args)
@@ -228,6 +229,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
                         mimetype="application/json")
 
     register_stream(app, settings, services)
+    register_keys(app, settings, services, caller)
     return app
 
 

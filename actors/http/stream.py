@@ -2,8 +2,10 @@
 
 Rules:
 - Credentials are those of the API (``X-User-ID`` or ``?user_id=`` in header mode, a bearer token
-  or ``?token=`` in jwt mode). They and ``?since=`` are checked before the upgrade: a bad one is
-  answered with a plain HTTP problem (401, 422), never with a socket opened and then closed.
+  or ``?token=`` in jwt mode, an API key in the ``Authorization`` header in both; see
+  ``actors.http.keys.identify``). They and ``?since=`` are checked before the upgrade: a bad
+  one is answered with a plain HTTP problem (401, 403, 422; 503 when a key cannot be checked),
+  never with a socket opened and then closed.
   A plain GET on the path is checked for credentials too (401) before it is told to upgrade.
 - One text frame per event, ``{"type", "event_id", "message"}``, and only the caller's events.
 - Nothing missed, nothing twice: subscribe to the bus first, then replay the events after
@@ -28,8 +30,8 @@ from pydantic import BaseModel
 from quart import Response, request, websocket
 from quart_schema import document_querystring, document_response
 
+from actors.http.keys import identify
 from kosmo.api import schemas
-from kosmo.api.auth import authenticate
 from kosmo.api.problems import Problem
 from kosmo.db import DatabaseUnavailable
 from kosmo.events import BadEventId, decode_event_id, encode_event_id, events_since
@@ -62,8 +64,12 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
     @app.websocket(PATH)
     async def stream() -> Response | None:
         try:
-            user = authenticate(settings.auth_mode, settings.jwt_secret, websocket.headers,
-                                websocket.args)
+            try:
+                user = await identify(settings, services, websocket.headers, websocket.args)
+            except DatabaseUnavailable:
+                raise Problem(503, "service-unavailable",
+                              "the database is unreachable; retry later",
+                              headers={"Retry-After": "5"}) from None
             since = _since(websocket.args.get("since"))
             if services.shutdown.is_set():
                 raise _going_away()
@@ -90,6 +96,7 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
     @app.get(PATH)
     @document_querystring(StreamQuery)
     @document_response(schemas.ProblemOut, 401)
+    @document_response(schemas.ProblemOut, 403)
     @document_response(schemas.ProblemOut, 426)
     async def stream_without_upgrade() -> Response:
         """Live events of the caller (websocket only).
@@ -102,7 +109,7 @@ def register_stream(app: QuartTrio, settings: Settings, services: Services) -> N
         too slowly (the reason says the `since` to reconnect with). A request without a
         websocket upgrade is answered 401 without valid credentials, else 426.
         """
-        authenticate(settings.auth_mode, settings.jwt_secret, request.headers, request.args)
+        await identify(settings, services, request.headers, request.args)
         return Problem(426, "bad-request", "this path serves a websocket: send an upgrade",
                        headers={"Upgrade": "websocket"}).to_response()
 

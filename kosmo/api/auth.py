@@ -24,7 +24,7 @@ class Lookup(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
-def _unauthorized(detail: str) -> Problem:
+def unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -33,25 +33,25 @@ def authenticate(mode: str, secret: str | None, headers: Lookup,
     if mode == "header":
         raw = headers.get("X-User-ID") or (query.get("user_id") if query else None)
         if not raw:
-            raise _unauthorized("send the X-User-ID header")
+            raise unauthorized("send the X-User-ID header")
         user = parse_uuid(raw.strip())
         if user is None:
-            raise _unauthorized("X-User-ID must be a UUID")
+            raise unauthorized("X-User-ID must be a UUID")
         return user
     authorization = headers.get("Authorization") or ""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         token = (query.get("token") if query else None) or ""
         if not token:
-            raise _unauthorized("send Authorization: Bearer <token>")
+            raise unauthorized("send Authorization: Bearer <token>")
     try:
         claims = jwt.decode(token.strip(), secret or "", algorithms=["HS256"],
                             options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError:
-        raise _unauthorized("the token has expired") from None
+        raise unauthorized("the token has expired") from None
     except jwt.InvalidTokenError:
-        raise _unauthorized("the token is not valid") from None
+        raise unauthorized("the token is not valid") from None
     user = parse_uuid(claims.get("sub"))
     if user is None:
-        raise _unauthorized("the token's sub must be a user id (UUID)")
+        raise unauthorized("the token's sub must be a user id (UUID)")
     return user

@@ -30,6 +30,7 @@ TITLES: dict[str, str] = {
     "quota-exceeded": "The monthly message quota is used up",
     "mesh-congested": "The mesh cannot carry the message before it expires",
     "already-on-air": "The message no longer waits and cannot be canceled",
+    "plan-not-entitled": "The plan does not include this feature",
     "not-found": "Not found",
     "request-timeout": "The request took too long to arrive",
     "method-not-allowed": "Method not allowed",

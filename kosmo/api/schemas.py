@@ -8,7 +8,7 @@ the JSON of ``kosmo.views.MessageView``: the same fields in the same order (test
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -108,3 +108,42 @@ class Bridge(BaseModel):
 class Health(BaseModel):
     status: str
     bridges: list[Bridge] = []
+
+
+class SubscriptionOut(BaseModel):
+    status: str = Field(examples=["active"])
+    current_period_start: datetime
+    current_period_end: datetime
+
+
+class Me(BaseModel):
+    user_id: UUID
+    plan: str | None = Field(examples=["sanctuary"])  # null: no subscription at all
+    scope: Literal["any", "whitelist", "receive_only"]
+    whitelist: list[str]  # node ids; empty unless the plan is whitelist-scoped
+    subscription: SubscriptionOut | None
+    quota: QuotaOut | None
+
+
+class NewApiKey(BaseModel):
+    name: str = Field(min_length=1, max_length=100, examples=["dispatch system"])
+
+
+class ApiKeyOut(BaseModel):
+    key_id: UUID
+    name: str
+    prefix: str = Field(examples=["kosmo_sk_Xk3v9QaB"])
+    created_at: datetime
+    last_used_at: datetime | None  # to the minute; null until first used
+
+
+class ApiKeyCreated(BaseModel):
+    key_id: UUID
+    name: str
+    prefix: str = Field(examples=["kosmo_sk_Xk3v9QaB"])
+    created_at: datetime
+    secret: str = Field(pattern=r"^kosmo_sk_[A-Za-z0-9_-]{43}$")  # shown once
+
+
+class ApiKeyList(BaseModel):
+    api_keys: list[ApiKeyOut]
