@@ -19,12 +19,15 @@ from kosmo import idempotency
 from kosmo.clock import utcnow
 from kosmo.config import Settings
 from kosmo.domain import Refusal
+from kosmo.embedded import EmbeddedPostgres, start_postgres
 from kosmo.idempotency import Claim
 from kosmo.ledger_store import Refused, accept_sends
 from kosmo.messages import NewMessage
+from tests import test_db_outage
 from tests.conftest import FREE, GUARDIAN, SANCTUARY, WANDERER, Gateway, db_value, start_gateway
 from tests.test_views import served_spec
 
+own_postgres = test_db_outage.own_postgres  # a server of the test's own, to stop and start
 URL = "/api/v1/messages"
 SEND = {"target_node_id": "!a1b2c3d4", "text": "hello"}
 
@@ -283,3 +286,46 @@ async def test_openapi_lists_the_header_and_the_problem_answers():
     assert header["name"].lower() == "idempotency-key"
     assert header["schema"]["maxLength"] == 255
     assert {"400", "409", "422"} <= set(operation["responses"])
+
+
+async def test_keyed_sends_are_still_grouped_into_transactions(gateway: Gateway, sql):
+    before = gateway.running.ledger.batches
+    answers: list[httpx.Response] = []
+
+    async def one(i: int) -> None:
+        answers.append(await post(gateway, f"k{i}", body_of({**SEND, "text": f"t{i}"}),
+                                  user=SANCTUARY))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(100):
+            nursery.start_soon(one, i)
+    assert [a.status_code for a in answers] == [201] * 100
+    assert counts(sql, SANCTUARY) == (100, 100)
+    assert db_value(sql, "SELECT count(*) FROM idempotency_keys WHERE status = 201") == 100
+    assert gateway.running.ledger.batches - before < 100
+
+
+async def test_the_expiry_sweep_deletes_old_records(gateway: Gateway, sql):
+    assert (await post(gateway, "old")).status_code == 201
+    assert (await post(gateway, "young")).status_code == 201
+    sql.execute("UPDATE idempotency_keys SET created_at = created_at - interval '25 h'"
+                " WHERE key = 'old'")
+    await gateway.running.expiry.sweep()
+    assert [r[0] for r in sql.execute("SELECT key FROM idempotency_keys")] == ["young"]
+
+
+async def test_a_database_outage_is_not_stored(nursery, settings: Settings,
+                                               own_postgres: EmbeddedPostgres):
+    settings = settings.replace(database_url=own_postgres.url, start_timeout=10.0)
+    async with start_gateway(nursery, settings) as gateway:
+        await trio.to_thread.run_sync(own_postgres.stop)
+        down = await post(gateway, "through-outage")
+        assert_problem(down, 503, "service-unavailable")
+        await trio.to_thread.run_sync(start_postgres, own_postgres.data_dir)
+        with trio.fail_after(30):
+            while (await gateway.client.get("/readyz")).status_code != 200:
+                await trio.sleep(0.1)
+        retried = await post(gateway, "through-outage")
+        assert retried.status_code == 201, retried.text
+        assert "Idempotent-Replayed" not in retried.headers
+        assert (await post(gateway, "through-outage")).headers["Idempotent-Replayed"] == "true"
