@@ -329,3 +329,13 @@ async def test_a_database_outage_is_not_stored(nursery, settings: Settings,
         assert retried.status_code == 201, retried.text
         assert "Idempotent-Replayed" not in retried.headers
         assert (await post(gateway, "through-outage")).headers["Idempotent-Replayed"] == "true"
+
+
+async def test_a_bad_key_is_judged_before_the_content_type(gateway: Gateway, sql):
+    response = await gateway.client.post(URL, content=b"{not json", headers={
+        "X-User-ID": str(WANDERER), "Content-Type": "text/plain", "Idempotency-Key": "x" * 300})
+    assert_problem(response, 400, "invalid-idempotency-key")
+    # A body that fails its own checks never touches the key: the key stays free.
+    assert_problem(await post(gateway, "free", b"[]"), 422, "invalid-fields")
+    assert db_value(sql, "SELECT count(*) FROM idempotency_keys") == 0
+    assert (await post(gateway, "free")).status_code == 201
