@@ -8,6 +8,8 @@ Rules:
 - A database outage skips a sweep (logged as a warning); the next one catches up.
 - After a sweep that expired something, ``settled`` tells the dispatcher (a bridge may have
   credit again; its queue changed).
+- Each sweep also deletes Idempotency-Key records past their 24 h (``kosmo.idempotency.sweep``,
+  a bounded batch); they already count as absent, so this only keeps the table small.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from uuid import UUID
 import trio
 
 from actors.ledger import Ledger
+from kosmo import idempotency
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Report, Status
@@ -56,6 +59,7 @@ class Expiry:
                     for message_id in due:
                         nursery.start_soon(self._expire, message_id, now)
                 count += len(due)
+            await self._db.run(idempotency.sweep, now)
         except* DatabaseUnavailable as group:
             log.warning("expiry sweep stopped, database unavailable: %s", group.exceptions[0])
         self.expired += count

@@ -46,6 +46,7 @@ from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
 from kosmo.events import Event
+from kosmo.idempotency import Claim
 from kosmo.ledger_store import (
     Accepted,
     Applied,
@@ -73,6 +74,7 @@ class SendRequest:
     reply: Reply[Accepted | Refused] = field(compare=False)
     queue_position: int | None = None
     estimated_transmit_at: datetime | None = None
+    idempotency: Claim | None = None  # stored with its answer, in the same transaction
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,13 @@ class Ledger:
 
     async def send(self, user_id: UUID, node_id: str, text: str, *,
                    queue_position: int | None = None,
-                   estimated_transmit_at: datetime | None = None) -> Accepted | Refused:
-        """Check, debit and store one outbound message, with its admission's estimate; the
-        reply comes after the commit."""
+                   estimated_transmit_at: datetime | None = None,
+                   idempotency: Claim | None = None) -> Accepted | Refused:
+        """Check, debit and store one outbound message, with its admission's estimate (and,
+        with an Idempotency-Key claim, its answer); the reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
         await self._sends[0].send(SendRequest(user_id, node_id, text, reply, queue_position,
-                                              estimated_transmit_at))
+                                              estimated_transmit_at, idempotency))
         return await reply.wait()
 
     async def cancel(self, user_id: UUID, message_id: UUID) -> Canceled | CancelRefusal:
@@ -161,8 +164,9 @@ class Ledger:
 
     async def _process_sends(self, batch: list[SendRequest]) -> None:
         new = [self._new_message(s) for s in batch]
+        claims = [s.idempotency for s in batch]
         results = await self._commit(batch, self._process_sends, accept_sends, new,
-                                     self._clock())
+                                     self._clock(), claims if any(claims) else [])
         if results is None:
             return
         for send, result in zip(batch, results, strict=True):

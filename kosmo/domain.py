@@ -72,6 +72,7 @@ class Refusal(enum.StrEnum):
     NODE_NOT_WHITELISTED = "node-not-whitelisted"
     QUOTA_EXCEEDED = "quota-exceeded"
     MESH_CONGESTED = "mesh-congested"  # the estimate lies beyond the expiry; with retry-after
+    IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency-key-in-flight"  # its claim was taken over
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,23 @@ Rules:
   what it reads there: the dispatcher's claim (``... WHERE status = 'pending' AND handed_at IS
   NULL``) takes the same row lock, so of a cancel and a claim racing exactly one wins: a claim
   that waited finds the row canceled and skips it, a cancel that waited finds it handed.
+- A send with an Idempotency-Key claim is stored only while its claim still holds (its row
+  locked first, ``kosmo.idempotency.hold``), and its answer is stored with it (``complete``):
+  a message and its stored answer commit together or not at all.
 - Subscription and plan rules live in ``kosmo.domain``; state transitions in ``kosmo.delivery``.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import psycopg
 
-from kosmo import delivery
+from kosmo import delivery, idempotency
 from kosmo.delivery import Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
 from kosmo.events import Event, lock_event_order, make_event
@@ -183,15 +187,20 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
             if row.user_id is not None and not row.note]
 
 
-def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
-                 now: datetime) -> tuple[list[Accepted | Refused], list[Event]]:
+def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetime,
+                 claims: Sequence[idempotency.Claim | None] = ()
+                 ) -> tuple[list[Accepted | Refused], list[Event]]:
     """Check, debit and store each send, in order; one result per send, and the events.
+    ``claims``: each send's Idempotency-Key claim (or None); empty when none has one.
 
     Two round trips whatever the batch size (then the commit): the subscriptions are read and
     the usage rows locked at once, the debits decided here in order, and the writes pipelined.
+    One more, first, when a send has a claim: its row is locked.
     """
     if not sends:
         return [], []
+    keyed = [c for c in claims if c is not None]
+    held = idempotency.hold(conn, keyed) if keyed else set()
     rows = conn.execute(_CHECK_AND_LOCK, {
         "users": list({s.user_id for s in sends}), "nodes": list({s.node_id for s in sends}),
         "now": now}).fetchall()
@@ -203,7 +212,12 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
     debited = dict(used)
     results: list[Accepted | Refused] = []
     stored: list[NewMessage] = []
-    for send in sends:
+    answers: list[tuple[idempotency.Claim, idempotency.Answer, UUID]] = []
+    for index, send in enumerate(sends):
+        claim = claims[index] if claims else None
+        if claim is not None and claim not in held:
+            results.append(Refused(Refusal.IDEMPOTENCY_KEY_IN_FLIGHT))
+            continue
         sub = subs.get(send.user_id)
         refusal = check_scope(sub, (send.user_id, send.node_id) in whitelisted, now)
         if refusal is not None or sub is None:
@@ -215,8 +229,11 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
                                    Quota(count, sub.quota_limit, sub.period_end)))
             continue
         debited[send.user_id] = count + 1
-        results.append(Accepted(send, Quota(count + 1, sub.quota_limit, sub.period_end)))
+        quota = Quota(count + 1, sub.quota_limit, sub.period_end)
+        results.append(Accepted(send, quota))
         stored.append(send)
+        if claim is not None:
+            answers.append((claim, idempotency.created_answer(send, quota), send.message_id))
     if not stored:
         return results, []
     changed = [u for u in debited if debited[u] != used[u]]
@@ -229,6 +246,7 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage],
             [m.created_at for m in stored], [m.expires_at for m in stored],
             [subs[m.user_id].period_start for m in stored],
             [m.queue_position for m in stored], [m.estimated_transmit_at for m in stored]))
+        idempotency.complete(conn, answers)
         events = record_history(conn, [HistoryRow(m.user_id, MessageView.accepted(m))
                                        for m in stored])
     return results, events

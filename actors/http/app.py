@@ -5,9 +5,10 @@ Rules:
   ``kosmo.reads``.
 - A send is checked in this order, and the first failure answers: 431 head too large
   (``kosmo.api.limits``) -> 413 body too large (from the bytes actually read) -> 408 body too
-  slow -> 401 credentials -> 415 content type -> 400 JSON -> 422 fields -> 503 mesh congested
-  (the dispatcher's admission, ``Services.admit``, asked before the ledger) -> 403 plan ->
-  429 quota. A refused request never debits the quota.
+  slow -> 401 credentials -> 400 Idempotency-Key -> 415 content type -> 400 JSON -> 422 fields
+  -> the Idempotency-Key's replay, 422 reused or 409 in flight (``actors.http.idempotency``)
+  -> 503 mesh congested (the dispatcher's admission, ``Services.admit``, asked before the
+  ledger) -> 403 plan -> 429 quota. A refused request never debits the quota.
 - A cancel (``DELETE`` of a message) has the rules of reading it: 401 credentials -> 404 for a
   malformed id, an unknown message or another user's (the same answer) -> 409 when it no
   longer waits (handed to a bridge, or finished) -> 200 with the canceled message.
@@ -28,6 +29,7 @@ from uuid import UUID
 from quart import Response, has_request_context, has_websocket_context, request
 from quart_schema import (
     QuartSchema,
+    document_headers,
     document_querystring,
     document_request,
     document_response,
@@ -36,6 +38,7 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors.http.idempotency import answer_response, idempotent, request_key
 from actors.http.keys import identify, register_keys
 from actors.http.services import Services
 from actors.http.stream import register_stream
@@ -47,8 +50,8 @@ from kosmo.clock import utcnow
 from kosmo.config import Settings
 from kosmo.db import DatabaseUnavailable
 from kosmo.domain import Refusal, parse_node_id, parse_uuid, text_problem
+from kosmo.idempotency import Claim, created_answer
 from kosmo.ledger_store import Accepted, Canceled, CancelRefusal, Refused
-from kosmo.views import MessageView
 
 log = logging.getLogger(__name__)
 
@@ -117,37 +120,42 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
     @app.post("/api/v1/messages")
     @document_request(schemas.SendMessage)
     @document_response(schemas.MessageCreated, 201)
-    @problems(400, 401, 403, 413, 415, 422, 429, 503)
+    @document_headers(schemas.SendHeaders)
+    @problems(400, 401, 403, 409, 413, 415, 422, 429, 503)
     async def send_message() -> Response:
         """Send a message to a mesh node.
 
         Debits one message and stores it; it waits for its radio's turn. The answer says where
         it stands in that radio's queue. A message the mesh cannot carry before it expires is
-        refused (503 mesh-congested) before any debit."""
+        refused (503 mesh-congested) before any debit. With an ``Idempotency-Key``, a retry of
+        the same request within 24 h gets the first answer again (``Idempotent-Replayed:
+        true``) and sends nothing."""
         body = await request.get_data(cache=False)
         user = await caller()
+        key = request_key()
         if request.mimetype != "application/json":
             raise Problem(415, "unsupported-media-type",
                           f"Content-Type is {request.mimetype!r}" if request.mimetype
                           else "the Content-Type header is missing")
         fields = _parse_json(body)
         node_id, text = _validate_send(fields, settings.max_text_bytes)
-        admission = await services.admit(user, node_id, text)
-        if admission.retry_after is not None:
-            raise _refusal_problem(Refused(Refusal.MESH_CONGESTED,
-                                           retry_after=admission.retry_after))
-        result = await services.ledger.send(
-            user, node_id, text, queue_position=admission.queue_position,
-            estimated_transmit_at=admission.estimated_transmit_at)
-        if not isinstance(result, Accepted):
-            raise _refusal_problem(result)
-        message = result.message
-        log.info("message %s accepted for node %s (user %s)", message.message_id, node_id, user)
-        out = MessageView.accepted(message).to_json()
-        out["quota"] = result.quota.to_json()
-        response = Response(json.dumps(out), status=201, mimetype="application/json")
-        response.headers["Location"] = f"/api/v1/messages/{message.message_id}"
-        return response
+
+        async def send(claim: Claim | None) -> Response:
+            admission = await services.admit(user, node_id, text)
+            if admission.retry_after is not None:
+                raise _refusal_problem(Refused(Refusal.MESH_CONGESTED,
+                                               retry_after=admission.retry_after))
+            result = await services.ledger.send(
+                user, node_id, text, queue_position=admission.queue_position,
+                estimated_transmit_at=admission.estimated_transmit_at, idempotency=claim)
+            if not isinstance(result, Accepted):
+                raise _refusal_problem(result)
+            message = result.message
+            log.info("message %s accepted for node %s (user %s)", message.message_id, node_id,
+                     user)
+            return answer_response(created_answer(message, result.quota))
+
+        return await idempotent(services.db, user, key, body, send)
 
     @app.get("/api/v1/messages/conversations")
     @document_querystring(schemas.Page)
@@ -283,6 +291,9 @@ def _refusal_problem(refused: Refused) -> Problem:
         seconds = max(1, int((quota.resets_at - utcnow()).total_seconds()) + 1)
         return Problem(429, refusal.value, f"the quota resets at {quota.to_json()['resets_at']}",
                        headers={"Retry-After": str(seconds)}, quota=quota.to_json())
+    if refusal is Refusal.IDEMPOTENCY_KEY_IN_FLIGHT:
+        return Problem(409, refusal.value,
+                       "another request with this Idempotency-Key took it over")
     if refusal is Refusal.MESH_CONGESTED:
         seconds = _whole_seconds(refused.retry_after)
         return Problem(503, refusal.value,

@@ -28,6 +28,15 @@ class SendMessage(BaseModel):
     text: str = Field(min_length=1, examples=["Hello mesh"])
 
 
+class SendHeaders(BaseModel):
+    idempotency_key: str | SkipJsonSchema[None] = Field(
+        None, min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        examples=["9f1c2a7e-3b4d-4e5f-8a6b-7c8d9e0f1a2b"], json_schema_extra=_no_default,
+        description="Makes a retry safe: the same request with the same key within 24 h gets"
+                    " the first answer again (header Idempotent-Replayed: true) and sends"
+                    " nothing.")
+
+
 class QuotaOut(BaseModel):
     used: int
     limit: int | None
