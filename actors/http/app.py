@@ -38,6 +38,7 @@ from werkzeug.exceptions import HTTPException
 
 from actors.http.services import Services
 from actors.http.stream import register_stream
+from actors.http.webhooks import register_webhooks
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.auth import authenticate
@@ -228,6 +229,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
                         mimetype="application/json")
 
     register_stream(app, settings, services)
+    register_webhooks(app, settings, services, caller)
     return app
 
 

@@ -25,6 +25,7 @@ TITLES: dict[str, str] = {
     "invalid-fields": "Some fields are invalid",
     "unauthorized": "Missing or bad credentials",
     "subscription-inactive": "No active subscription",
+    "plan-not-entitled": "The plan does not include this",
     "receive-only": "The plan can only receive messages",
     "node-not-whitelisted": "The plan does not allow messaging this node",
     "quota-exceeded": "The monthly message quota is used up",
