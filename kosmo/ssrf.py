@@ -2,8 +2,10 @@
 
 Rules:
 - An address is public when Python's ``ipaddress`` calls it global and none of loopback,
-  private, link-local, multicast, reserved, unspecified or (IPv6) site-local; 100.64.0.0/10
-  (shared address space) is not global. An IPv6 address that embeds an IPv4 one (IPv4-mapped
+  private, link-local, multicast, reserved, unspecified or (IPv6) site-local, and in none of
+  the special-purpose ranges listed here (``_ALWAYS_REFUSED``: shared 100.64.0.0/10,
+  documentation, benchmarking, IETF protocol assignments ...), so the answer does not depend
+  on the Python version's tables. An IPv6 address that embeds an IPv4 one (IPv4-mapped
   ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) is public only when the
   embedded address is too.
 - The check is made on the address actually connected to: ``CheckedBackend`` (an httpcore
@@ -26,7 +28,13 @@ import trio
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+# Never public, whatever the Python version's tables say (they have grown over versions).
+_ALWAYS_REFUSED = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/3",
+    "::/96", "::ffff:0:0/96", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10",
+    "fec0::/10", "ff00::/8"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -43,7 +51,7 @@ def is_public(ip: IP) -> bool:
             return is_public(embedded)
         if ip.is_site_local:
             return False
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED:
+    if any(ip in network for network in _ALWAYS_REFUSED):
         return False
     return ip.is_global and not (ip.is_loopback or ip.is_private or ip.is_link_local
                                  or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
