@@ -13,16 +13,25 @@ What this proves:
   last retry failing gives the delivery up; a 410 disables the webhook. The deliveries route
   shows each attempt.
 - An endpoint that accepts and never answers does not delay another webhook's deliveries.
+- A delivery owed when the gateway is killed with SIGKILL arrives after it starts again, with
+  the same ``webhook-id``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 import trio
 
@@ -301,3 +310,68 @@ async def test_a_dead_endpoint_does_not_delay_a_live_one(gateway: Gateway, sql):
         assert 1 <= len(dead.received) <= 4  # it holds only its own few slots
     bodies = [json.loads(r.body) for r in live.received]
     assert {b["data"]["text"] for b in bodies} == {f"m{i}" for i in range(20)}
+
+
+# --- durability -------------------------------------------------------------------------------
+
+class GatewayProcess:
+    """``kosmo gateway`` in its own process, its log in a file, killed with SIGKILL."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self._log = log
+        self._offset = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kosmo", "gateway"], env=env,
+                                         stdout=out, stderr=out)
+
+    async def url(self) -> str:
+        with trio.fail_after(30):
+            while True:
+                text = self._log.read_bytes()[self._offset:].decode(errors="replace")
+                if found := re.search(r"gateway listening on (\S+)", text):
+                    return found.group(1).rstrip(",")
+                assert self.proc.poll() is None, text
+                await trio.sleep(0.05)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.mark.usefixtures("online_bridge")
+async def test_an_owed_delivery_survives_a_kill_9(database_url: str, mqtt_url: str,
+                                                 topic_root: str, sql, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
+    env.update(KOSMO_DATABASE_URL=database_url, KOSMO_MQTT_URL=mqtt_url,
+               KOSMO_AUTH_MODE="header", KOSMO_HTTP_BIND="127.0.0.1:0",
+               KOSMO_MQTT_TOPIC_ROOT=topic_root, KOSMO_MQTT_CLIENT_ID=f"gw-{topic_root}",
+               KOSMO_WEBHOOK_ALLOW_PRIVATE="true", KOSMO_WEBHOOK_RETRY_SCHEDULE="1s")
+    log = tmp_path / "gateway.log"
+    with receiving([500]) as receiver:
+        first = GatewayProcess(env, log)
+        try:
+            async with httpx.AsyncClient(base_url=await first.url(), timeout=10) as client:
+                created = await client.post("/api/v1/webhooks", headers=headers(SANCTUARY),
+                                            json={"url": receiver.url,
+                                                  "events": ["message.queued"]})
+                assert created.status_code == 201, created.text
+                sent = await client.post("/api/v1/messages", headers=headers(SANCTUARY),
+                                         json={"target_node_id": NODE, "text": "hi"})
+                assert sent.status_code == 201, sent.text
+            await wait_for(lambda: db_value(sql, "SELECT count(*) FROM webhook_attempts") == 1)
+        finally:
+            first.kill()  # the delivery is owed: its retry is due in about a second
+        assert db_value(sql, "SELECT state FROM webhook_deliveries") == "owed"
+        await trio.sleep(1.5)  # the retry falls due while no gateway runs
+        assert len(receiver.received) == 1
+        second = GatewayProcess(env, log)
+        try:
+            await second.url()
+            await arrived(receiver, 2)
+            await wait_for(lambda: db_value(sql, "SELECT state FROM webhook_deliveries")
+                           == "delivered")
+        finally:
+            second.kill()
+    bodies = receiver.verified(created.json()["secret"])
+    assert [b["type"] for b in bodies] == ["message.queued", "message.queued"]
+    assert receiver.received[0].id == receiver.received[1].id
