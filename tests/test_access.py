@@ -67,6 +67,10 @@ PROTECTED = {
     ("DELETE", "/api/v1/messages/<message_id>"): f"/api/v1/messages/{UNKNOWN}",
     ("GET", "/api/v1/stream"): "/api/v1/stream",
     ("WEBSOCKET", "/api/v1/stream"): "/api/v1/stream",
+    ("POST", "/api/v1/webhooks"): "/api/v1/webhooks",
+    ("GET", "/api/v1/webhooks"): "/api/v1/webhooks",
+    ("DELETE", "/api/v1/webhooks/<webhook_id>"): f"/api/v1/webhooks/{UNKNOWN}",
+    ("GET", "/api/v1/webhooks/<webhook_id>/deliveries"): f"/api/v1/webhooks/{UNKNOWN}/deliveries",
 }
 PROTECTED_HTTP = [(method, path) for (method, _), path in PROTECTED.items()
                   if method != "WEBSOCKET"]

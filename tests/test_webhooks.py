@@ -40,6 +40,7 @@ from tests.conftest import GUARDIAN, SANCTUARY, Gateway, db_value, start_gateway
 from tests.mesh import FakeBridgeLink
 from tests.receiver import Receiver, receiving
 from tests.test_reports import status_of, wait_for
+from tests.test_views import validator
 
 NODE = "!a1b2c3d4"
 PROBLEM = "application/problem+json"
@@ -136,6 +137,34 @@ async def test_only_sanctuary_and_only_while_subscribed(gateway: Gateway, sql):
     lapsed = await gateway.client.post("/api/v1/webhooks", headers=headers(SANCTUARY), json=body)
     assert_problem(lapsed, 403, "subscription-inactive")
     assert db_value(sql, "SELECT count(*) FROM webhooks") == 0
+
+
+@pytest.mark.usefixtures("online_bridge")
+async def test_the_answers_validate_against_the_openapi_document(gateway: Gateway, sql):
+    spec = (await gateway.client.get("/openapi.json")).json()
+
+    def declared(path: str, method: str, status: str) -> Any:
+        return validator(spec, spec["paths"][path][method]["responses"][status]["content"][
+            "application/json"]["schema"])
+
+    for path, method, statuses in [
+            ("/api/v1/webhooks", "post", {"201", "400", "401", "403", "415", "422"}),
+            ("/api/v1/webhooks", "get", {"200", "401", "403"}),
+            ("/api/v1/webhooks/{webhook_id}", "delete", {"401", "403", "404"}),
+            ("/api/v1/webhooks/{webhook_id}/deliveries", "get", {"200", "401", "403", "404"})]:
+        assert statuses <= set(spec["paths"][path][method]["responses"]), (path, method)
+    with receiving([500]) as receiver:
+        created = await register(gateway, receiver.url, ["message.queued"])
+        declared("/api/v1/webhooks", "post", "201").validate(created)
+        await queued(gateway, sql)
+        await arrived(receiver, 2)
+        listed = (await gateway.get("/api/v1/webhooks", SANCTUARY)).json()
+        declared("/api/v1/webhooks", "get", "200").validate(listed)
+        path = f"/api/v1/webhooks/{created['webhook_id']}/deliveries"
+        await wait_for(lambda: db_value(sql, "SELECT count(*) FROM webhook_attempts") == 2)
+        attempts = (await gateway.get(path, SANCTUARY)).json()
+    declared("/api/v1/webhooks/{webhook_id}/deliveries", "get", "200").validate(attempts)
+    assert len(attempts["deliveries"]) == 2
 
 
 @pytest.mark.parametrize(("url", "events"), [
