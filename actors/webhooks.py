@@ -48,6 +48,7 @@ from kosmo.webhooks import Outcome, judge, retry_delay, signed_headers
 log = logging.getLogger(__name__)
 
 MAX_READ = 1024
+OUTAGE_PAUSE = 1.0  # seconds between tries while the database is down
 USER_AGENT = "KosmoConnect-Webhooks/1"
 
 
@@ -85,6 +86,7 @@ class WebhookActor:
                 advanced = await self._db.run(store.enqueue_events, utcnow(), self._page)
             except DatabaseUnavailable as exc:
                 log.warning("webhook events not read: %s", exc)
+                await trio.sleep(OUTAGE_PAUSE)
                 advanced = False
             if advanced:
                 self._wake.set()
@@ -105,6 +107,7 @@ class WebhookActor:
                                                  self._per_webhook, busy)
                 except DatabaseUnavailable as exc:
                     log.warning("webhook deliveries not claimed: %s", exc)
+                    await trio.sleep(OUTAGE_PAUSE)
             for due in claimed:
                 self._running += 1
                 self._in_flight[due.webhook_id] = self._in_flight.get(due.webhook_id, 0) + 1
@@ -169,7 +172,7 @@ class WebhookActor:
                 return None, f"refused: {exc}"
             except httpcore.TimeoutException:
                 return None, f"timeout after {self._timeout:g} s"
-            except (httpcore.NetworkError, httpcore.ProtocolError,
-                    httpcore.UnsupportedProtocol) as exc:
+            except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
+                    OSError, ValueError) as exc:  # whatever an endpoint does, it is its failure
                 return None, f"{type(exc).__name__}: {exc}"[:300]
         return None, f"timeout after {self._timeout:g} s"

@@ -146,6 +146,11 @@ def list_attempts(conn: psycopg.Connection[Any], user: UUID, webhook_id: UUID,
 def enqueue_events(conn: psycopg.Connection[Any], now: datetime, limit: int = 500) -> bool:
     """Turn one page of history into deliveries; False when there was nothing new (or another
     process holds the cursor)."""
+    # Looking first, without the lock, keeps an idle poll a pair of reads.
+    news = conn.execute("""SELECT EXISTS (SELECT 1 FROM message_status_history
+                           WHERE id > (SELECT history_id FROM webhook_cursor))""").fetchone()
+    if news is None or not news[0]:
+        return False
     row = conn.execute("SELECT history_id FROM webhook_cursor FOR UPDATE SKIP LOCKED").fetchone()
     if row is None:
         return False
@@ -179,13 +184,13 @@ def claim_due(conn: psycopg.Connection[Any], now: datetime, lease_until: datetim
     rows = conn.execute("""
         WITH candidates AS (
             SELECT id FROM (
-                SELECT d.id, row_number() OVER (PARTITION BY d.webhook_id
+                SELECT d.id, d.next_attempt_at, row_number() OVER (PARTITION BY d.webhook_id
                                                 ORDER BY d.next_attempt_at, d.id) AS n
                 FROM webhook_deliveries d
                 WHERE d.state = 'owed' AND d.next_attempt_at <= %(now)s
                   AND (d.leased_until IS NULL OR d.leased_until < %(now)s)
                   AND d.webhook_id <> ALL(%(busy)s)) c
-            WHERE n <= %(per)s LIMIT %(limit)s
+            WHERE n <= %(per)s ORDER BY next_attempt_at, id LIMIT %(limit)s
         ), locked AS (
             SELECT d.id FROM webhook_deliveries d
             WHERE d.id IN (SELECT id FROM candidates) AND d.state = 'owed'

@@ -329,14 +329,24 @@ async def test_a_deleted_webhook_gets_nothing_more(gateway: Gateway, sql, receiv
 @pytest.mark.usefixtures("online_bridge")
 async def test_a_dead_endpoint_does_not_delay_a_live_one(gateway: Gateway, sql):
     with receiving(hang=True) as dead, receiving() as live:
-        await register(gateway, dead.url, ["message.queued"])
+        dead_hook = await register(gateway, dead.url, ["message.queued"])
         hook = await register(gateway, live.url, ["message.queued"])
+        # Thousands of deliveries already owed to the dead endpoint, all due before the live's.
+        sql.execute("""
+            INSERT INTO webhook_deliveries (webhook_id, event_id, type, body, state,
+                                            next_attempt_at, created_at)
+            SELECT %s, -n, 'message.queued', '{}', 'owed', now() - interval '1 hour', now()
+            FROM generate_series(1, 3000) n""", (dead_hook["webhook_id"],))
         sent = [await gateway.send(SANCTUARY, NODE, f"m{i}") for i in range(20)]
         assert all(r.status_code == 201 for r in sent)
         with trio.fail_after(5):  # well inside the dead endpoint's 10 s timeout
             await arrived(live, 20)
         assert len(live.verified(hook["secret"])) == 20
         assert 1 <= len(dead.received) <= 4  # it holds only its own few slots
+        leased = db_value(sql, "SELECT count(*) FROM webhook_deliveries"
+                          " WHERE leased_until IS NOT NULL AND webhook_id = %s",
+                          dead_hook["webhook_id"])
+        assert leased <= 4  # memory: the backlog stays in the database
     bodies = [json.loads(r.body) for r in live.received]
     assert {b["data"]["text"] for b in bodies} == {f"m{i}" for i in range(20)}
 
