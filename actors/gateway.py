@@ -1,11 +1,11 @@
 """The gateway daemon: one Trio nursery supervising its actors.
 
 Supervision policy:
-- Start order is dependency order: database pool, MQTT, event bus, ledger, inbound consumer,
-  conversations, dispatcher, outbox, expiry, HTTP.
+- Start order is dependency order: database pool, MQTT, event bus, ledger, webhooks, inbound
+  consumer, conversations, dispatcher, outbox, expiry, HTTP.
   Each actor is started with ``nursery.start`` and the next starts only once it is ready.
-- Infrastructure actors (MQTT, event bus, ledger, inbound consumer, conversations router,
-  dispatcher, outbox, expiry) failing bring the whole
+- Infrastructure actors (MQTT, event bus, ledger, webhooks, inbound consumer, conversations
+  router, dispatcher, outbox, expiry) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
   exits non-zero so the process manager restarts it. The MQTT actor itself reconnects with
   backoff; a conversation actor contains its own failure.
@@ -35,6 +35,7 @@ from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
+from actors.webhooks import WebhookActor
 from kosmo import wire
 from kosmo.config import Settings
 from kosmo.db import Database
@@ -59,6 +60,7 @@ class Running:
     events: EventBus
     consumer: InboundConsumer
     expiry: Expiry
+    webhooks: WebhookActor
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
@@ -112,6 +114,9 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             ledger = Ledger(db, dispatch=dispatcher.accepted, canceled=dispatcher.canceled,
                             message_ttl=settings.message_ttl, events=events)
             await infra.start(ledger.run)
+            webhooks = WebhookActor(db, schedule=settings.webhook_retry_schedule,
+                                    allow_private=settings.webhook_allow_private)
+            await infra.start(webhooks.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,
                 thread_window=settings.thread_window, ack=mqtt.ack, events=events,
@@ -137,7 +142,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
-                                            outbox, events, consumer, expiry))
+                                            outbox, events, consumer, expiry, webhooks))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

@@ -37,6 +37,23 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_durations(text: str) -> tuple[float, ...]:
+    """A comma-separated list of durations: ``5s,5m,30m``."""
+    parts = [part for part in text.split(",")]
+    if not text.strip() or any(not part.strip() for part in parts):
+        raise ValueError(f"{text!r} is not a comma-separated list of durations")
+    return tuple(parse_duration(part) for part in parts)
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def parse_bind(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if (not sep or not host or not (port.isascii() and port.isdigit())
@@ -206,6 +223,14 @@ OPTIONS: dict[str, Option] = {
     "http_body_timeout": Option(
         "KOSMO_HTTP_BODY_TIMEOUT", parse_duration, "10s",
         "a request body not complete this long after its head is answered 408"),
+    "webhook_retry_schedule": Option(
+        "KOSMO_WEBHOOK_RETRY_SCHEDULE", parse_durations, "5s,5m,30m,2h,5h,10h,10h",
+        "delays before each retry of a webhook delivery (comma-separated durations, each "
+        "±10 %% jitter); after the last, the delivery is given up"),
+    "webhook_allow_private": Option(
+        "KOSMO_WEBHOOK_ALLOW_PRIVATE", parse_bool, "false",
+        "true: webhooks may use http:// and loopback or private addresses (development "
+        "only; `kosmo up` sets it)"),
 }
 
 
@@ -230,6 +255,9 @@ class Settings:
     http_idle_timeout: float = 30.0
     http_read_timeout: float = 30.0
     http_body_timeout: float = 10.0
+    webhook_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0,
+                                                 36000.0, 36000.0)
+    webhook_allow_private: bool = False
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -74,14 +74,31 @@ def lock_event_order(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
 
 
+# After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.
+_AT_EVENT = """h.id, m.id, m.direction, m.node_id, m.text, h.status, h.reason, m.created_at,
+               h.at, h.bridge_id, h.queue_position, h.estimated_transmit_at"""
+
+
 def events_since(conn: psycopg.Connection[Any], user_id: UUID, after: int,
                  limit: int = 1000) -> list[Event]:
     """The user's events strictly after history id ``after``, oldest first."""
-    # After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.
-    rows = conn.execute("""
-        SELECT h.id, m.id, m.direction, m.node_id, m.text, h.status, h.reason, m.created_at,
-               h.at, h.bridge_id, h.queue_position, h.estimated_transmit_at
+    rows = conn.execute(f"""
+        SELECT {_AT_EVENT}
         FROM message_status_history h JOIN messages m ON m.id = h.message_id
         WHERE h.user_id = %s AND h.id > %s AND NOT h.note
         ORDER BY h.id LIMIT %s""", (user_id, after, limit)).fetchall()
     return [make_event(r[0], user_id, MessageView.from_row(r[1:])) for r in rows]
+
+
+def events_after(conn: psycopg.Connection[Any], after: int,
+                 limit: int = 1000) -> tuple[list[Event], int]:
+    """Every user's events after history id ``after``, oldest first, from at most ``limit``
+    history rows; and the last history id read (``after`` when there was none), notes and
+    unassigned inbound messages included, so a reader resumes after it."""
+    rows = conn.execute(f"""
+        SELECT h.note, h.user_id, {_AT_EVENT}
+        FROM message_status_history h JOIN messages m ON m.id = h.message_id
+        WHERE h.id > %s ORDER BY h.id LIMIT %s""", (after, limit)).fetchall()
+    events = [make_event(r[2], r[1], MessageView.from_row(r[3:])) for r in rows
+              if not r[0] and r[1] is not None]
+    return events, (rows[-1][2] if rows else after)

@@ -128,7 +128,8 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
             await trio.to_thread.run_sync(migrate.seed, postgres.url)
             settings = config.load(
                 {**environ, "KOSMO_DATABASE_URL": postgres.url, "KOSMO_MQTT_URL": broker.url,
-                 "KOSMO_AUTH_MODE": "header"}, args, serving=True)
+                 "KOSMO_AUTH_MODE": "header", "KOSMO_WEBHOOK_ALLOW_PRIVATE": "true"}, args,
+                serving=True)
             async with trio.open_nursery() as nursery:
                 running: Running = await nursery.start(run_gateway, settings, shutdown)
                 async with trio.open_nursery() as mesh:

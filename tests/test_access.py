@@ -71,6 +71,10 @@ PROTECTED = {
     ("POST", "/api/v1/api-keys"): "/api/v1/api-keys",
     ("GET", "/api/v1/api-keys"): "/api/v1/api-keys",
     ("DELETE", "/api/v1/api-keys/<key_id>"): f"/api/v1/api-keys/{UNKNOWN}",
+    ("POST", "/api/v1/webhooks"): "/api/v1/webhooks",
+    ("GET", "/api/v1/webhooks"): "/api/v1/webhooks",
+    ("DELETE", "/api/v1/webhooks/<webhook_id>"): f"/api/v1/webhooks/{UNKNOWN}",
+    ("GET", "/api/v1/webhooks/<webhook_id>/deliveries"): f"/api/v1/webhooks/{UNKNOWN}/deliveries",
 }
 PROTECTED_HTTP = [(method, path) for (method, _), path in PROTECTED.items()
                   if method != "WEBSOCKET"]

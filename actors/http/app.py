@@ -42,6 +42,7 @@ from actors.http.idempotency import answer_response, idempotent, request_key
 from actors.http.keys import identify, register_keys
 from actors.http.services import Services
 from actors.http.stream import register_stream
+from actors.http.webhooks import register_webhooks
 from kosmo import reads
 from kosmo.api import schemas
 from kosmo.api.limits import register_limits
@@ -238,6 +239,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
 
     register_stream(app, settings, services)
     register_keys(app, settings, services, caller)
+    register_webhooks(app, settings, services, caller)
     return app
 
 
