@@ -134,7 +134,7 @@ async def send(client: httpx.AsyncClient, user: User, target: str, text: str, co
     body = answer.json()
     return Sent(body["message_id"], str(user.id), user.weight, text, cost,
                 _ts(body["created_at"]) or time.time(), _ts(body.get("estimated_transmit_at")),
-                light, first)
+                light, first, target, body.get("queue_position"))
 
 
 async def cancel_some(run: Run, client: httpx.AsyncClient, heavy: list[Sent], count: int,

@@ -52,6 +52,8 @@ class Sent:
     estimate: float | None  # estimated_transmit_at of the 201, UNIX seconds
     light: bool
     first_of_user: bool
+    target: str = ""  # the node it is for
+    position: int | None = None  # the 201's queue_position
 
 
 @dataclass
