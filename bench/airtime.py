@@ -87,6 +87,8 @@ from bridge.sim import AirRecord, SimConfig, SimRadio, SimRadioServer, make_node
 from kosmo import airtime  # noqa: E402
 from kosmo.config import MqttEndpoint  # noqa: E402
 
+ESTIMATE_EVERY = 0.2  # real seconds between two reads of the waiting rows' estimates
+
 
 @dataclass
 class Cancel:
@@ -199,6 +201,21 @@ async def run_round(run: Run, region: Region, number: int,
 
     sent: list[Sent] = []
     canceled: set[str] = set()
+    samples: dict[str, list[tuple[float, float]]] = {}
+
+    async def read_estimates() -> None:
+        """Every few tenths of a second, the estimates of the waiting rows."""
+        while True:
+            ids = [s.message_id for s in sent]
+            rows = await run.sql(
+                "SELECT id, estimated_transmit_at FROM messages WHERE id = ANY(%s::uuid[])"
+                " AND status = 'pending' AND handed_at IS NULL"
+                " AND estimated_transmit_at IS NOT NULL", ids)
+            now = time.time()
+            for message_id, at in rows:
+                samples.setdefault(str(message_id), []).append((now, at.timestamp()))
+            await trio.sleep(ESTIMATE_EVERY)
+
     async with trio.open_nursery() as nursery:
         shutdowns, stopped = [], []
         for i, r in enumerate(RADIOS):
@@ -241,6 +258,7 @@ async def run_round(run: Run, region: Region, number: int,
             await until(covered, 0.1)
         await trio.sleep(2.5)  # the dispatcher reads the bridges' states and coverage
 
+        nursery.start_soon(read_estimates)
         async with httpx.AsyncClient(base_url=run.base_url, timeout=30,
                                      trust_env=False) as client:
             heavy_user, lights = run.users[0], run.users[1:]
@@ -294,7 +312,8 @@ async def run_round(run: Run, region: Region, number: int,
         sent, on_air, transmitted, canceled, credit=args.credit,
         quantum=airtime.text_airtime(params, airtime.MAX_TEXT_BYTES),
         duty=airtime.duty_cycle(region.name),
-        bridge_gap=MIN_GAP + GAP_MARGIN + GAP_MARGIN_REAL * region.time_scale, naks=naks)
+        bridge_gap=MIN_GAP + GAP_MARGIN + GAP_MARGIN_REAL * region.time_scale, naks=naks,
+        samples=samples)
     return data, cancels
 
 

@@ -19,7 +19,9 @@ Rules (bench/README.md says how to read them):
   had sent before this text went on air and was still to send when it arrived).
 - Estimate error: |actual - estimated| / (actual - accepted), the estimate from the 201 answer,
   the actual either the ``transmitted`` line of the message's history or the radio's on-air
-  time.
+  time. The 201's estimate cannot know of the texts that arrive later and go ahead of it in
+  the fair order, so the row's estimate is also read while the message waits: the reading
+  nearest the middle of its wait, |actual - estimated| / (actual - read at).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class RoundData:
     duty: float | None
     bridge_gap: float  # the bridge's pacing gap, radio seconds
     naks: Counter[str] = field(default_factory=Counter)
+    # message id -> (UNIX seconds read, estimated_transmit_at) of its row while it waited
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def jain(values: Sequence[float]) -> float:
@@ -180,10 +184,11 @@ def light_waits(data: RoundData) -> list[tuple[float, float, float]]:
     return out
 
 
-def estimate_errors(data: RoundData) -> tuple[list[float], list[float]]:
-    """(errors against the history's ``transmitted``, against the radio's on-air time)."""
+def estimate_errors(data: RoundData) -> tuple[list[float], list[float], list[float]]:
+    """(errors of the 201's estimate against the history's ``transmitted``, against the
+    radio's on-air time; of the row's estimate at mid-wait against the history's)."""
     first = _first_on_air(data)
-    by_history, by_radio = [], []
+    by_history, by_radio, mid = [], [], []
     for s in data.sent:
         if s.estimate is None or s.message_id in data.canceled:
             continue
@@ -191,4 +196,13 @@ def estimate_errors(data: RoundData) -> tuple[list[float], list[float]]:
             by_history.append(abs(at - s.estimate) / (at - s.accepted))
         if (rec := first.get(s.text)) is not None and rec.wall_at > s.accepted:
             by_radio.append(abs(rec.wall_at - s.estimate) / (rec.wall_at - s.accepted))
-    return by_history, by_radio
+    for s in data.sent:
+        at = data.transmitted.get(s.message_id)
+        seen = data.samples.get(s.message_id)
+        if at is None or not seen or s.message_id in data.canceled:
+            continue
+        half = (s.accepted + at) / 2
+        read, estimate = min(seen, key=lambda r: abs(r[0] - half))
+        if at > read:
+            mid.append(abs(at - estimate) / (at - read))
+    return by_history, by_radio, mid

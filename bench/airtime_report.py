@@ -76,8 +76,9 @@ def _block(name: str, rounds: list[tuple[RoundData, list[Any]]]) -> list[str]:
             f"{_verdict(p99 <= 1)})")
 
     errors = [estimate_errors(d) for d in datas]
-    by_history = [e for h, _ in errors for e in h]
-    by_radio = [e for _, r in errors for e in r]
+    by_history = [e for h, _, _ in errors for e in h]
+    by_radio = [e for _, r, _ in errors for e in r]
+    mid = [e for _, _, m in errors for e in m]
     if by_history:
         p90 = percentile(by_history, 90)
         lines.append(
@@ -86,6 +87,10 @@ def _block(name: str, rounds: list[tuple[RoundData, list[Any]]]) -> list[str]:
             f"(actual = 'transmitted' in the history; target <= 10 %: {_verdict(p90 <= 0.1)});"
             f" against the radio's on-air time p50 {percentile(by_radio, 50):.1%}, p90 "
             f"{percentile(by_radio, 90):.1%}")
+    if mid:
+        lines.append(
+            f"  the row's estimate read mid-wait, {len(mid)} texts: p50 "
+            f"{percentile(mid, 50):.1%}, p90 {percentile(mid, 90):.1%} of the wait left")
 
     cancels = [c for _, cs in rounds for c in cs]
     if cancels:
