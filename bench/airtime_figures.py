@@ -184,11 +184,11 @@ def light_waits(data: RoundData) -> list[tuple[float, float, float]]:
     return out
 
 
-def estimate_errors(data: RoundData) -> tuple[list[float], list[float], list[float]]:
-    """(errors of the 201's estimate against the history's ``transmitted``, against the
-    radio's on-air time; of the row's estimate at mid-wait against the history's)."""
+def estimate_errors(data: RoundData) -> tuple[list[float], ...]:
+    """Errors of the 201's estimate against the history's ``transmitted``, against the
+    radio's on-air time; of the row's estimate at mid-wait against the same two."""
     first = _first_on_air(data)
-    by_history, by_radio, mid = [], [], []
+    by_history, by_radio, mid, mid_radio = [], [], [], []
     for s in data.sent:
         if s.estimate is None or s.message_id in data.canceled:
             continue
@@ -205,4 +205,6 @@ def estimate_errors(data: RoundData) -> tuple[list[float], list[float], list[flo
         read, estimate = min(seen, key=lambda r: abs(r[0] - half))
         if at > read:
             mid.append(abs(at - estimate) / (at - read))
-    return by_history, by_radio, mid
+        if (rec := first.get(s.text)) is not None and rec.wall_at > read:
+            mid_radio.append(abs(rec.wall_at - estimate) / (rec.wall_at - read))
+    return by_history, by_radio, mid, mid_radio

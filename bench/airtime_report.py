@@ -76,9 +76,10 @@ def _block(name: str, rounds: list[tuple[RoundData, list[Any]]]) -> list[str]:
             f"{_verdict(p99 <= 1)})")
 
     errors = [estimate_errors(d) for d in datas]
-    by_history = [e for h, _, _ in errors for e in h]
-    by_radio = [e for _, r, _ in errors for e in r]
-    mid = [e for _, _, m in errors for e in m]
+    by_history = [e for err in errors for e in err[0]]
+    by_radio = [e for err in errors for e in err[1]]
+    mid = [e for err in errors for e in err[2]]
+    mid_radio = [e for err in errors for e in err[3]]
     if by_history:
         p90 = percentile(by_history, 90)
         lines.append(
@@ -90,7 +91,9 @@ def _block(name: str, rounds: list[tuple[RoundData, list[Any]]]) -> list[str]:
     if mid:
         lines.append(
             f"  the row's estimate read mid-wait, {len(mid)} texts: p50 "
-            f"{percentile(mid, 50):.1%}, p90 {percentile(mid, 90):.1%} of the wait left")
+            f"{percentile(mid, 50):.1%}, p90 {percentile(mid, 90):.1%} of the wait left; against"
+            f" the radio's on-air time p50 {percentile(mid_radio, 50):.1%}, p90 "
+            f"{percentile(mid_radio, 90):.1%}")
 
     cancels = [c for _, cs in rounds for c in cs]
     if cancels:
