@@ -92,6 +92,9 @@ ESTIMATE_EVERY = 0.2  # real seconds between two reads of the waiting rows' esti
 
 @dataclass
 class Cancel:
+    """One cancel: its DELETE's and the baseline GET's latency, its status, and whether the
+    next message's place moved up."""
+
     delete_ms: float
     get_ms: float
     status: int
@@ -99,7 +102,7 @@ class Cancel:
 
 
 class Run:
-    """What a run shares: settings, the database, the HTTP client, the cleanups."""
+    """What a run shares: its settings, the database, the broker and topic root, the cleanups."""
 
     def __init__(self, args: argparse.Namespace, db_url: str, base_url: str, root: str,
                  everyone: list[User], cleanup: contextlib.ExitStack) -> None:
