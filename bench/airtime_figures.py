@@ -6,7 +6,8 @@ Rules (bench/README.md says how to read them):
 - On air twice: a message that went on air under more than one (radio, packet id). A firmware
   retransmission keeps its packet id and is not counted.
 - Legal rate: the most texts a greedy sender could put on air over a radio's backlogged
-  interval (its first to its last text on air), the same texts in the same order, under the
+  intervals (from a text's start while the next was already accepted, to the last start of
+  such a run), the same texts in the same order, under the
   firmware's one text per 2 s and the region's duty cycle as a rolling hour (as the radio
   enforces it), starting with an unused hour. ``pace`` does the same with the bridge's own gap.
 - Fairness: per radio, over the users with texts on it, from the moment all of them had sent
@@ -115,20 +116,31 @@ def _first_on_air(data: RoundData) -> dict[str, OnAir]:
 
 
 def radio_use(data: RoundData) -> dict[str, tuple[int, float, float]]:
-    """Per radio: (texts on air, ÷ what the legal rate allows, ÷ what the bridge's gap allows)."""
+    """Per radio: (texts on air while it had a backlog, ÷ what the legal rate allows, ÷ what
+    the bridge's gap allows). A backlog runs from a text's start while the next one was
+    already accepted, to the last start of such a run; runs of fewer than 3 texts are left
+    out, the others are summed."""
     by_text = {s.text: s for s in data.sent}
     out: dict[str, tuple[int, float, float]] = {}
     for radio in sorted({r.radio for r in data.on_air}):
-        recs = sorted((r for r in _first_on_air(data).values() if r.radio == radio),
-                      key=lambda r: r.radio_at)
-        if len(recs) < 3:
-            continue
-        costs = [by_text[r.text].cost for r in recs if r.text in by_text]
-        costs += costs  # a faster sender could have sent more of the same
-        t0, t1 = recs[0].radio_at, recs[-1].radio_at
-        legal = greedy_count(costs, t0, t1, gap=FIRMWARE_GAP, duty=data.duty)
-        paced = greedy_count(costs, t0, t1, gap=data.bridge_gap, duty=data.duty)
-        out[radio] = (len(recs), len(recs) / legal, len(recs) / paced)
+        recs = sorted((r for r in _first_on_air(data).values()
+                       if r.radio == radio and r.text in by_text), key=lambda r: r.radio_at)
+        runs: list[list[OnAir]] = []
+        for rec in recs:
+            if runs and by_text[rec.text].accepted < runs[-1][-1].wall_at:
+                runs[-1].append(rec)
+            else:
+                runs.append([rec])
+        sent = legal = paced = 0
+        for run in (r for r in runs if len(r) >= 3):
+            costs = [by_text[r.text].cost for r in run]
+            costs += costs  # a faster sender could have sent more of the same
+            t0, t1 = run[0].radio_at, run[-1].radio_at
+            sent += len(run)
+            legal += greedy_count(costs, t0, t1, gap=FIRMWARE_GAP, duty=data.duty)
+            paced += greedy_count(costs, t0, t1, gap=data.bridge_gap, duty=data.duty)
+        if sent:
+            out[radio] = (sent, sent / legal, sent / paced)
     return out
 
 
