@@ -18,8 +18,9 @@ Rules:
   claimed (one transaction per hand-over, under the database's hand-over lock) and given to the
   conversations actor, which publishes it on that bridge's topic. A claimed message never moves.
 - Estimates: a bridge's held messages, then its queue in fair order, are laid on its radio's
-  pace (kosmo/schedule.py); position and time are written to the waiting rows when they moved
-  by more than ``WRITE_SLACK`` seconds. A message no online bridge can take has neither.
+  pace (kosmo/schedule.py); position and time are written to the waiting rows when the place
+  changed or the time moved by more than ``WRITE_SLACK`` seconds or 5 % of the wait left. A
+  message no online bridge can take has neither.
 - Admission (``admit``): where a new message would go, its place in the fair order and its
   estimated transmit time; ``retry_after`` when that is beyond its expiry. Before any debit.
 - A database outage skips a round (logged); the next one catches up. The actor failing brings
@@ -42,7 +43,15 @@ from kosmo import airtime, wire
 from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
-from kosmo.dispatch_store import Held, Waiting, claim, load_hearings, load_queue, write_estimates
+from kosmo.dispatch_store import (
+    Held,
+    Waiting,
+    claim,
+    load_hearings,
+    load_queue,
+    weight_of,
+    write_estimates,
+)
 from kosmo.fair_queue import Entry, FairQueue
 from kosmo.messages import Admission, NewMessage
 from kosmo.routing import Hearing, choose_bridge
@@ -52,7 +61,8 @@ log = logging.getLogger(__name__)
 
 REFRESH = 1.0  # seconds between two reads of the queue
 COVERAGE_EVERY = 10.0  # seconds between two reads of coverage
-WRITE_SLACK = 2.0  # seconds an estimate moves before it is written again
+WRITE_SLACK = 0.5  # seconds (or 5 % of the wait left, if more) an estimate moves before it is
+# written again
 LAYOUT_EVERY = 0.2  # seconds between two layouts of a radio's schedule between reads
 MAX_WAITING = 100_000
 CLAIM_BATCH = 256  # messages offered in one claim  # waiting messages read at once
@@ -108,6 +118,7 @@ class _Admit:
     user_id: UUID
     node_id: str
     size: int
+    weight: int
     reply: Reply[Admission] = field(compare=False)
 
 
@@ -165,8 +176,15 @@ class Dispatcher:
         await self._send.send(_BridgeState(bridge_id, state))
 
     async def admit(self, user_id: UUID, node_id: str, text: str) -> Admission:
+        weight = self._weights.get(user_id)
+        if weight is None:  # a sender this process has not seen: its plan's weight
+            try:
+                weight = await self._db.run(weight_of, user_id)
+            except DatabaseUnavailable:
+                weight = 1  # the estimate errs late; the send itself will say 503
         reply: Reply[Admission] = Reply()
-        await self._send.send(_Admit(user_id, node_id, len(text.encode("utf-8")), reply))
+        await self._send.send(_Admit(user_id, node_id, len(text.encode("utf-8")), weight,
+                                     reply))
         return await reply.wait()
 
     def online(self) -> list[str]:
@@ -203,8 +221,8 @@ class Dispatcher:
             if isinstance(item, _Accepted):
                 for message in item.messages:
                     size = len(message.text.encode("utf-8"))
-                    weight = self._weights.get(message.user_id, 1)
-                    self._wait(Waiting(message, size, weight))
+                    self._weights[message.user_id] = message.weight
+                    self._wait(Waiting(message, size, message.weight))
             elif isinstance(item, _Canceled):
                 for message_id in item.ids:
                     self._unwait(message_id)
@@ -292,11 +310,10 @@ class Dispatcher:
         fresh = {w.message.message_id: w for w in queue.waiting}
         for message_id in [m for m in self._waiting if m not in fresh]:
             self._unwait(message_id)  # handed, canceled, expired (here or elsewhere)
-        for message_id, waiting in fresh.items():
+        for waiting in fresh.values():
+            # A weight read here that differs (the plan changed) applies to the user's next
+            # message: moving a waiting one would put it at the back of the round.
             self._weights[waiting.message.user_id] = waiting.weight
-            known = self._waiting.get(message_id)
-            if known is not None and known.weight != waiting.weight:
-                self._unwait(message_id)
             self._wait(waiting)
         for radio in self._radios.values():
             radio.held = []
@@ -392,7 +409,7 @@ class Dispatcher:
         radio = self._radios.get(target) if target is not None else None
         if radio is None or not radio.online or not radio.starts:
             return Admission()
-        weight = self._weights.get(item.user_id, 1)
+        weight = self._weights.setdefault(item.user_id, item.weight)
         cost = radio.cost(item.size)
         place = radio.queue.place(item.user_id, weight, cost)
         at = self._start(radio, len(radio.held) + place, cost)
@@ -502,4 +519,5 @@ class Dispatcher:
             return True
         if old[1] is None or value[1] is None:
             return False
-        return abs((old[1] - value[1]).total_seconds()) > WRITE_SLACK
+        left = (value[1] - self._clock()).total_seconds()
+        return abs((old[1] - value[1]).total_seconds()) > max(WRITE_SLACK, 0.05 * left)

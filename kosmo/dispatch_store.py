@@ -94,6 +94,15 @@ def load_queue(conn: psycopg.Connection[Any], limit: int) -> Queue:
     return Queue(waiting, held)
 
 
+def weight_of(conn: psycopg.Connection[Any], user_id: UUID) -> int:
+    """The plan weight of the user's current subscription (1 without one)."""
+    row = conn.execute(
+        "SELECT p.airtime_weight FROM subscriptions s JOIN plans p ON p.code = s.plan_code"
+        " WHERE s.user_id = %s ORDER BY (s.status IN ('active', 'trialing')) DESC,"
+        " s.current_period_end DESC LIMIT 1", (user_id,)).fetchone()
+    return int(row[0]) if row else 1
+
+
 def load_hearings(conn: psycopg.Connection[Any], bridge_ids: list[str]) -> list[Hearing]:
     """Each of ``bridge_ids``' newest observation of every node it heard."""
     return [Hearing(*row) for row in conn.execute(

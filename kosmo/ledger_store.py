@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -91,7 +91,8 @@ WITH subs AS (
            s.current_period_end AS period_end,
            COALESCE(s.quota_override, p.monthly_quota) AS quota_limit,
            (s.status IN ('active', 'trialing') AND s.current_period_start <= %(now)s
-            AND %(now)s < s.current_period_end) AS active
+            AND %(now)s < s.current_period_end) AS active,
+           p.airtime_weight AS weight
     FROM subscriptions s JOIN plans p ON p.code = s.plan_code
     WHERE s.user_id = ANY(%(users)s)
     ORDER BY s.user_id, 8 DESC, s.current_period_end DESC
@@ -105,7 +106,8 @@ WITH subs AS (
 SELECT subs.user_id, subs.code, subs.scope, subs.status, subs.period_start, subs.period_end,
        subs.quota_limit, locked.used,
        ARRAY(SELECT w.node_id FROM node_whitelist w
-             WHERE w.user_id = subs.user_id AND w.node_id = ANY(%(nodes)s)) AS whitelisted
+             WHERE w.user_id = subs.user_id AND w.node_id = ANY(%(nodes)s)) AS whitelisted,
+       subs.weight
 FROM subs LEFT JOIN locked USING (user_id)
 """
 
@@ -208,6 +210,7 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
                                  status=row[3], period_start=row[4], period_end=row[5],
                                  quota_limit=row[6]) for row in rows}
     used = {row[0]: int(row[7]) for row in rows if row[7] is not None}
+    weights = {row[0]: int(row[9]) for row in rows}
     whitelisted = {(row[0], node) for row in rows for node in row[8]}
     debited = dict(used)
     results: list[Accepted | Refused] = []
@@ -229,6 +232,7 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
                                    Quota(count, sub.quota_limit, sub.period_end)))
             continue
         debited[send.user_id] = count + 1
+        send = replace(send, weight=weights[send.user_id])  # its share of a radio, for the queue
         quota = Quota(count + 1, sub.quota_limit, sub.period_end)
         results.append(Accepted(send, quota))
         stored.append(send)

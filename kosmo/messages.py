@@ -27,6 +27,7 @@ class NewMessage:
     # The admission's estimate when accepted (``Admission``); stored with the row.
     queue_position: int | None = None
     estimated_transmit_at: datetime | None = None
+    weight: int = 1  # the sender's plan weight when accepted: its share of a radio
 
 
 @dataclass(frozen=True)
