@@ -34,7 +34,6 @@ from actors.http.services import Services
 from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
 from actors.metrics import GatewayMetrics, LiveGauges
-from actors.metrics_server import serve_metrics
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
 from kosmo import wire
@@ -42,6 +41,7 @@ from kosmo.config import Settings
 from kosmo.db import Database
 from kosmo.ledger_store import pending_for_node
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.metrics_server import serve_metrics
 from kosmo.migrate import check_schema
 from kosmo.supervise import start_or_abandon
 

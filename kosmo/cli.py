@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--radios", type=parse_radios, default=1, metavar="N",
                      help=f"simulated radios, each with its own bridge, 1..{MAX_RADIOS}; all hear "
                           "!a1b2c3d4 and each two nodes of its own (default 1)")
-    config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
+    config.add_arguments(sub, ["http_bind", "metrics_bind", "max_text_bytes", "message_ttl"])
 
     import bridge.cli
     from bridge.sim import cli as sim_cli
