@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -358,3 +359,25 @@ def test_json_log_format_from_the_command_line():
     assert all({"time", "level", "logger", "message"} <= set(x) for x in logged)
     bad = kosmo("--log-format", "xml", "gateway", env={})
     assert bad.returncode == 2
+
+
+# --- docs and dashboard ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def documented() -> set[str]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    return {name.removesuffix("_total") for name in re.findall(r"^\| `(kosmo_\w+)`", text, re.M)}
+
+
+def test_every_family_is_documented():
+    assert documented() == set(GATEWAY_FAMILIES) | set(BRIDGE_FAMILIES)
+
+
+def test_the_dashboard_uses_documented_families_only():
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", name)
+            for expr in exprs for name in re.findall(r"kosmo_\w+", expr)}
+    assert used == documented()
