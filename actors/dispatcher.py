@@ -198,6 +198,10 @@ class Dispatcher:
             counts[where or ""] = counts.get(where or "", 0) + 1
         return counts
 
+    def held(self) -> dict[str, int]:
+        """Messages each online bridge holds (handed, not yet on air): its credit in use."""
+        return {b: len(r.held) for b, r in sorted(self._radios.items()) if r.online}
+
     # --- the actor --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -447,7 +451,9 @@ class Dispatcher:
                 self._took(radio, found.handed)
                 for message in found.handed:
                     log.info("message %s to node %s handed to bridge %s", message.message_id,
-                             message.node_id, radio.bridge_id)
+                             message.node_id, radio.bridge_id,
+                             extra={"message_id": str(message.message_id),
+                                    "node_id": message.node_id, "bridge_id": radio.bridge_id})
                 if found.handed:
                     handed = True
                     await self._hand(found.handed)

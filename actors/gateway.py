@@ -2,7 +2,7 @@
 
 Supervision policy:
 - Start order is dependency order: database pool, MQTT, event bus, ledger, webhooks, inbound
-  consumer, conversations, dispatcher, outbox, expiry, HTTP.
+  consumer, conversations, dispatcher, outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP.
   Each actor is started with ``nursery.start`` and the next starts only once it is ready.
 - Infrastructure actors (MQTT, event bus, ledger, webhooks, inbound consumer, conversations
   router, dispatcher, outbox, expiry) failing bring the whole
@@ -33,6 +33,7 @@ from actors.http.server import HttpFront
 from actors.http.services import Services
 from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
+from actors.metrics import GatewayMetrics, LiveGauges
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
 from actors.webhooks import WebhookActor
@@ -41,6 +42,8 @@ from kosmo.config import Settings
 from kosmo.db import Database
 from kosmo.ledger_store import pending_for_node
 from kosmo.messages import NewMessage, StatusReport
+from kosmo.metrics_server import serve_metrics
+from kosmo.migrate import check_schema
 from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class Running:
     consumer: InboundConsumer
     expiry: Expiry
     webhooks: WebhookActor
+    metrics: GatewayMetrics
+    metrics_binds: list[str]  # empty unless KOSMO_METRICS_BIND is set
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
@@ -88,7 +93,9 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                     "use it for development only")
     db = Database(settings.database_url, size=settings.db_pool_size)
     await db.open(within=settings.start_timeout)
+    metrics = GatewayMetrics()
     try:
+        await db.run(check_schema)  # SchemaNotCurrent: the CLI says to run kosmo migrate
         async with trio.open_nursery() as infra:
             await infra.start(db.watch)
             received_send, received = trio.open_memory_channel[MqttInbound](256)
@@ -112,7 +119,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             dispatcher = Dispatcher(db, hand=conversations.dispatch,
                                     message_ttl=settings.message_ttl)
             ledger = Ledger(db, dispatch=dispatcher.accepted, canceled=dispatcher.canceled,
-                            message_ttl=settings.message_ttl, events=events)
+                            message_ttl=settings.message_ttl, events=events, metrics=metrics)
             await infra.start(ledger.run)
             webhooks = WebhookActor(db, schedule=settings.webhook_retry_schedule,
                                     allow_private=settings.webhook_allow_private)
@@ -121,7 +128,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 db, ledger, topic_root=settings.mqtt_topic_root,
                 thread_window=settings.thread_window, ack=mqtt.ack, events=events,
                 bridge_changed=dispatcher.bridge_state, settled=dispatcher.settled,
-                heard=dispatcher.heard)
+                heard=dispatcher.heard, metrics=metrics)
             await infra.start(consumer.run, received)
             await infra.start(conversations.run)
             await infra.start(dispatcher.run)
@@ -134,7 +141,18 @@ async def _serve(settings: Settings, shutdown: trio.Event,
 
             app = create_app(settings, Services(db, ledger, lambda: mqtt.connected, events,
                                                 shutdown, consumer.bridges,
-                                                admit=dispatcher.admit))
+                                                admit=dispatcher.admit, metrics=metrics))
+            metrics.registry.register(LiveGauges(
+                waiting=dispatcher.waiting, held=dispatcher.held,
+                node_actors=conversations.active_nodes,
+                streams=lambda: events.statistics().subscribers, bridges=consumer.states,
+                mqtt_connected=lambda: mqtt.connected,
+                mqtt_reconnects=lambda: mqtt.statistics().reconnects,
+                database_up=lambda: not db.down))
+            metrics_binds: list[str] = []
+            if settings.metrics_bind is not None:
+                metrics_binds = await infra.start(serve_metrics, metrics.registry,
+                                                  settings.metrics_bind)
             front = HttpFront(app, settings.http_bind, shutdown=shutdown,
                               idle_timeout=settings.http_idle_timeout,
                               read_timeout=settings.http_read_timeout)
@@ -142,7 +160,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
-                                            outbox, events, consumer, expiry, webhooks))
+                                            outbox, events, consumer, expiry, webhooks,
+                                            metrics, metrics_binds))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

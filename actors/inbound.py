@@ -30,6 +30,7 @@ import trio
 
 from actors.events import EventBus
 from actors.ledger import Ledger
+from actors.metrics import GatewayMetrics
 from actors.mqtt import MqttInbound
 from kosmo import wire
 from kosmo.channels import take_waiting
@@ -65,8 +66,10 @@ class InboundConsumer:
                  bridge_changed: Callable[[str, wire.BridgeState | None], Awaitable[None]]
                  = _ignore_bridge, settled: Callable[[], Awaitable[None]] = _ignore,
                  heard: Callable[[], Awaitable[None]] = _ignore,
-                 max_batch: int = 256, clock: Callable[[], datetime] = utcnow) -> None:
+                 max_batch: int = 256, clock: Callable[[], datetime] = utcnow,
+                 metrics: GatewayMetrics | None = None) -> None:
         self._db = db
+        self._metrics = metrics or GatewayMetrics()
         self._ledger = ledger
         self._status_topic = wire.status_topic(topic_root)
         self._inbound_topic = wire.inbound_topic(topic_root)
@@ -92,6 +95,10 @@ class InboundConsumer:
                  "last_seen": iso(b.last_seen)}
                 | ({} if heard is None else {"nodes_heard": heard.get(bridge_id, 0)})
                 for bridge_id, b in known]
+
+    def states(self) -> dict[str, str]:
+        """Each known bridge's latest state (``online``, ``offline``)."""
+        return {bridge_id: b.state for bridge_id, b in self._bridges.items()}
 
     async def run(self, receive: trio.MemoryReceiveChannel[MqttInbound], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -156,7 +163,9 @@ class InboundConsumer:
                 dead.append(self._dead(message, f"unknown message id {item.message_id}"))
             elif outcome is not None:
                 log.info("message %s to node %s: %s report from bridge %s", item.message_id,
-                         outcome.node_id, item.report.status, item.bridge_id)
+                         outcome.node_id, item.report.status, item.bridge_id,
+                         extra={"message_id": str(item.message_id), "node_id": outcome.node_id,
+                                "bridge_id": item.bridge_id})
 
         if packets or dead or heard:
             async with self._events.in_commit_order() as publish:
@@ -167,8 +176,13 @@ class InboundConsumer:
                 if reply.message_id is not None:
                     self.stored += 1
                     log.info("reply %s from node %s (packet %d) for user %s", reply.message_id,
-                             reply.packet.from_node_id, reply.packet.packet_id, reply.user_id)
+                             reply.packet.from_node_id, reply.packet.packet_id, reply.user_id,
+                             extra={"message_id": str(reply.message_id),
+                                    "node_id": reply.packet.from_node_id,
+                                    "bridge_id": reply.packet.bridge_id})
         self.dead_letters += len(dead)
+        for letter in dead:
+            self._metrics.dead_letter(letter.reason)
         for bridge_id, state in states:
             await self._bridge_changed(bridge_id, state)
         if moved:

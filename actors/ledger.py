@@ -23,6 +23,8 @@ Rules:
   (``dispatch``), in creation order. ``created_at`` is strictly increasing within this process.
   The ids a cancel batch canceled go to ``canceled`` after its commit, so the dispatcher drops
   them from its queue.
+- What each committed batch did is counted in ``metrics`` (actors/metrics.py), after the
+  commit, once per request: a batch that failed counts nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import psycopg
 import trio
 
 from actors.events import EventBus
+from actors.metrics import GatewayMetrics
 from actors.reply import Reply
 from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
@@ -102,8 +105,10 @@ class Ledger:
                  message_ttl: float, events: EventBus | None = None,
                  max_batch: int = 256,
                  clock: Callable[[], datetime] = utcnow,
-                 canceled: Callable[[list[UUID]], Awaitable[None]] = _none_canceled) -> None:
+                 canceled: Callable[[list[UUID]], Awaitable[None]] = _none_canceled,
+                 metrics: GatewayMetrics | None = None) -> None:
         self._db = db
+        self.metrics = metrics or GatewayMetrics()  # counts what each committed batch did
         self._dispatch = dispatch
         self._canceled = canceled
         self._in_commit_order = events.in_commit_order if events else _no_events
@@ -169,6 +174,7 @@ class Ledger:
                                      self._clock(), claims if any(claims) else [])
         if results is None:
             return
+        self.metrics.sends(results)
         for send, result in zip(batch, results, strict=True):
             send.reply.set(result)
         accepted = [r.message for r in results if isinstance(r, Accepted)]
@@ -180,6 +186,7 @@ class Ledger:
                                      [r.report for r in batch])
         if results is None:
             return
+        self.metrics.reports(results)
         for report, outcome in zip(batch, results, strict=True):
             if report.reply is not None:
                 report.reply.set(outcome)
@@ -192,6 +199,7 @@ class Ledger:
         for request, outcome in zip(batch, results, strict=True):
             request.reply.set(outcome)
         canceled = [r.message.message_id for r in results if isinstance(r, Canceled)]
+        self.metrics.canceled(len(canceled))
         if canceled:
             await self._canceled(canceled)
 

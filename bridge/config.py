@@ -25,7 +25,13 @@ from pathlib import Path
 from bridge.radio import Device
 from kosmo import config as kosmo_config
 from kosmo.airtime import REGION_DUTY_PERCENT
-from kosmo.config import MqttEndpoint, Option, parse_duration, parse_topic_root
+from kosmo.config import (
+    MqttEndpoint,
+    Option,
+    parse_duration,
+    parse_optional_bind,
+    parse_topic_root,
+)
 
 MAX_CREDIT = 64  # texts held unsent at most: a few seconds to minutes of airtime
 
@@ -95,6 +101,10 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_BRIDGE_TIME_SCALE", parse_time_scale, "1",
         "radio seconds per real second, for a simulated radio that runs faster (keep 1 with "
         "a real radio)"),
+    "metrics_bind": Option(
+        "KOSMO_BRIDGE_METRICS_BIND", parse_optional_bind, None,
+        "HOST:PORT serving the bridge's Prometheus metrics at /metrics, e.g. 127.0.0.1:9465; "
+        "unset or 'off': none"),
 }
 
 
@@ -109,6 +119,7 @@ class BridgeSettings:
     result_timeout: float = 300.0
     credit: int = 2
     time_scale: float = 1.0
+    metrics_bind: tuple[str, int] | None = None
 
     def describe(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -43,6 +43,7 @@ import trio
 from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
 from bridge.config import BridgeSettings
 from bridge.coverage import CoverageReporter, node_db_heard
+from bridge.metrics import BridgeMetrics
 from bridge.radio import Radio, RadioEvent
 from bridge.sender import AsyncStore, Sender
 from bridge.state import RetainedState
@@ -51,6 +52,7 @@ from bridge.timing import RadioClock, Wakeup
 from kosmo import wire
 from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
+from kosmo.metrics_server import serve_metrics
 from kosmo.supervise import start_or_abandon
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,8 @@ class Bridge:
         self.coverage = coverage
         self.retained = RetainedState(mqtt, state_topic, describe=self.state,
                                       held=sender.held, wake=wake.state)
+        self.metrics = BridgeMetrics(sender, radio)
+        self.metrics_binds: list[str] = []  # set once served (``--metrics-bind``)
 
     def radio_changed(self) -> None:
         """The radio link came or went: the sender, the retained state and coverage follow."""
@@ -239,6 +243,10 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
             nursery.start_soon(sender.run_results, events)
             nursery.start_soon(sender.run_deadlines)
             nursery.start_soon(sender.run_sender)
+            if s.metrics_bind is not None:
+                bridge.metrics_binds = await nursery.start(partial(
+                    serve_metrics, bridge.metrics.registry, s.metrics_bind,
+                    refresh=bridge.metrics.refresh))
             await radio.wait_link()
             bridge.ready = True
             log.info("bridge %s serving: radio %s, broker %s, topic root %r", bridge_id,

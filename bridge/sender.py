@@ -99,7 +99,9 @@ class Sender:
         self._deadlines = Wakeup()
         self._stopping = False
         self._idle = trio.Event()
-        self._idle.set()
+        self.on_air = 0  # texts handed to the radio (bridge/metrics.py reads these counts)
+        self.naks: dict[str, int] = {}  # routing errors the radio reported, by name
+
         self._rules_for: tuple[str, int | None] | None = None
 
     # --- control ----------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class Sender:
                 return
             self.pacer.finished(self.clock.now())
             await self._db.call(self._store.handed, row.message_id, packet_id)
+            self.on_air += 1
             log.info("message %s handed to the radio as packet %d (to %s, attempt %d, "
                      "%.2fs on air)", row.message_id, packet_id, row.target, row.attempts + 1,
                      air)
@@ -241,6 +244,8 @@ class Sender:
         async with events:
             async for event in events:
                 if isinstance(event, RoutingResult):
+                    if event.error != "NONE":
+                        self.naks[event.error] = self.naks.get(event.error, 0) + 1
                     outcomes = self.tracker.result(event.packet_id, event.from_node,
                                                    event.error, self.clock.now())
                     await self._apply(outcomes)

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import trio
 
-from kosmo import config, migrate
+from kosmo import config, logs, migrate
 from kosmo.config import ConfigError, Settings
 from kosmo.db import DatabaseUnavailable
 
@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("KOSMO_LOG_LEVEL", "INFO"),
                         type=str.upper, choices=LOG_LEVELS,
                         help="log verbosity (default INFO) [env KOSMO_LOG_LEVEL]")
+    parser.add_argument("--log-format", default=os.environ.get("KOSMO_LOG_FORMAT", "text"),
+                        type=str.lower, choices=logs.FORMATS,
+                        help="text lines, or json: one JSON object per line with time, level, "
+                             "logger, message and the message, node and bridge ids "
+                             "(default text) [env KOSMO_LOG_FORMAT]")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub = commands.add_parser("migrate", help="apply pending database migrations (idempotent)")
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--radios", type=parse_radios, default=1, metavar="N",
                      help=f"simulated radios, each with its own bridge, 1..{MAX_RADIOS}; all hear "
                           "!a1b2c3d4 and each two nodes of its own (default 1)")
-    config.add_arguments(sub, ["http_bind", "max_text_bytes", "message_ttl"])
+    config.add_arguments(sub, ["http_bind", "metrics_bind", "max_text_bytes", "message_ttl"])
 
     import bridge.cli
     from bridge.sim import cli as sim_cli
@@ -93,8 +98,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.log_level not in LOG_LEVELS:
         parser.error(f"KOSMO_LOG_LEVEL is invalid: {args.log_level!r} is not one of "
                      + ", ".join(LOG_LEVELS))
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format not in logs.FORMATS:
+        parser.error(f"KOSMO_LOG_FORMAT is invalid: {args.log_format!r} is not one of "
+                     + ", ".join(logs.FORMATS))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter(args.log_format))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
     try:
         code = COMMANDS[args.command](args)
@@ -116,7 +125,7 @@ def _one_line(exc: BaseException) -> tuple[str | None, int]:
         return str(exc), 2
     if isinstance(exc, DatabaseUnavailable):
         return f"cannot reach the database: {exc}", 1
-    if isinstance(exc, EmbeddedServiceError):
+    if isinstance(exc, EmbeddedServiceError | migrate.SchemaNotCurrent):
         return str(exc), 1
     return None, 1
 

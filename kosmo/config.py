@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+MIN_JWT_SECRET = 32  # bytes: RFC 7518 section 3.2, at least the size of the hash output
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; ``str()`` is the one line to show."""
@@ -74,6 +76,11 @@ def parse_database_url(text: str) -> str:
     except psycopg.Error:
         raise ValueError(f"{redact_url(text)!r} is not a PostgreSQL connection URL") from None
     return text
+
+
+def parse_optional_bind(text: str) -> tuple[str, int] | None:
+    """HOST:PORT, or ``off``."""
+    return None if text.strip().lower() == "off" else parse_bind(text)
 
 
 def parse_auth_mode(text: str) -> str:
@@ -220,6 +227,10 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_HTTP_READ_TIMEOUT", parse_duration, "30s",
         "an HTTP connection that sends nothing, or (on Linux) takes in nothing, for this long "
         "is closed"),
+    "metrics_bind": Option(
+        "KOSMO_METRICS_BIND", parse_optional_bind, None,
+        "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464; unset or "
+        "'off': no metrics endpoint"),
     "http_body_timeout": Option(
         "KOSMO_HTTP_BODY_TIMEOUT", parse_duration, "10s",
         "a request body not complete this long after its head is answered 408"),
@@ -258,6 +269,7 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0,
                                                  36000.0, 36000.0)
     webhook_allow_private: bool = False
+    metrics_bind: tuple[str, int] | None = None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -324,4 +336,8 @@ def load(environ: Mapping[str, str], args: argparse.Namespace | None = None,
     if serving and settings.auth_mode == "jwt" and not settings.jwt_secret:
         raise ConfigError("KOSMO_JWT_SECRET is not set: jwt auth mode needs a secret "
                           "(or set KOSMO_AUTH_MODE=header for development)")
+    if (serving and settings.auth_mode == "jwt" and settings.jwt_secret
+            and len(settings.jwt_secret.encode()) < MIN_JWT_SECRET):
+        raise ConfigError(f"KOSMO_JWT_SECRET is too short: HS256 needs at least "
+                          f"{MIN_JWT_SECRET} bytes (RFC 7518 section 3.2)")
     return settings

@@ -78,6 +78,7 @@ class Applied:
     transition: delivery.Transition | None
     user_id: UUID | None = None
     node_id: str | None = None
+    since: datetime | None = None  # when the message entered ``transition.before``
 
 
 # One round trip: each user's current subscription (the active one if any, else the latest),
@@ -263,12 +264,13 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
         return [], []
     rows = conn.execute(
         "SELECT id, status, user_id, node_id, text, created_at, bridge_id,"
-        " estimated_transmit_at FROM messages"
+        " estimated_transmit_at, updated_at FROM messages"
         " WHERE id = ANY(%s) AND direction = 'outbound' ORDER BY id FOR UPDATE",
         (list({r.message_id for r in reports}),)).fetchall()
     found = {row[0]: row for row in rows}
     status = {row[0]: Status(row[1]) for row in rows}
     bridge: dict[UUID, str | None] = {row[0]: row[6] for row in rows}
+    entered = {row[0]: row[8] for row in rows}  # when each entered its status
     final: dict[UUID, tuple[str, str | None, datetime, int | None, str | None]] = {}
     applied: list[Applied] = []
     history: list[HistoryRow] = []
@@ -279,7 +281,8 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
             applied.append(Applied(item, None))
             continue
         transition = delivery.apply(status[item.message_id], item.report)
-        owner, node_id, text, created_at, _, estimated = row[2:]
+        owner, node_id, text, created_at, _, estimated, _ = row[2:]
+        since = entered[item.message_id]
         if transition.changed and item.bridge_id is not None:
             bridge[item.message_id] = item.bridge_id
         history.extend(
@@ -290,6 +293,7 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
             for e in transition.history)
         if transition.changed:
             status[item.message_id] = transition.after
+            entered[item.message_id] = item.at
             before = final.get(item.message_id)
             final[item.message_id] = (
                 transition.after.value, transition.history[-1].reason, item.at,
@@ -297,7 +301,7 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
                 item.bridge_id if item.bridge_id is not None else before and before[4])
         if transition.refund:
             refunds.append(item.message_id)
-        applied.append(Applied(item, transition, row[2], row[3]))
+        applied.append(Applied(item, transition, row[2], row[3], since))
     with conn.pipeline():
         if all(r.report.status is Status.QUEUED for r in reports):
             # Losing a ``queued`` mark in a crash is harmless (the outbox publishes the

@@ -6,6 +6,9 @@ Rules:
 - A session advisory lock serialises concurrent runs (two ``kosmo migrate`` at once are safe:
   the second waits, then finds nothing to do).
 - The demo seed (``seed_demo.sql``) is data, not a migration; ``seed()`` loads it.
+- A server checks at start (``check_schema``) that every migration it ships is applied, and
+  refuses to start with ``SchemaNotCurrent`` (one line: run ``kosmo migrate``) otherwise.
+  Versions it does not know (a newer release migrated the database) are not its concern.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class Migration:
     version: int
     name: str
     sql: str
+
+
+class SchemaNotCurrent(Exception):
+    """The database lacks the schema or some of its migrations; ``str()`` is the one line."""
 
 
 def migrations() -> list[Migration]:
@@ -57,6 +64,17 @@ def migrate(url: str, *, up_to: int | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def check_schema(conn: psycopg.Connection) -> None:
+    """Raise SchemaNotCurrent unless every shipped migration is applied."""
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() in (None, (None,)):
+        raise SchemaNotCurrent("the database has no kosmo schema: run `kosmo migrate` first")
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    missing = [m.name for m in migrations() if m.version not in done]
+    if missing:
+        raise SchemaNotCurrent(f"the database schema is older than this gateway ({len(missing)} "
+                               f"migrations missing, from {missing[0]}): run `kosmo migrate`")
 
 
 def seed_sql() -> str:

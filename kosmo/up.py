@@ -30,6 +30,7 @@ from kosmo.embedded import start_broker, start_postgres
 log = logging.getLogger(__name__)
 
 MAX_RADIOS = 8
+METRICS_BIND = "127.0.0.1:9464"  # Prometheus metrics, on unless KOSMO_METRICS_BIND=off
 SHARED_NODE = 0xA1B2C3D4  # bridge/sim's first generated node: the demo's, heard by every radio
 NODE_STEP = 0x01010101  # !a1b2c3d4, !a2b3c4d5, ... as bridge/sim generates them
 FIRST_RADIO = 0x0A0A0A0A  # bridge/sim's own node by default
@@ -40,6 +41,7 @@ KosmoConnect Gateway is up: {url}
   broker:   {broker} ({impl})
   auth:     header mode (X-User-ID), for development only
   mesh:     {mesh}
+  metrics:  {metrics}
 
 Try it (demo user on the wanderer plan, 50 messages a month):
 
@@ -127,7 +129,8 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
             await trio.to_thread.run_sync(migrate.migrate, postgres.url)
             await trio.to_thread.run_sync(migrate.seed, postgres.url)
             settings = config.load(
-                {**environ, "KOSMO_DATABASE_URL": postgres.url, "KOSMO_MQTT_URL": broker.url,
+                {"KOSMO_METRICS_BIND": METRICS_BIND, **environ,
+                 "KOSMO_DATABASE_URL": postgres.url, "KOSMO_MQTT_URL": broker.url,
                  "KOSMO_AUTH_MODE": "header", "KOSMO_WEBHOOK_ALLOW_PRIVATE": "true"}, args,
                 serving=True)
             async with trio.open_nursery() as nursery:
@@ -151,7 +154,9 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
                         url = running.binds[0] if port == 0 else f"http://{host}:{port}"
                         print(BANNER.format(url=url, data=data, broker=broker.url,
                                             impl=broker.implementation,
-                                            mesh=describe_mesh(radios, ports)), flush=True)
+                                            mesh=describe_mesh(radios, ports),
+                                            metrics=" ".join(running.metrics_binds) or "off"),
+                                      flush=True)
                     # The bridges have stopped (they watch ``shutdown``); the radios may go.
                     mesh.cancel_scope.cancel()
         finally:

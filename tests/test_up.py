@@ -37,7 +37,8 @@ def kosmo_up(data: Path, port: int, *options: str) -> Iterator[tuple[subprocess.
     env = {k: v for k, v in os.environ.items() if not k.startswith("KOSMO_")}
     with subprocess.Popen(
             [sys.executable, "-m", "kosmo", "up", "--data-dir", str(data),
-             "--http-bind", f"127.0.0.1:{port}", *options],
+             "--http-bind", f"127.0.0.1:{port}", "--metrics-bind", f"127.0.0.1:{free_port()}",
+             *options],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -81,6 +82,12 @@ def test_kosmo_up_serves_the_demo_and_stops_cleanly(data_dir: Path):
         assert httpx.get(f"{url}/readyz").status_code == 200
         bridges = httpx.get(f"{url}/healthz").json()["bridges"]
         assert [b["state"] for b in bridges] == ["online"]
+        found = re.search(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)", banner)
+        assert found, banner
+        scraped = httpx.get(found.group(1)).text
+        assert "kosmo_messages_accepted_total 1.0" in scraped
+        assert 'kosmo_message_status_total{status="delivered"} 1.0' in scraped
+        assert 'kosmo_bridges{state="online"} 1.0' in scraped
 
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()

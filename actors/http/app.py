@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -131,6 +132,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         refused (503 mesh-congested) before any debit. With an ``Idempotency-Key``, a retry of
         the same request within 24 h gets the first answer again (``Idempotent-Replayed:
         true``) and sends nothing."""
+        started = time.perf_counter()
         body = await request.get_data(cache=False)
         user = await caller()
         key = request_key()
@@ -144,6 +146,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         async def send(claim: Claim | None) -> Response:
             admission = await services.admit(user, node_id, text)
             if admission.retry_after is not None:
+                services.metrics.rejected.labels(Refusal.MESH_CONGESTED.value).inc()
                 raise _refusal_problem(Refused(Refusal.MESH_CONGESTED,
                                                retry_after=admission.retry_after))
             result = await services.ledger.send(
@@ -152,8 +155,9 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
             if not isinstance(result, Accepted):
                 raise _refusal_problem(result)
             message = result.message
+            services.metrics.accept_seconds.observe(time.perf_counter() - started)
             log.info("message %s accepted for node %s (user %s)", message.message_id, node_id,
-                     user)
+                     user, extra={"message_id": str(message.message_id), "node_id": node_id})
             return answer_response(created_answer(message, result.quota))
 
         return await idempotent(services.db, user, key, body, send)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +11,7 @@ import trio
 
 from actors.events import EventBus
 from actors.ledger import Ledger
+from actors.metrics import GatewayMetrics
 from kosmo.db import Database
 from kosmo.messages import Admission
 
@@ -35,3 +36,5 @@ class Services:
     bridges: Callable[[], Awaitable[list[dict[str, Any]]]] = _no_bridges  # latest states
     # The dispatcher's admission of a send (user, node, text), asked before any debit.
     admit: Callable[[UUID, str, str], Awaitable[Admission]] = _admit_all
+    # Where the front counts the accept latency and the refusals it answers itself.
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
