@@ -52,6 +52,15 @@ OUTAGE_PAUSE = 1.0  # seconds between tries while the database is down
 USER_AGENT = "KosmoConnect-Webhooks/1"
 
 
+def describe(exc: BaseException) -> str:
+    """An attempt's error: the exception's type, and the first message in its chain of causes
+    (httpcore and Trio wrap a TLS failure, a refused certificate, in exceptions with none)."""
+    found: BaseException | None = exc
+    while found is not None and not str(found):
+        found = found.__cause__ or found.__context__
+    return f"{type(exc).__name__}: {found if found is not None else ''}"[:300]
+
+
 class WebhookActor:
     def __init__(self, db: Database, *, schedule: tuple[float, ...], allow_private: bool,
                  timeout: float = 10.0, concurrency: int = 64, per_webhook: int = 4,
@@ -174,5 +183,5 @@ class WebhookActor:
                 return None, f"timeout after {self._timeout:g} s"
             except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
                     OSError, ValueError) as exc:  # whatever an endpoint does, it is its failure
-                return None, f"{type(exc).__name__}: {exc}"[:300]
+                return None, describe(exc)
         return None, f"timeout after {self._timeout:g} s"
