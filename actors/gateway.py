@@ -122,7 +122,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                             message_ttl=settings.message_ttl, events=events, metrics=metrics)
             await infra.start(ledger.run)
             webhooks = WebhookActor(db, schedule=settings.webhook_retry_schedule,
-                                    allow_private=settings.webhook_allow_private)
+                                    allow_private=settings.webhook_allow_private,
+                                    ca_file=settings.webhook_ca_file)
             await infra.start(webhooks.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,

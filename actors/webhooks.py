@@ -12,7 +12,8 @@ Rules (the five things every actor states):
   HTTP goes through one httpcore connection pool whose network backend checks every address
   it connects to (``kosmo.ssrf``). httpcore rather than httpx's client: httpx has no public
   hook for the network backend, and its client would honour proxy variables from the
-  environment, which would bypass the address check.
+  environment, which would bypass the address check. TLS is always verified
+  (``kosmo.ssrf.tls_context``; ``ca_file`` adds CAs to trust).
 - Ownership: the actor owns its connection pool, its in-flight counts and its tasks; the rows
   belong to ``kosmo.webhook_store``.
 - Bounds: at most ``concurrency`` attempts at once in this process, at most ``per_webhook`` of
@@ -42,7 +43,7 @@ import trio
 from kosmo import webhook_store as store
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
-from kosmo.ssrf import BlockedAddress, CheckedBackend
+from kosmo.ssrf import BlockedAddress, CheckedBackend, tls_context
 from kosmo.webhooks import Outcome, judge, retry_delay, signed_headers
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,20 @@ OUTAGE_PAUSE = 1.0  # seconds between tries while the database is down
 USER_AGENT = "KosmoConnect-Webhooks/1"
 
 
+def describe(exc: BaseException) -> str:
+    """An attempt's error: the exception's type, and the first message in its chain of causes
+    (httpcore and Trio wrap a TLS failure, a refused certificate, in exceptions with none)."""
+    found: BaseException | None = exc
+    while found is not None and not str(found):
+        found = found.__cause__ or found.__context__
+    return f"{type(exc).__name__}: {found if found is not None else ''}"[:300]
+
+
 class WebhookActor:
     def __init__(self, db: Database, *, schedule: tuple[float, ...], allow_private: bool,
                  timeout: float = 10.0, concurrency: int = 64, per_webhook: int = 4,
-                 poll_interval: float = 0.1, page: int = 500) -> None:
+                 poll_interval: float = 0.1, page: int = 500,
+                 ca_file: str | None = None) -> None:
         self._db = db
         self._schedule = schedule
         self._allow_private = allow_private
@@ -64,6 +75,7 @@ class WebhookActor:
         self._per_webhook = per_webhook
         self._poll = poll_interval
         self._page = page
+        self._ssl = tls_context(ca_file)
         self._lease = timedelta(seconds=3 * timeout + 30)
         self._in_flight: dict[UUID, int] = {}
         self._running = 0
@@ -74,6 +86,7 @@ class WebhookActor:
                   ) -> None:
         pool = httpcore.AsyncConnectionPool(
             network_backend=CheckedBackend(allow_private=self._allow_private),
+            ssl_context=self._ssl,
             max_connections=self._concurrency, keepalive_expiry=30.0)
         async with pool, trio.open_nursery() as nursery:
             nursery.start_soon(self._tail)
@@ -174,5 +187,5 @@ class WebhookActor:
                 return None, f"timeout after {self._timeout:g} s"
             except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
                     OSError, ValueError) as exc:  # whatever an endpoint does, it is its failure
-                return None, f"{type(exc).__name__}: {exc}"[:300]
+                return None, describe(exc)
         return None, f"timeout after {self._timeout:g} s"

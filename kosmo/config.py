@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,16 @@ def parse_positive_int(text: str) -> int:
     if not (text.strip().isascii() and text.strip().isdigit()) or int(text) <= 0:
         raise ValueError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def parse_ca_file(text: str) -> str:
+    """A PEM file of CA certificates, checked by loading it into a TLS context."""
+    try:
+        ssl.create_default_context(cafile=text)
+    except OSError as exc:  # ssl.SSLError is one
+        raise ValueError(f"{text!r} is not a readable PEM file of CA certificates ({exc})"
+                         ) from None
+    return text
 
 
 def parse_group(text: str) -> str:
@@ -242,6 +253,10 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_WEBHOOK_ALLOW_PRIVATE", parse_bool, "false",
         "true: webhooks may use http:// and loopback or private addresses (development "
         "only; `kosmo up` sets it)"),
+    "webhook_ca_file": Option(
+        "KOSMO_WEBHOOK_CA_FILE", parse_ca_file, None,
+        "PEM file of CA certificates webhook deliveries trust besides the system's and "
+        "certifi's (a private CA); certificates are always verified"),
 }
 
 
@@ -270,6 +285,7 @@ class Settings:
                                                  36000.0, 36000.0)
     webhook_allow_private: bool = False
     metrics_bind: tuple[str, int] | None = None
+    webhook_ca_file: str | None = None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

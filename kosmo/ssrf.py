@@ -15,14 +15,19 @@ Rules:
   httpcore passes on. A DNS answer that changes between a check and a connection cannot
   matter: there is no second lookup.
 - ``allow_private`` (development only) skips the check.
+- TLS is always verified (certificate chain and host name, ``ssl.create_default_context``):
+  ``tls_context`` trusts the system's CAs and certifi's, as httpcore does by default, plus
+  those of an extra CA file (``KOSMO_WEBHOOK_CA_FILE``). Nothing here turns verification off.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
+import certifi
 import httpcore
 import trio
 
@@ -78,6 +83,15 @@ async def resolve(host: str, port: int) -> list[IP]:
         if ip not in found:
             found.append(ip)
     return found
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS context of deliveries: httpcore's default trust, plus the CAs in ``ca_file``."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(certifi.where())
+    if ca_file is not None:
+        context.load_verify_locations(ca_file)
+    return context
 
 
 class CheckedBackend(httpcore.AsyncNetworkBackend):
