@@ -208,6 +208,12 @@ def claim_due(conn: psycopg.Connection[Any], now: datetime, lease_until: datetim
 
 def record_attempt(conn: psycopg.Connection[Any], attempt: Attempt) -> None:
     a = attempt
+    # Lock the delivery first: a webhook deleted meanwhile (its deliveries cascade) either
+    # finished before (nothing to record) or waits for this transaction; never a foreign-key
+    # violation from an attempt of a delivery that is gone.
+    if conn.execute("SELECT 1 FROM webhook_deliveries WHERE id = %s AND state = 'owed'"
+                    " FOR UPDATE", (a.delivery_id,)).fetchone() is None:
+        return  # deleted with its webhook meanwhile, or already settled
     done = conn.execute("""
         INSERT INTO webhook_attempts (delivery_id, webhook_id, attempt, at, status_code, error,
                                       outcome, next_attempt_at)

@@ -57,3 +57,5 @@ CREATE TABLE webhook_attempts (
     CHECK ((status_code IS NULL) <> (error IS NULL))
 );
 CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, id DESC);
+-- Deleting a webhook cascades through its deliveries to their attempts.
+CREATE INDEX webhook_attempts_by_delivery ON webhook_attempts (delivery_id);
