@@ -62,6 +62,12 @@ class EventBus:
         self._commit_order = trio.Lock()
         self._delivered = 0
         self._cut_off = 0
+        self._written: list[Callable[[], None]] = []
+
+    def on_written(self, notify: Callable[[], None]) -> None:
+        """``notify()`` after each batch of committed events reaches the bus (it must not
+        block: the webhook actor only sets its wake-up)."""
+        self._written.append(notify)
 
     async def publish(self, events: Sequence[Event]) -> None:
         if events:
@@ -113,6 +119,8 @@ class EventBus:
                 subscription._send.close()
 
     def _fan_out(self, events: Sequence[Event]) -> None:
+        for notify in self._written:
+            notify()
         for event in events:
             for subscription in list(self._by_user.get(event.user_id, ())):
                 try:

@@ -124,6 +124,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             webhooks = WebhookActor(db, schedule=settings.webhook_retry_schedule,
                                     allow_private=settings.webhook_allow_private,
                                     ca_file=settings.webhook_ca_file)
+            events.on_written(webhooks.history_written)
             await infra.start(webhooks.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,

@@ -80,6 +80,7 @@ class WebhookActor:
         self._in_flight: dict[UUID, int] = {}
         self._running = 0
         self._wake = trio.Event()
+        self._history = trio.Event()  # new history was written in this process
         self.attempts = 0  # attempts made by this process, for tests and benchmarks
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -93,8 +94,14 @@ class WebhookActor:
             nursery.start_soon(self._deliver, pool, nursery)
             task_status.started()
 
+    def history_written(self) -> None:
+        """Events were committed in this process: read them now rather than at the next poll
+        (other processes' events are found by polling, every ``poll_interval``)."""
+        self._history.set()
+
     async def _tail(self) -> None:
         while True:
+            self._history = trio.Event()
             try:
                 advanced = await self._db.run(store.enqueue_events, utcnow(), self._page)
             except DatabaseUnavailable as exc:
@@ -105,7 +112,8 @@ class WebhookActor:
                 self._wake.set()
                 await trio.lowlevel.checkpoint()
             else:
-                await trio.sleep(self._poll)
+                with trio.move_on_after(self._poll):
+                    await self._history.wait()
 
     async def _deliver(self, pool: httpcore.AsyncConnectionPool, nursery: trio.Nursery) -> None:
         while True:
