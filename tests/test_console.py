@@ -99,6 +99,7 @@ def drive_send(url: str) -> set[str]:
     with browser_page() as (page, hosts):
         sign_in(page, url, WANDERER)
         expect(page.locator("#plan")).to_contain_text("wanderer")
+        expect(page.get_by_label("Token or API key")).to_be_hidden()  # header mode
         expect(page.locator("#quota-text")).to_contain_text("0 of 50 used")
         start_conversation(page, NODE)
         expect(page.get_by_role("button", name="New conversation")).to_be_visible()
