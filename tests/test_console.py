@@ -32,7 +32,9 @@ import pytest
 import trio
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.conftest import FREE, WANDERER, Gateway, db_value
+from kosmo.config import Settings
+from tests.conftest import FREE, GUARDIAN, WANDERER, Gateway, db_value, start_gateway
+from tests.test_access import SECRET, token
 from tests.test_airtime import NORTH, Site, until
 
 NODE = "!a1b2c3d4"
@@ -167,6 +169,32 @@ async def test_a_refused_send_shows_the_api_detail_and_the_counter_counts_bytes(
     hosts = await in_browser(drive_refused, gateway.url)
     assert hosts == {"127.0.0.1"}
     assert db_value(sql, "SELECT count(*) FROM messages") == 0
+
+
+def drive_jwt(url: str, credential: str) -> set[str]:
+    with browser_page() as (page, hosts):
+        page.goto(f"{url}/")
+        expect(page.get_by_label("User", exact=True)).to_be_hidden()
+        page.get_by_label("Token or API key").fill("not-a-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#signin-problem")).to_have_text("the token is not valid")
+        page.get_by_label("Token or API key").fill(credential)
+        page.get_by_label("Token or API key").press("Enter")
+        expect(page.locator("#plan")).to_contain_text("guardian; may message !a1b2c3d4")
+        expect(page.locator("#quota-text")).to_contain_text("0 of 500 used")
+        expect(page.locator("#stream-state")).to_have_text("live")  # the stream took ?token=
+        start_conversation(page, "!0badc0de")
+        page.get_by_label("Message").fill("hi")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("#problem")).to_have_text("this node is not on the plan's whitelist")
+    return hosts
+
+
+async def test_jwt_mode_signs_in_with_a_token(nursery: trio.Nursery, settings: Settings) -> None:
+    jwt_settings = settings.replace(auth_mode="jwt", jwt_secret=SECRET)
+    async with start_gateway(nursery, jwt_settings) as gateway:
+        hosts = await in_browser(drive_jwt, gateway.url, token(GUARDIAN, exp=2**31 - 1))
+    assert hosts == {"127.0.0.1"}
 
 
 def drive_docs(url: str) -> set[str]:
