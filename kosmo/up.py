@@ -42,6 +42,7 @@ KosmoConnect Gateway is up: {url}
   auth:     header mode (X-User-ID), for development only
   mesh:     {mesh}
   metrics:  {metrics}
+  console:  {url}/  (sign in as a demo user; API reference at {url}/docs)
 
 Try it (demo user on the wanderer plan, 50 messages a month):
 

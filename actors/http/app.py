@@ -39,6 +39,7 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from actors.http.console import register_console
 from actors.http.idempotency import answer_response, idempotent, request_key
 from actors.http.keys import identify, register_keys
 from actors.http.services import Services
@@ -241,6 +242,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
         return Response(json.dumps(body), status=200 if ready else 503,
                         mimetype="application/json")
 
+    register_console(app, settings)
     register_stream(app, settings, services)
     register_keys(app, settings, services, caller)
     register_webhooks(app, settings, services, caller)

@@ -134,6 +134,11 @@ class Me(BaseModel):
     quota: QuotaOut | None
 
 
+class ConsoleConfig(BaseModel):
+    auth_mode: Literal["jwt", "header"]
+    max_text_bytes: int = Field(examples=[200])  # the longest message text, in UTF-8 bytes
+
+
 class NewApiKey(BaseModel):
     name: str = Field(min_length=1, max_length=100, examples=["dispatch system"])
 
