@@ -19,8 +19,8 @@ Rules:
   conversations actor, which publishes it on that bridge's topic. A claimed message never moves.
 - Estimates: a bridge's held messages, then its queue in fair order, are laid on its radio's
   pace (kosmo/schedule.py); position and time are written to the waiting rows when the place
-  changed or the time moved by more than ``WRITE_SLACK`` seconds or 5 % of the wait left. A
-  message no online bridge can take has neither.
+  changed or the time moved enough (kosmo/radios.py). A message no online bridge can take has
+  neither.
 - Admission (``admit``): where a new message would go, its place in the fair order and its
   estimated transmit time; ``retry_after`` when that is beyond its expiry. Before any debit.
 - A database outage skips a round (logged); the next one catches up. The actor failing brings
@@ -39,7 +39,7 @@ from uuid import UUID
 import trio
 
 from actors.reply import Reply
-from kosmo import airtime, wire
+from kosmo import wire
 from kosmo.channels import take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
@@ -52,44 +52,20 @@ from kosmo.dispatch_store import (
     weight_of,
     write_estimates,
 )
-from kosmo.fair_queue import Entry, FairQueue
+from kosmo.fair_queue import Entry
 from kosmo.messages import Admission, NewMessage
+from kosmo.radios import Estimate, Radio, estimates, moved, radio_params
 from kosmo.routing import Hearing, choose_bridge
-from kosmo.schedule import RadioPace, transmit_times
 
 log = logging.getLogger(__name__)
 
 REFRESH = 1.0  # seconds between two reads of the queue
 COVERAGE_EVERY = 10.0  # seconds between two reads of coverage
-WRITE_SLACK = 0.5  # seconds (or 5 % of the wait left, if more) an estimate moves before it is
-# written again
 LAYOUT_EVERY = 0.2  # seconds between two layouts of a radio's schedule between reads
-MAX_WAITING = 100_000
-CLAIM_BATCH = 256  # messages offered in one claim  # waiting messages read at once
+MAX_WAITING = 100_000  # waiting messages read at once
+CLAIM_BATCH = 256  # messages offered in one claim
 INBOX = 256
 Pair = tuple[UUID, str]  # (user, node)
-
-
-@dataclass
-class _Radio:
-    """One bridge as the dispatcher sees it: its pace, its fair queue, what it holds."""
-
-    bridge_id: str
-    pace: wire.Pace
-    online: bool
-    queue: FairQueue
-    held: list[Held] = field(default_factory=list)
-    params: airtime.LoraParams = field(default_factory=lambda: airtime.preset_params("LONG_FAST"))
-    starts: list[float] = field(default_factory=list)  # held + queue + one more, epoch s
-    dirty: bool = True  # its queue or held changed since ``starts`` was laid out
-
-    def cost(self, size: int) -> float:
-        """Real seconds of airtime of a text of ``size`` bytes on this radio."""
-        return airtime.text_airtime(self.params, size) / self.pace.time_scale
-
-    def radio_pace(self) -> RadioPace:
-        p = self.pace
-        return RadioPace(p.min_gap_s, p.duty_cycle, p.window_s, p.airtime_used_s)
 
 
 @dataclass(frozen=True)
@@ -125,14 +101,6 @@ class _Admit:
 Inbox = _Accepted | _BridgeState | _Reload | _Canceled | _Admit
 
 
-def _radio_params(pace: wire.Pace) -> airtime.LoraParams:
-    wide = pace.region.startswith("LORA_24")
-    try:
-        return airtime.preset_params(pace.modem_preset, wide=wide)
-    except (KeyError, ValueError):
-        return airtime.preset_params("LONG_SLOW")
-
-
 class Dispatcher:
     def __init__(self, db: Database, *, hand: Callable[[list[NewMessage]], Awaitable[None]],
                  message_ttl: float, refresh: float = REFRESH,
@@ -143,14 +111,14 @@ class Dispatcher:
         self._refresh = refresh
         self._clock = clock
         self._send, self._receive = trio.open_memory_channel[Inbox](INBOX)
-        self._radios: dict[str, _Radio] = {}
+        self._radios: dict[str, Radio] = {}
         self._waiting: dict[UUID, Waiting] = {}
         self._where: dict[UUID, str | None] = {}  # waiting message -> its radio's queue
         self._routes: dict[Pair, str] = {}
         self._hearings: dict[str, list[Hearing]] = {}
         self._hearings_read = -math.inf
         self._weights: dict[UUID, int] = {}
-        self._written: dict[UUID, tuple[int | None, datetime | None]] = {}
+        self._written: dict[UUID, Estimate] = {}
         self._unrouted: set[UUID] = set()  # waiting messages not yet put in a queue
         self._laid_out = -math.inf
         self.handed = 0
@@ -263,18 +231,14 @@ class Dispatcher:
         if radio is None:
             if not online:
                 return False
-            params = _radio_params(pace)
-            radio = self._radios[item.bridge_id] = _Radio(
-                item.bridge_id, pace, True, FairQueue(
-                    airtime.text_airtime(params, airtime.MAX_TEXT_BYTES) / pace.time_scale),
-                params=params)
+            radio = self._radios[item.bridge_id] = Radio.new(item.bridge_id, pace, online=True)
             log.info("bridge %s online: credit %d, %s", item.bridge_id, pace.credit,
                      radio.params.describe())
             return True
         changed = radio.online != online
         radio.online = online
         if online:
-            radio.pace, radio.params = pace, _radio_params(pace)
+            radio.pace, radio.params = pace, radio_params(pace)
         if changed:
             log.info("bridge %s is %s", item.bridge_id, "online" if online else "offline")
         return changed
@@ -323,10 +287,8 @@ class Dispatcher:
             radio.held = []
         for held in queue.held:
             if held.bridge_id not in self._radios:  # not heard of since this process started
-                self._radios[held.bridge_id] = _Radio(
-                    held.bridge_id, wire.Pace(), False,
-                    FairQueue(airtime.text_airtime(airtime.preset_params("LONG_FAST"),
-                                                   airtime.MAX_TEXT_BYTES)))
+                self._radios[held.bridge_id] = Radio.new(held.bridge_id, wire.Pace(),
+                                                         online=False)
             self._radios[held.bridge_id].held.append(held)
         self._routes = {(h.user_id, h.node_id): h.bridge_id for h in queue.held}
 
@@ -334,7 +296,7 @@ class Dispatcher:
         """Put each of these waiting messages in the queue of the bridge its (user, node) goes
         to, oldest first."""
         online = {b: r for b, r in self._radios.items() if r.online}
-        waits = {b: self._wait_of(r) for b, r in online.items()}
+        waits = self._waits(online)
         for waiting in sorted((self._waiting[i] for i in ids),
                               key=lambda w: (w.message.created_at, w.message.message_id)):
             m = waiting.message
@@ -368,11 +330,9 @@ class Dispatcher:
         return bridge_id not in heard and any(
             b in heard for b, r in self._radios.items() if r.online)
 
-    def _wait_of(self, radio: _Radio) -> float:
-        """Seconds until the radio would send one more text, as last laid out."""
-        if not radio.starts:
-            return 0.0
-        return max(0.0, radio.starts[-1] - self._clock().timestamp())
+    def _waits(self, online: dict[str, Radio]) -> dict[str, float]:
+        now = self._clock().timestamp()
+        return {b: r.wait(now) for b, r in online.items()}
 
     def _lay_out(self, *, force: bool) -> None:
         """Each online radio's held messages, then its queue, on its pace; radios whose queue
@@ -386,20 +346,7 @@ class Dispatcher:
             if not radio.online:
                 radio.starts = []
             elif radio.dirty or force:
-                costs = [radio.cost(h.size) for h in radio.held]
-                costs += [e.cost for e in radio.queue.order()]
-                costs.append(radio.cost(airtime.MAX_TEXT_BYTES))
-                radio.starts = transmit_times(radio.radio_pace(), now, costs)
-            radio.dirty = False
-
-    def _start(self, radio: _Radio, index: int, cost: float) -> float:
-        """When the text at ``index`` (held first, then the queue) starts, epoch seconds; past
-        the layout, the radio's sustained pace for texts of ``cost``."""
-        if index < len(radio.starts):
-            return radio.starts[index]
-        pace = radio.pace
-        step = max(pace.min_gap_s, cost, cost / pace.duty_cycle if pace.duty_cycle else 0.0)
-        return radio.starts[-1] + (index - len(radio.starts) + 1) * step
+                radio.lay_out(now)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -408,15 +355,14 @@ class Dispatcher:
         target = self._routes.get(pair)
         online = {b: r for b, r in self._radios.items() if r.online}
         if target is None:
-            target = choose_bridge(self._hearings.get(item.node_id, ()),
-                                   {b: self._wait_of(r) for b, r in online.items()})
+            target = choose_bridge(self._hearings.get(item.node_id, ()), self._waits(online))
         radio = self._radios.get(target) if target is not None else None
         if radio is None or not radio.online or not radio.starts:
             return Admission()
         weight = self._weights.setdefault(item.user_id, item.weight)
         cost = radio.cost(item.size)
         place = radio.queue.place(item.user_id, weight, cost)
-        at = self._start(radio, len(radio.held) + place, cost)
+        at = radio.start(len(radio.held) + place, cost)
         eta = datetime.fromtimestamp(at, self._clock().tzinfo)
         deadline = self._clock() + timedelta(seconds=self._ttl)
         if eta > deadline:
@@ -435,7 +381,7 @@ class Dispatcher:
             while radio.online and len(radio.held) < radio.pace.credit and len(radio.queue):
                 heads = radio.queue.order(min(radio.pace.credit - len(radio.held), CLAIM_BATCH))
                 offered = [(e.message_id, datetime.fromtimestamp(
-                    self._start(radio, len(radio.held) + i, e.cost), tz) if radio.starts
+                    radio.start(len(radio.held) + i, e.cost), tz) if radio.starts
                     else None) for i, e in enumerate(heads)]
                 try:
                     found = await self._db.run(claim, offered, radio.bridge_id,
@@ -463,7 +409,7 @@ class Dispatcher:
                     break
         return handed
 
-    def _took(self, radio: _Radio, messages: list[NewMessage]) -> None:
+    def _took(self, radio: Radio, messages: list[NewMessage]) -> None:
         """Take the claimed messages out of the radio's queue, charging its round robin as
         ``pop`` does. Only a cancel or expiry racing the claim can make the pops differ from
         what was claimed: an entry popped but not claimed goes back in its place."""
@@ -491,22 +437,10 @@ class Dispatcher:
     # --- estimates ----------------------------------------------------------------------------
 
     async def _write_estimates(self) -> None:
-        tz = self._clock().tzinfo
-        rows: list[tuple[UUID, int | None, datetime | None]] = []
-        seen: set[UUID] = set()
-        for radio in self._radios.values():
-            if not radio.online:
-                continue
-            for i, entry in enumerate(radio.queue.order()):
-                start = self._start(radio, len(radio.held) + i, entry.cost)
-                value: tuple[int | None, datetime | None] = (
-                    i + 1, datetime.fromtimestamp(start, tz))
-                seen.add(entry.message_id)
-                if self._moved(entry.message_id, value):
-                    rows.append((entry.message_id, *value))
-        for message_id in self._waiting:
-            if message_id not in seen and self._moved(message_id, (None, None)):
-                rows.append((message_id, None, None))
+        now = self._clock()
+        found = estimates(self._radios.values(), self._waiting, now.tzinfo)
+        rows = [(m, *value) for m, value in found.items()
+                if moved(self._written.get(m), value, now)]
         if not rows:
             return
         try:
@@ -516,14 +450,3 @@ class Dispatcher:
             return
         for message_id, position, at in rows:
             self._written[message_id] = (position, at)
-
-    def _moved(self, message_id: UUID, value: tuple[int | None, datetime | None]) -> bool:
-        old = self._written.get(message_id)
-        if old is None:
-            return True
-        if old[0] != value[0] or (old[1] is None) != (value[1] is None):
-            return True
-        if old[1] is None or value[1] is None:
-            return False
-        left = (value[1] - self._clock()).total_seconds()
-        return abs((old[1] - value[1]).total_seconds()) > max(WRITE_SLACK, 0.05 * left)
