@@ -121,11 +121,10 @@ class WebhookActor:
             free = self._concurrency - self._running
             claimed: list[store.Due] = []
             if free > 0:
-                busy = [w for w, n in self._in_flight.items() if n >= self._per_webhook]
                 now = utcnow()
                 try:
                     claimed = await self._db.run(store.claim_due, now, now + self._lease, free,
-                                                 self._per_webhook, busy)
+                                                 self._per_webhook, dict(self._in_flight))
                 except DatabaseUnavailable as exc:
                     log.warning("webhook deliveries not claimed: %s", exc)
                     await trio.sleep(OUTAGE_PAUSE)

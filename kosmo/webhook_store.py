@@ -180,17 +180,23 @@ def enqueue_events(conn: psycopg.Connection[Any], now: datetime, limit: int = 50
 
 
 def claim_due(conn: psycopg.Connection[Any], now: datetime, lease_until: datetime, limit: int,
-              per_webhook: int, busy: list[UUID]) -> list[Due]:
+              per_webhook: int, in_flight: dict[UUID, int]) -> list[Due]:
+    """Lease up to ``limit`` due deliveries, oldest first, at most ``per_webhook`` in flight per
+    webhook counting those this process has in flight already (``in_flight``)."""
     rows = conn.execute("""
-        WITH candidates AS (
+        WITH flying AS (
+            SELECT * FROM unnest(%(flying_ids)s::uuid[], %(flying_n)s::integer[]) AS f (w, n)
+        ), candidates AS (
             SELECT id FROM (
-                SELECT d.id, d.next_attempt_at, row_number() OVER (PARTITION BY d.webhook_id
-                                                ORDER BY d.next_attempt_at, d.id) AS n
+                SELECT d.id, d.next_attempt_at, d.webhook_id,
+                       row_number() OVER (PARTITION BY d.webhook_id
+                                          ORDER BY d.next_attempt_at, d.id) AS n
                 FROM webhook_deliveries d
                 WHERE d.state = 'owed' AND d.next_attempt_at <= %(now)s
-                  AND (d.leased_until IS NULL OR d.leased_until < %(now)s)
-                  AND d.webhook_id <> ALL(%(busy)s)) c
-            WHERE n <= %(per)s ORDER BY next_attempt_at, id LIMIT %(limit)s
+                  AND (d.leased_until IS NULL OR d.leased_until < %(now)s)) c
+            LEFT JOIN flying ON flying.w = c.webhook_id
+            WHERE c.n <= %(per)s - COALESCE(flying.n, 0)
+            ORDER BY next_attempt_at, id LIMIT %(limit)s
         ), locked AS (
             SELECT d.id FROM webhook_deliveries d
             WHERE d.id IN (SELECT id FROM candidates) AND d.state = 'owed'
@@ -201,8 +207,8 @@ def claim_due(conn: psycopg.Connection[Any], now: datetime, lease_until: datetim
         FROM locked, webhooks w
         WHERE d.id = locked.id AND w.id = d.webhook_id
         RETURNING d.id, d.webhook_id, d.event_id, d.body, d.attempts + 1, w.url, w.secret""",
-        {"now": now, "lease": lease_until, "busy": busy, "per": per_webhook,
-         "limit": limit}).fetchall()
+        {"now": now, "lease": lease_until, "per": per_webhook, "limit": limit,
+         "flying_ids": list(in_flight), "flying_n": list(in_flight.values())}).fetchall()
     return [Due(r[0], r[1], encode_event_id(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
 
