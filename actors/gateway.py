@@ -157,7 +157,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                                                   settings.metrics_bind)
             front = HttpFront(app, settings.http_bind, shutdown=shutdown,
                               idle_timeout=settings.http_idle_timeout,
-                              read_timeout=settings.http_read_timeout)
+                              read_timeout=settings.http_read_timeout,
+                              reuse_port=settings.reuse_port)
             async with trio.open_nursery() as http:
                 binds = await http.start(front.run)
                 log.info("gateway listening on %s", ", ".join(binds))

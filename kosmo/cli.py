@@ -5,6 +5,8 @@ Rules:
   cannot be reached at start prints one line and exits 1. No traceback for either.
 - Ctrl-C or SIGTERM stops cleanly: the HTTP front finishes requests in progress, actors stop,
   embedded services (``kosmo up``) are shut down. A second signal stops at once.
+- ``kosmo gateway`` with one worker (the default) serves in its own process; with more it
+  supervises that many worker processes (``kosmo.workers``), each a ``kosmo gateway --worker K``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(sub, DB_OPTIONS)
     sub = commands.add_parser("gateway", help="serve the HTTP API and the MQTT actors")
     config.add_arguments(sub, GATEWAY_OPTIONS)
+    sub.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     from kosmo.up import MAX_RADIOS, parse_radios
 
     sub = commands.add_parser(
@@ -156,7 +159,12 @@ def _db_call(fn: Callable[[str], T], url: str) -> T:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     settings = config.load(os.environ, args, serving=True)
+    if args.worker is not None:  # one of the processes of --workers N
+        settings = settings.replace(reuse_port=True)
+        return trio.run(_until_signal, lambda shutdown: _serve_worker(settings, shutdown))
     log.info("settings: %s", settings.describe())
+    if settings.workers > 1:
+        return trio.run(_until_signal, lambda shutdown: _supervise(args, settings, shutdown))
     return trio.run(_until_signal, lambda shutdown: _serve(settings, shutdown))
 
 
@@ -164,6 +172,28 @@ async def _serve(settings: Settings, shutdown: trio.Event) -> None:
     from actors.gateway import run_gateway
 
     await run_gateway(settings, shutdown)
+
+
+async def _serve_worker(settings: Settings, shutdown: trio.Event) -> None:
+    from kosmo.workers import watch_parent
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_parent, shutdown)
+        await _serve(settings, shutdown)
+        nursery.cancel_scope.cancel()
+
+
+async def _supervise(args: argparse.Namespace, settings: Settings, shutdown: trio.Event) -> None:
+    from kosmo import workers
+
+    flags = {name: getattr(args, name) for name in GATEWAY_OPTIONS
+             if getattr(args, name, None) is not None}
+    commands = {
+        k: (workers.worker_command(k, args.log_level, args.log_format),
+            workers.worker_environ(os.environ, flags, settings, k))
+        for k in range(1, settings.workers + 1)}
+    log.info("starting %d gateway workers on %s:%d", settings.workers, *settings.http_bind)
+    await workers.supervise(commands, shutdown)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -94,6 +95,16 @@ def parse_positive_int(text: str) -> int:
     if not (text.strip().isascii() and text.strip().isdigit()) or int(text) <= 0:
         raise ValueError(f"{text!r} is not a positive whole number")
     return int(text)
+
+
+def parse_workers(text: str) -> int:
+    """A positive whole number, or ``auto``: the number of cores."""
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return parse_positive_int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a positive whole number or auto") from None
 
 
 def parse_ca_file(text: str) -> str:
@@ -257,6 +268,11 @@ OPTIONS: dict[str, Option] = {
         "KOSMO_WEBHOOK_CA_FILE", parse_ca_file, None,
         "PEM file of CA certificates webhook deliveries trust besides the system's and "
         "certifi's (a private CA); certificates are always verified"),
+    "workers": Option(
+        "KOSMO_WORKERS", parse_workers, "1",
+        "gateway processes sharing the HTTP address (SO_REUSEPORT), each with the MQTT client "
+        "id <client id>-w<k> and the shared subscription group (kosmo unless set); 'auto': one "
+        "per core; a dead one is restarted (gateway only)"),
 }
 
 
@@ -286,6 +302,8 @@ class Settings:
     webhook_allow_private: bool = False
     metrics_bind: tuple[str, int] | None = None
     webhook_ca_file: str | None = None
+    workers: int = 1
+    reuse_port: bool = False  # set for each of several workers; no variable of its own
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

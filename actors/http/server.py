@@ -2,6 +2,9 @@
 
 Rules: ready (``started(binds)``) only once the socket is listening; it stops gracefully when
 ``shutdown`` is set, letting requests in progress finish within ``graceful_timeout`` seconds.
+With ``reuse_port`` the socket is bound with ``SO_REUSEPORT`` (Hypercorn sets it, before the bind,
+when its config has more than one worker), so that the workers of ``kosmo gateway --workers N``
+each bind their own socket on one address and the kernel spreads connections among them.
 
 Bounds against slow or hostile clients (the application adds the body limit and timeout, and
 the exact head limits, in ``kosmo.api``):
@@ -78,7 +81,7 @@ HANDSHAKE_DETAILS = {
 class HttpFront:
     def __init__(self, app: QuartTrio, bind: tuple[str, int], *, shutdown: trio.Event,
                  graceful_timeout: float = 5.0, idle_timeout: float = 30.0,
-                 read_timeout: float = 30.0) -> None:
+                 read_timeout: float = 30.0, reuse_port: bool = False) -> None:
         self._app = app
         self._shutdown = shutdown
         self._read_timeout = read_timeout
@@ -91,6 +94,8 @@ class HttpFront:
         self._config.keep_alive_timeout = idle_timeout
         self._config.read_timeout = read_timeout  # type: ignore[assignment]  # a float works
         self._config.h11_max_incomplete_size = HEAD_BACKSTOP
+        if reuse_port:  # only create_sockets reads it: this process serves alone either way
+            self._config.workers = 2
         # Streams are quiet for long stretches: ping them, so that a live client's pongs count
         # as reads for read_timeout and a dead one is noticed. Clients send nothing we read.
         self._config.websocket_ping_interval = min(10.0, read_timeout / 3)
