@@ -1,11 +1,15 @@
 """The event bus actor: fans committed events out to the live-stream subscribers.
 
 Rules:
-- Writers (the ledger's lanes, the inbound consumer) publish events only after their commit,
-  in commit order: each writes and publishes inside ``in_commit_order()``. (Events committed by
-  another gateway process reach this bus's subscribers only through a resume.)
-  Subscriptions and events travel on ONE channel, so a subscriber registered
-  before an event was published receives it: nothing after the handshake is missed.
+- With a feed attached (``actors.event_feed``, as the gateway runs it), every event reaches
+  the bus through the feed alone: it reads the history after the last id it fanned out, woken
+  by PostgreSQL notifications (events of any gateway process) and by ``publish`` (this
+  process's commits, a wake-up only). One cursor over the history ids, which follow commit
+  order, so events arrive in event order, each once, whatever process wrote them.
+- Without a feed, writers publish events after their commit, in commit order: each writes and
+  publishes inside ``in_commit_order()``, and ``publish`` fans them out itself.
+- Subscriptions and events travel on ONE channel, so a subscriber registered
+  before an event was delivered receives it: nothing after the handshake is missed.
 - Each subscriber has a bounded buffer. The bus never waits for a subscriber: one whose buffer
   is full is cut off (its channel closed, ``overflowed`` set) and must reconnect and resume
   from its last event id. Memory per subscriber is bounded by its buffer.
@@ -63,14 +67,30 @@ class EventBus:
         self._delivered = 0
         self._cut_off = 0
         self._written: list[Callable[[], None]] = []
+        self._feed: Callable[[Sequence[Event]], None] | None = None
+
+    def fed_by(self, wake: Callable[[Sequence[Event]], None]) -> None:
+        """Events reach the bus through ``deliver`` only; ``publish`` calls ``wake(events)``
+        (it must not block) instead of fanning them out."""
+        self._feed = wake
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        """Fan out events read by the feed, in event order."""
+        if events:
+            await self._send.send(events)
 
     def on_written(self, notify: Callable[[], None]) -> None:
-        """``notify()`` after each batch of committed events reaches the bus (it must not
-        block: the webhook actor only sets its wake-up)."""
+        """``notify()`` after each batch of committed events reaches the bus, from any process
+        when a feed is attached (it must not block: the webhook actor only sets its wake-up)."""
         self._written.append(notify)
 
     async def publish(self, events: Sequence[Event]) -> None:
-        if events:
+        """Events this process committed: fan them out, or with a feed, wake it."""
+        if not events:
+            return
+        if self._feed is not None:
+            self._feed(events)
+        else:
             await self._send.send(events)
 
     @asynccontextmanager

@@ -26,6 +26,7 @@ import trio
 
 from actors.conversations import Conversations
 from actors.dispatcher import Dispatcher
+from actors.event_feed import EventFeed
 from actors.events import EventBus
 from actors.expiry import Expiry
 from actors.http.app import create_app
@@ -104,6 +105,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             await infra.start(mqtt.run)
             events = EventBus()
             await infra.start(events.run)
+            feed = EventFeed(db, events, settings.database_url)
+            await infra.start(feed.run)
 
             async def report(item: StatusReport) -> object:
                 return await ledger.report(item)

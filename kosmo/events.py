@@ -12,6 +12,8 @@ Rules:
 - The waiting fields (``queue_position``, ``estimated_transmit_at``) are not kept per event: a
   live event carries them as the writer knew them at that event, a replayed one as the message
   has them when it is replayed (the view clears them for a status they do not apply to).
+- A commit that writes history rows notifies ``CHANNEL`` with its largest history id (see
+  ``kosmo.ledger_store.record_history``); listeners read the rows after the last id they read.
 - Event types follow the message: ``message.created`` (an outbound message accepted,
   ``pending``), ``message.status`` (every later status of an outbound message, ``canceled``
   included), ``message.inbound`` (a reply threaded to its user).
@@ -30,6 +32,7 @@ import psycopg
 from kosmo.delivery import Status
 from kosmo.views import Direction, MessageView
 
+CHANNEL = "kosmo_events"  # NOTIFY channel: payload = the largest history id a commit wrote
 _EVENTS_LOCK = 0x6B6F736D6F_01  # advisory lock key: history ids in commit order
 _ID_WIDTH = 20
 
@@ -102,3 +105,9 @@ def events_after(conn: psycopg.Connection[Any], after: int,
     events = [make_event(r[2], r[1], MessageView.from_row(r[3:])) for r in rows
               if not r[0] and r[1] is not None]
     return events, (rows[-1][2] if rows else after)
+
+
+def last_history_id(conn: psycopg.Connection[Any]) -> int:
+    """The largest history id committed so far (0 when there is none)."""
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM message_status_history").fetchone()
+    return int(row[0]) if row else 0

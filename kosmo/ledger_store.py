@@ -34,7 +34,7 @@ import psycopg
 from kosmo import delivery, idempotency
 from kosmo.delivery import Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
-from kosmo.events import Event, lock_event_order, make_event
+from kosmo.events import CHANNEL, Event, lock_event_order, make_event
 from kosmo.messages import NewMessage, StatusReport
 from kosmo.views import Direction, MessageView
 
@@ -138,6 +138,13 @@ FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::t
 ORDER BY ord
 RETURNING id
 """
+# The same insert, and a notification on ``kosmo.events.CHANNEL`` carrying the largest id it
+# wrote: PostgreSQL delivers it at commit, in commit order, to every listening gateway process.
+_INSERT_HISTORY_AND_NOTIFY = f"""
+WITH written AS ({_INSERT_HISTORY}),
+told AS (SELECT pg_notify('{CHANNEL}', max(id)::text) FROM written)
+SELECT id FROM written, told
+"""
 
 # Give back one message each to the period it was debited in, once per message: the
 # ``charged`` flag is cleared where still set, and only those rows are counted.
@@ -174,11 +181,12 @@ class HistoryRow:
 
 
 def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Event]:
-    """Append history rows (ids in commit order); return the events of those a user sees."""
+    """Append history rows (ids in commit order) and notify listeners of the largest id at
+    commit; return the events of those a user sees."""
     if not rows:
         return []
     lock_event_order(conn)
-    ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY, (
+    ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY_AND_NOTIFY, (
         [r.message.message_id for r in rows], [r.user_id for r in rows],
         [r.message.status.value for r in rows], [r.message.reason for r in rows],
         [r.note for r in rows], [r.message.updated_at for r in rows],

@@ -1,0 +1,104 @@
+"""Live events across gateway processes: two gateways on one database and broker, a stream on
+one sees the events of messages sent through the other, in event order, resumes across them,
+and catches up after its notification connection broke."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from actors import event_feed
+from kosmo.config import Settings
+from kosmo.events import encode_event_id
+from tests.conftest import SANCTUARY, WANDERER, Gateway, db_value, start_gateway
+from tests.test_stream import connect, events, sent, wait_until
+
+pytestmark = pytest.mark.usefixtures("online_bridge")
+
+LISTENERS = """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'kosmo-events'"""
+
+
+@asynccontextmanager
+async def two_gateways(nursery: trio.Nursery, settings: Settings
+                       ) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    group = f"g-{settings.mqtt_topic_root}"
+    a_settings = dataclasses.replace(settings, mqtt_client_id=f"{settings.mqtt_client_id}-a",
+                                     mqtt_shared_group=group)
+    b_settings = dataclasses.replace(settings, mqtt_client_id=f"{settings.mqtt_client_id}-b",
+                                     mqtt_shared_group=group)
+    async with start_gateway(nursery, a_settings) as a, start_gateway(nursery, b_settings) as b:
+        yield a, b
+
+
+def event_ids(sql: Any, user: Any, after: int = 0) -> list[str]:
+    return [encode_event_id(r[0]) for r in sql.execute(
+        "SELECT id FROM message_status_history WHERE user_id = %s AND NOT note AND id > %s"
+        " ORDER BY id", (user, after))]
+
+
+def user_events(sql: Any, user: Any) -> int:
+    return int(db_value(sql, "SELECT count(*) FROM message_status_history"
+                             " WHERE user_id = %s AND NOT note", user))
+
+
+async def test_a_stream_sees_the_events_of_another_process_in_order(nursery, settings, sql):
+    async with two_gateways(nursery, settings) as (a, b):
+        async with connect(b, user_id=WANDERER) as on_b, connect(a, user_id=WANDERER) as on_a:
+            sent_ids = []
+            for i in range(6):  # mostly through A, some through B: one order for both
+                sent_ids.append(await sent(b if i % 3 == 2 else a, WANDERER, text=f"m{i}"))
+            await wait_until(lambda: user_events(sql, WANDERER) == 12)
+            expected = event_ids(sql, WANDERER)
+            seen_b = await events(on_b, 12)
+            seen_a = await events(on_a, 12)
+        assert [e["event_id"] for e in seen_b] == expected
+        assert seen_a == seen_b
+        created = [e["message"]["message_id"] for e in seen_b if e["type"] == "message.created"]
+        assert created == sent_ids
+
+
+async def test_resume_on_one_process_replays_the_events_written_by_the_other(
+        nursery, settings, sql):
+    async with two_gateways(nursery, settings) as (a, b):
+        first = await sent(a, SANCTUARY, text="before")
+        await wait_until(lambda: user_events(sql, SANCTUARY) == 2)
+        since = event_ids(sql, SANCTUARY)[0]  # the first message's `created`
+        for i in range(3):
+            await sent(a, SANCTUARY, text=f"missed {i}")
+        await wait_until(lambda: user_events(sql, SANCTUARY) == 8)
+        async with connect(b, user_id=SANCTUARY, since=since) as resumed:
+            replayed = await events(resumed, 7)
+            assert [e["event_id"] for e in replayed] == event_ids(sql, SANCTUARY)[1:]
+            assert replayed[0]["message"]["message_id"] == first
+            live = await sent(a, SANCTUARY, text="live")
+            after = await events(resumed, 2)
+        assert [(e["type"], e["message"]["message_id"]) for e in after] == [
+            ("message.created", live), ("message.status", live)]
+        assert [e["event_id"] for e in replayed + after] == event_ids(sql, SANCTUARY)[1:]
+
+
+async def test_events_written_while_the_listener_is_away_arrive_after_it_is_back(
+        nursery, settings, sql, monkeypatch):
+    monkeypatch.setattr(event_feed, "RETRY_FIRST", 3.0)  # a window to write in while away
+    async with two_gateways(nursery, settings) as (a, b):
+        async with connect(b, user_id=WANDERER) as on_b:
+            await wait_until(lambda: db_value(sql, LISTENERS) == 2)
+            sql.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database()"
+                        " AND application_name = 'kosmo-events'")
+            await wait_until(lambda: db_value(sql, LISTENERS) == 0)
+            message = await sent(a, WANDERER, text="while away")
+            await wait_until(lambda: user_events(sql, WANDERER) == 2)
+            assert db_value(sql, LISTENERS) == 0  # still away: only the catch-up can bring it
+            seen = await events(on_b, 2)
+            assert [e["event_id"] for e in seen] == event_ids(sql, WANDERER)
+            assert {e["message"]["message_id"] for e in seen} == {message}
+            await wait_until(lambda: db_value(sql, LISTENERS) == 2)
+            live = await sent(a, WANDERER, text="back")
+            assert {e["message"]["message_id"] for e in await events(on_b, 2)} == {live}
