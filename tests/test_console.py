@@ -8,7 +8,7 @@ What this proves:
 - The byte counter counts UTF-8 bytes (``é`` is two) against the limit the gateway announces,
   and a refused send (the free plan) shows the API's ``detail`` next to the box.
 - At 360 px the page has no horizontal scroll.
-- ``/docs`` renders the OpenAPI document with the vendored Swagger UI.
+- ``/docs`` renders the OpenAPI document with the package's own reference page.
 - No request, websocket included, goes to any host but the gateway's.
 
 The browser is the system's chromium (Debian's package), driven by Playwright for Python; the
@@ -200,13 +200,16 @@ async def test_jwt_mode_signs_in_with_a_token(nursery: trio.Nursery, settings: S
 def drive_docs(url: str) -> set[str]:
     with browser_page() as (page, hosts):
         page.goto(f"{url}/docs")
-        expect(page.get_by_text("KosmoConnect Gateway").first).to_be_visible()
-        expect(page.locator(".opblock").first).to_be_visible()
-        expect(page.get_by_text("/api/v1/console-config").first).to_be_visible()
+        expect(page.get_by_role("heading", name="KosmoConnect Gateway API, version 1")
+               ).to_be_visible()
+        expect(page.locator(".route").first).to_be_visible()
+        expect(page.locator("#post--api-v1-messages")).to_contain_text("answer 201")
+        expect(page.get_by_role("link", name="DELETE /api/v1/messages/{message_id}")
+               ).to_be_visible()
     return hosts
 
 
-async def test_docs_render_with_the_vendored_swagger_ui(gateway: Gateway) -> None:
+async def test_docs_render_the_openapi_document_locally(gateway: Gateway) -> None:
     assert await in_browser(drive_docs, gateway.url) == {"127.0.0.1"}
 
 
@@ -224,5 +227,5 @@ async def test_console_files_and_config(gateway: Gateway) -> None:
         assert answer.status_code == 404, missing
         assert answer.headers["content-type"] == "application/problem+json"
     docs = (await gateway.client.get("/docs")).text
-    assert "/console/swagger-ui-bundle.js" in docs
+    assert "/console/reference.js" in docs
     assert "http" not in docs.replace("http-equiv", "")  # no other host named on the page

@@ -74,7 +74,7 @@ def create_app(settings: Settings, services: Services) -> QuartTrio:
               {"user_id": {"type": "apiKey", "in_": "header", "name": "X-User-ID"}})
     scheme["api_key"] = {"type": "http", "scheme": "bearer", "bearer_format": "kosmo_sk_..."}
     QuartSchema(app, openapi_path="/openapi.json", redoc_ui_path=None, scalar_ui_path=None,
-                swagger_ui_path="/docs", info={"title": "KosmoConnect Gateway", "version": "1"},
+                swagger_ui_path=None, info={"title": "KosmoConnect Gateway", "version": "1"},
                 security_schemes=scheme, security=[{name: []} for name in scheme])
 
     async def caller(query: bool = False) -> UUID:

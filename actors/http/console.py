@@ -1,4 +1,4 @@
-"""The web console at ``/``, its files, and the locally served Swagger UI behind ``/docs``.
+"""The web console at ``/``, its files, and the API reference page at ``/docs``.
 
 Rules:
 - The console is static files shipped in the package (``kosmo/console/``: HTML, CSS, plain
@@ -6,8 +6,8 @@ Rules:
   websocket stream, like any other client. It learns how to sign in from the one public route
   ``GET /api/v1/console-config``.
 - Nothing is loaded from another host: the console's page carries a Content-Security-Policy that
-  allows only this origin (and websockets back to it), and ``/docs`` uses the vendored
-  swagger-ui-dist files (licence kept beside them) instead of quart-schema's CDN defaults.
+  allows only this origin (and websockets back to it); so does ``/docs``, a small page of
+  this package (``reference.html``/``.js``) that renders ``/openapi.json``.
 - ``/console/<name>`` serves only the files listed in the package's folder, by exact name: no
   paths, no directory listing, 404 problem for anything else.
 - These routes are public and left out of the OpenAPI document (they are not the API), except
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from kosmo.config import Settings
 
 ASSETS = "/console"
-SWAGGER_JS = "swagger-ui-bundle.js"
-SWAGGER_CSS = "swagger-ui.css"
+PAGE_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self' ws://{host} wss://{host}; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
 
 
 def _files() -> Path:
@@ -42,24 +43,25 @@ def _files() -> Path:
 
 
 def register_console(app: QuartTrio, settings: Settings) -> None:
-    """Add ``/``, ``/console/<name>`` and ``/api/v1/console-config`` to ``app``, and point
-    quart-schema's Swagger UI at the vendored files."""
+    """Add ``/``, ``/docs``, ``/console/<name>`` and ``/api/v1/console-config`` to ``app``."""
     folder = _files()
     served = {path.name for path in folder.iterdir() if path.is_file()}
-    app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = f"{ASSETS}/{SWAGGER_JS}"
-    app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = f"{ASSETS}/{SWAGGER_CSS}"
+
+    async def page(name: str) -> Response:
+        response = await send_file(folder / name, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_POLICY.format(host=request.host)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
     @app.get("/")
     @hide
     async def console_page() -> Response:
-        response = await send_file(folder / "index.html", mimetype="text/html")
-        host = request.host
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            f"connect-src 'self' ws://{host} wss://{host}; base-uri 'none'; "
-            "form-action 'none'; frame-ancestors 'none'")
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+        return await page("index.html")
+
+    @app.get("/docs")
+    @hide
+    async def reference_page() -> Response:
+        return await page("reference.html")
 
     @app.get(f"{ASSETS}/<name>")
     @hide
