@@ -13,6 +13,10 @@ Supervision policy:
   in progress (graceful timeout), then the other actors are cancelled together (the CLI gives
   the whole stop a deadline). A shutdown before the gateway is ready abandons the start.
   Work already committed but not yet published is recovered by the outbox at the next start.
+- The MQTT sessions of gateway processes that are gone for good are drained through
+  ``Running.drains`` (actors/session_drain.py): ``drains.drain`` is the hook a process registry
+  calls with a dead process's client id, in its own task; it hands what that session held to
+  the inbound consumer, whose acks go through ``drains.ack``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from actors.ledger import Ledger
 from actors.metrics import GatewayMetrics, LiveGauges
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
+from actors.session_drain import SessionDrains
 from actors.webhooks import WebhookActor
 from kosmo import wire
 from kosmo.config import Settings
@@ -67,16 +72,24 @@ class Running:
     webhooks: WebhookActor
     metrics: GatewayMetrics
     metrics_binds: list[str]  # empty unless KOSMO_METRICS_BIND is set
+    drains: SessionDrains  # drains.drain(client_id): a dead process's session, drained
+
+
+def stored_topics(settings: Settings) -> list[str]:
+    """The topic filters of reports, replies and nodes heard: each message is stored once in
+    the database all gateway processes share, so any process may take it."""
+    root = settings.mqtt_topic_root
+    return [wire.status_topic(root), wire.inbound_topic(root), wire.heard_topic(root)]
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
     """What the gateway consumes. Reports, replies and nodes heard may be shared among gateway
-    processes (each is stored once in the database they share); bridge states are retained
-    messages, which shared subscriptions do not deliver."""
-    root, group = settings.mqtt_topic_root, settings.mqtt_shared_group
+    processes (``stored_topics``); bridge states are retained messages, which shared
+    subscriptions do not deliver."""
+    group = settings.mqtt_shared_group
     shared = f"$share/{group}/" if group else ""
-    return [(shared + wire.status_topic(root), 1), (shared + wire.inbound_topic(root), 1),
-            (shared + wire.heard_topic(root), 1), (wire.bridge_state_topic(root), 1)]
+    return [(shared + topic, 1) for topic in stored_topics(settings)] + [
+        (wire.bridge_state_topic(settings.mqtt_topic_root), 1)]
 
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,
@@ -103,6 +116,9 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id,
                              subscriptions=subscriptions(settings), inbound=received_send)
             await infra.start(mqtt.run)
+            drains = SessionDrains(settings.mqtt_url, mqtt, received_send.clone(),
+                                   stored=stored_topics(settings),
+                                   subscriptions=[t for t, _ in subscriptions(settings)])
             events = EventBus()
             await infra.start(events.run)
             feed = EventFeed(db, events, settings.database_url)
@@ -131,7 +147,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             await infra.start(webhooks.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,
-                thread_window=settings.thread_window, ack=mqtt.ack, events=events,
+                thread_window=settings.thread_window, ack=drains.ack, events=events,
                 bridge_changed=dispatcher.bridge_state, settled=dispatcher.settled,
                 heard=dispatcher.heard, metrics=metrics)
             await infra.start(consumer.run, received)
@@ -167,7 +183,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 log.info("gateway listening on %s", ", ".join(binds))
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
                                             outbox, events, consumer, expiry, webhooks,
-                                            metrics, metrics_binds))
+                                            metrics, metrics_binds, drains))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:
