@@ -157,6 +157,8 @@ async def test_own_client_id_is_refused(gateway: Gateway, settings: Settings):
 async def test_broker_away_during_a_drain_fails_clearly_and_loses_nothing(
         nursery: trio.Nursery, shared: Settings, private_broker: Broker, sql, topic_root: str,
         caplog: pytest.LogCaptureFixture):
+    if not private_broker.durable:
+        pytest.skip("the session must survive the broker's restart (mosquitto persists it)")
     endpoint = MqttEndpoint.from_url(private_broker.url)
     settings = shared.replace(mqtt_url=endpoint)
     dead = f"dead-{topic_root}"
@@ -180,6 +182,40 @@ async def test_broker_away_during_a_drain_fails_clearly_and_loses_nothing(
             await gateway.running.mqtt.wait_connected()
             assert await gateway.running.drains.drain(dead, quiet=QUIET, within=10) > 0
             await wait_for(lambda: all(status_of(sql, m) == "delivered" for m in ids))
+            assert not await trio.to_thread.run_sync(session_present, endpoint, dead)
+    finally:
+        bridge.close()
+
+
+async def test_a_broker_restart_in_the_middle_of_a_drain_is_waited_for(
+        nursery: trio.Nursery, shared: Settings, private_broker: Broker, sql, topic_root: str,
+        caplog: pytest.LogCaptureFixture):
+    if not private_broker.durable:
+        pytest.skip("the session must survive the broker's restart (mosquitto persists it)")
+    endpoint = MqttEndpoint.from_url(private_broker.url)
+    settings = shared.replace(mqtt_url=endpoint)
+    dead = f"dead-{topic_root}"
+    await trio.to_thread.run_sync(strand_session, endpoint, dead, subscriptions(settings))
+    bridge = FakeBridgeLink(private_broker.url, topic_root)
+    try:
+        bridge.state("online", {"credit": 100_000, "min_gap_s": 0.0})
+        async with start_gateway(nursery, settings) as gateway:
+            ids = [await queued_message(gateway, sql, f"m{i}") for i in range(8)]
+            for mid in ids:
+                bridge.status(mid, "delivered")
+            handed: list[int] = []
+
+            async def drain() -> None:
+                handed.append(await gateway.running.drains.drain(dead, quiet=0.5, within=30))
+
+            async with trio.open_nursery() as draining:
+                draining.start_soon(drain)
+                await wait_for(lambda: f"as '{dead}' (epoch 1)" in caplog.text)
+                await trio.to_thread.run_sync(private_broker.stop)
+                await trio.to_thread.run_sync(private_broker.start)
+            assert handed[0] > 0
+            await wait_for(lambda: all(status_of(sql, m) == "delivered" for m in ids))
+            assert [delivered_rows(sql, m) for m in ids] == [1] * len(ids)
             assert not await trio.to_thread.run_sync(session_present, endpoint, dead)
     finally:
         bridge.close()
