@@ -186,7 +186,9 @@ class SessionDrains:
         if client_id == self._own.client_id:
             raise ValueError(f"{client_id!r} is this process's own MQTT session")
         if client_id in self._running:
-            raise DrainFailed(f"the MQTT session {client_id!r} is being drained already")
+            busy = DrainFailed(f"the MQTT session {client_id!r} is being drained already")
+            log.warning("%s", busy)
+            raise busy
         drain = self._running[client_id] = SessionDrain(
             self._endpoint, client_id, deliver=self._inbound.send, stored=self._stored,
             unsubscribe=self._subscriptions, quiet=self._quiet if quiet is None else quiet,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import paho.mqtt.client as paho
 import pytest
@@ -152,6 +153,15 @@ async def test_an_empty_or_absent_session_drains_at_once(
 async def test_own_client_id_is_refused(gateway: Gateway, settings: Settings):
     with pytest.raises(ValueError, match="own MQTT session"):
         await gateway.running.drains.drain(settings.mqtt_client_id)
+
+
+async def test_a_second_drain_of_one_session_meanwhile_is_refused(
+        gateway: Gateway, dead_id: str, caplog: pytest.LogCaptureFixture):
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(gateway.running.drains.drain, dead_id, quiet=QUIET, within=10))
+        await wait_for(lambda: f"as '{dead_id}' (epoch 1)" in caplog.text)
+        with pytest.raises(DrainFailed, match="being drained already"):
+            await gateway.running.drains.drain(dead_id)
 
 
 async def test_broker_away_during_a_drain_fails_clearly_and_loses_nothing(
