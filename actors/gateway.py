@@ -16,7 +16,8 @@ Supervision policy:
 - The MQTT sessions of gateway processes that are gone for good are drained through
   ``Running.drains`` (actors/session_drain.py): ``drains.drain`` is the hook a process registry
   calls with a dead process's client id, in its own task; it hands what that session held to
-  the inbound consumer, whose acks go through ``drains.ack``.
+  the inbound consumer, whose acks go through ``drains.ack``. Start such a caller after the
+  inbound consumer: until the consumer runs, a drain waits (and fails at its time bound).
 """
 
 from __future__ import annotations
