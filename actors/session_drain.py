@@ -4,8 +4,8 @@ Why: a persistent session that holds a shared subscription keeps getting its tur
 group's messages while its client is offline (mosquitto 2.0.11, measured: strict round robin
 over the group's sessions, connected or not; docs/reliability.md). The session of a process
 that never comes back would swallow its share of the reports, replies and nodes heard for ever,
-and past the broker's queue limit drop them. The process registry calls ``SessionDrains.drain``
-with the dead process's client id; this module takes what the session holds and deletes it.
+and past the broker's queue limit drop them. The stranded-sessions actor (actors/stranded.py) calls
+``SessionDrains.drain`` with a gone process's client id; this module takes what the session holds and deletes it.
 
 Rules
 - A drain connects as the dead process's client id (clean_session=False, an ``MqttActor`` with
@@ -156,7 +156,7 @@ class SessionDrain:
 
 
 class SessionDrains:
-    """A gateway's drains: ``drain`` is the process registry's ``on_dead(client_id)`` hook,
+    """A gateway's drains: ``drain`` is what actors/stranded.py calls for a gone process,
     ``ack`` the inbound consumer's ack path (for this process's messages and drained ones)."""
 
     def __init__(self, endpoint: MqttEndpoint, own: MqttActor,

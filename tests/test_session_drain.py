@@ -229,3 +229,38 @@ async def test_a_broker_restart_in_the_middle_of_a_drain_is_waited_for(
             assert not await trio.to_thread.run_sync(session_present, endpoint, dead)
     finally:
         bridge.close()
+
+
+async def test_a_dead_process_found_by_the_membership_has_its_session_drained(
+        nursery: trio.Nursery, shared: Settings, dead_id: str, sql, mqtt_url: str,
+        topic_root: str, monkeypatch: pytest.MonkeyPatch):
+    """The whole path: a process row goes stale, a live gateway buries it, and its own
+    stranded-sessions actor drains what the dead process's session held."""
+    monkeypatch.setattr("actors.stranded.GRACE", 0.2)
+    endpoint = MqttEndpoint.from_url(mqtt_url)
+    await trio.to_thread.run_sync(strand_session, endpoint, dead_id, subscriptions(shared))
+    sql.execute("INSERT INTO gateway_processes VALUES (%s, %s, 'h', 1, now(),"
+                " now() - interval '1 hour')", (uuid.uuid4(), dead_id))
+    bridge = FakeBridgeLink(mqtt_url, topic_root)
+    try:
+        async with start_gateway(nursery, shared) as gateway:
+            ids = [await queued_message(gateway, sql, f"m{i}") for i in range(10)]
+            for mid in ids:  # about half of them wait in the dead session
+                bridge.status(mid, "delivered")
+            await wait_for(lambda: gateway.running.stranded.drained == [dead_id], timeout=20)
+            await wait_for(lambda: all(status_of(sql, m) == "delivered" for m in ids))
+            assert [delivered_rows(sql, m) for m in ids] == [1] * len(ids)
+            assert db_value(sql, "SELECT count(*) FROM stranded_sessions") == 0
+            assert not await trio.to_thread.run_sync(session_present, endpoint, dead_id)
+    finally:
+        bridge.close()
+
+
+async def test_a_session_whose_process_came_back_is_not_drained(
+        nursery: trio.Nursery, settings: Settings, sql, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("actors.stranded.GRACE", 0.0)
+    async with start_gateway(nursery, settings) as gateway:
+        sql.execute("INSERT INTO stranded_sessions (client_id, since)"
+                    " VALUES (%s, now() - interval '1 hour')", (settings.mqtt_client_id,))
+        await wait_for(lambda: db_value(sql, "SELECT count(*) FROM stranded_sessions") == 0)
+        assert gateway.running.stranded.drained == []
