@@ -4,8 +4,9 @@ Why: a persistent session that holds a shared subscription keeps getting its tur
 group's messages while its client is offline (mosquitto 2.0.11, measured: strict round robin
 over the group's sessions, connected or not; docs/reliability.md). The session of a process
 that never comes back would swallow its share of the reports, replies and nodes heard for ever,
-and past the broker's queue limit drop them. The stranded-sessions actor (actors/stranded.py) calls
-``SessionDrains.drain`` with a gone process's client id; this module takes what the session holds and deletes it.
+and past the broker's queue limit drop them. The stranded-sessions actor (actors/stranded.py)
+calls ``SessionDrains.drain`` with a gone process's client id; this module takes what the
+session holds and deletes it.
 
 Rules
 - A drain connects as the dead process's client id (clean_session=False, an ``MqttActor`` with
