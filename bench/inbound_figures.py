@@ -19,6 +19,7 @@ class Step:
     kind: str  # inbound | status | void
     rate: float
     seconds: float
+    layout: str = "one"  # one: streams on the writing gateway; two, base: on a second one
     published: int = 0
     acked: int = 0
     persisted: int = 0
@@ -53,8 +54,16 @@ class Step:
 
     @property
     def cpu_ms(self) -> float:
-        """Gateway CPU per persisted item, ms."""
+        """Gateway CPU per persisted item, ms (the writing gateway)."""
         return 10 * self.cpu.get("gateway", math.nan) / self.window_rate if self.window_rate \
+            else math.nan
+
+    @property
+    def holder_cpu_ms(self) -> float:
+        """CPU of the gateway holding the streams per persisted item, ms."""
+        if self.layout == "one":
+            return self.cpu_ms
+        return 10 * self.cpu.get("holder", math.nan) / self.window_rate if self.window_rate \
             else math.nan
 
 
@@ -69,6 +78,7 @@ class Connected:
     rss_loaded: int = 0
     rss_after: int = 0
     restarted: bool = False  # the gateway was restarted meanwhile: no later RSS figures
+    layout: str = "one"
 
 
 @dataclass
@@ -85,7 +95,8 @@ class Results:
 
 def median_step(steps: list[Step]) -> Step:
     med = statistics.median
-    m = Step(0, steps[0].clients, steps[0].kind, steps[0].rate, steps[0].seconds)
+    m = Step(0, steps[0].clients, steps[0].kind, steps[0].rate, steps[0].seconds,
+             steps[0].layout)
     m.published = round(med(s.published for s in steps))
     m.acked = round(med(s.acked for s in steps))
     m.persisted = round(med(s.persisted for s in steps))
