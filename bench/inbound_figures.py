@@ -32,6 +32,8 @@ class Step:
     ws_p50: float = math.nan
     ws_p99: float = math.nan
     ws_max: float = math.nan
+    fan_p50: float = math.nan  # visible in the database -> received on the stream
+    fan_p99: float = math.nan
     pickup_p50: float = math.nan  # scheduled publish -> the consumer took it (created_at)
     ws_expected: int = 0
     ws_received: int = 0
@@ -104,7 +106,8 @@ def median_step(steps: list[Step]) -> Step:
     drains = [s.drain_s for s in steps if s.drain_s is not None]
     m.drain_s = med(drains) if len(drains) == len(steps) else None
     m.undrained = len(steps) - len(drains)
-    for name in ("window_rate", "db_p50", "db_p99", "ws_p50", "ws_p99", "ws_max", "pickup_p50",
+    for name in ("window_rate", "db_p50", "db_p99", "ws_p50", "ws_p99", "ws_max", "fan_p50",
+                 "fan_p99", "pickup_p50",
                  "pub_lag_p99"):
         values = [getattr(s, name) for s in steps if not math.isnan(getattr(s, name))]
         setattr(m, name, med(values) if values else math.nan)

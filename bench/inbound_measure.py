@@ -189,6 +189,9 @@ class Bench:
         step.ws_received = len(ws)
         step.ws_p50, step.ws_p99 = percentile(ws, 50), percentile(ws, 99)
         step.ws_max = max(ws, default=math.nan)
+        # visible in the database -> received on the stream: the stream side alone
+        after = [1000 * (received[k] - at(seen[k])) for k in expected if k in received]
+        step.fan_p50, step.fan_p99 = percentile(after, 50), percentile(after, 99)
         return step
 
     async def connect_clients(self, count: int, round_: int) -> Connected:
@@ -223,7 +226,8 @@ class Bench:
                 drain = ("stalled" if step.stalled else "timeout" if step.drain_s is None
                          else f"{step.drain_s:.1f} s")
                 say(f"  persisted {step.window_rate:.0f}/s, drain {drain}, "
-                    f"db p99 {step.db_p99:.0f} ms, ws p99 {step.ws_p99:.0f} ms "
+                    f"db p99 {step.db_p99:.0f} ms, ws p99 {step.ws_p99:.0f} ms, db>ws p99 "
+                    f"{step.fan_p99:.0f} ms "
                     f"({step.ws_received}/{step.ws_expected}), gateway "
                     f"{step.cpu['gateway']:.0f}%, holder {step.cpu['holder']:.0f}%, machine "
                     f"{step.cpu['machine']:.0f}%")

@@ -27,7 +27,7 @@ def fmt(value: float, digits: int = 0) -> str:
 HEAD = (f"{'round':<6}{'lay':<5}{'streams':>8} {'kind':<8}{'offered':>8}{'pub/s':>7}"
         f"{'persist/s':>10}"
         f"{'drain s':>9}{'db p50':>7}{'db p99':>7}{'ws p50':>7}{'ws p99':>7}{'ws max':>7}"
-        f"{'pickup':>7}{'lost':>6}{'ws miss':>8}{'lag99':>6}"
+        f"{'db>ws50':>8}{'db>ws99':>8}{'pickup':>7}{'lost':>6}{'ws miss':>8}{'lag99':>6}"
         f"{'gw':>5}{'main':>5}{'hold':>5}{'hmain':>6}{'pg':>5}{'pub':>5}{'ws':>5}{'mqtt':>5}{'all':>5}{'ms/it':>6}")
 
 
@@ -41,7 +41,8 @@ def row(label: str, s: Step) -> str:
     return (f"{label:<6}{s.layout:<5}{s.clients:>8} {s.kind:<8}{s.rate:>8.0f}"
             f"{s.published / s.seconds:>7.0f}"
             f"{fmt(s.window_rate):>10}{drain:>9}{fmt(s.db_p50):>7}{fmt(s.db_p99):>7}"
-            f"{fmt(s.ws_p50):>7}{fmt(s.ws_p99):>7}{fmt(s.ws_max):>7}{fmt(s.pickup_p50):>7}"
+            f"{fmt(s.ws_p50):>7}{fmt(s.ws_p99):>7}{fmt(s.ws_max):>7}"
+            f"{fmt(s.fan_p50):>8}{fmt(s.fan_p99):>8}{fmt(s.pickup_p50):>7}"
             f"{s.lost:>6}{miss:>8}{fmt(s.pub_lag_p99):>6}"
             f"{fmt(c['gateway']):>5}{fmt(c['main']):>5}{fmt(c['holder']):>5}"
             f"{fmt(c['holder_main']):>6}{fmt(c['postgres']):>5}"
@@ -88,9 +89,10 @@ def report(args: argparse.Namespace, results: Results) -> str:
           f"{k.rss_connected / 1024:>10.0f}{later[0]:>10}{later[1]:>7}{per:>11.1f}"
           f"{later[2]:>8}")
     w("")
-    w("steps (latency in ms from the scheduled publish; CPU in % of one core: gw/main the "
-      "writing gateway and its Trio thread, hold/hmain the second gateway holding the "
-      "streams):")
+    w("steps (latency in ms from the scheduled publish; db>ws50/99: from visible in the "
+      "database (polled) to received on the stream, the stream side alone; CPU in % of one "
+      "core: gw/main the writing gateway and its Trio thread, hold/hmain the second gateway "
+      "holding the streams):")
     w(HEAD)
     for s in results.steps:
         w(row(str(s.round), s))
