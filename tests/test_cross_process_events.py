@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
+import psycopg
 import pytest
 import trio
 
@@ -18,7 +19,7 @@ from actors import event_feed
 from actors.events import EventBus
 from kosmo.config import Settings
 from kosmo.db import Database
-from kosmo.events import encode_event_id
+from kosmo.events import encode_event_id, events_after
 from tests.conftest import SANCTUARY, WANDERER, Gateway, db_value, start_gateway
 from tests.test_stream import connect, events, sent, wait_until
 
@@ -160,3 +161,23 @@ async def test_a_process_without_streams_reads_no_events_back(nursery, settings,
             mine.cancel_scope.cancel()
     finally:
         await db.close()
+
+
+async def test_the_feed_reads_the_history_by_index_and_leaves_the_planner_as_it_was(
+        gateway, database_url):
+    """A fresh database has no statistics: planned from them, the read after a cursor scanned
+    the whole history and every message. It must look rows up by index, and give the caller's
+    transaction its planner settings back."""
+    for i in range(3):
+        await sent(gateway, WANDERER, text=f"m{i}")
+    with psycopg.connect(database_url) as conn:  # one transaction, as Database.run gives
+        found, last = events_after(conn, 0, 1000)
+        scans = dict(conn.execute(
+            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables"
+            " WHERE relname IN ('messages', 'message_status_history')").fetchall())
+        settings_after = [conn.execute(f"SHOW {name}").fetchone() for name in (
+            "enable_seqscan", "enable_hashjoin", "enable_mergejoin")]
+    assert len(found) >= 3
+    assert last >= int(found[-1].event_id)
+    assert scans == {"messages": 0, "message_status_history": 0}
+    assert settings_after == [("on",)] * 3
