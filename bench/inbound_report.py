@@ -28,7 +28,8 @@ HEAD = (f"{'round':<6}{'lay':<5}{'streams':>8} {'kind':<8}{'offered':>8}{'pub/s'
         f"{'persist/s':>10}"
         f"{'drain s':>9}{'db p50':>7}{'db p99':>7}{'ws p50':>7}{'ws p99':>7}{'ws max':>7}"
         f"{'db>ws50':>8}{'db>ws99':>8}{'pickup':>7}{'lost':>6}{'ws miss':>8}{'lag99':>6}"
-        f"{'gw':>5}{'main':>5}{'hold':>5}{'hmain':>6}{'pg':>5}{'pub':>5}{'ws':>5}{'mqtt':>5}{'all':>5}{'ms/it':>6}")
+        f"{'gw':>5}{'main':>5}{'hold':>5}{'hmain':>6}{'pg':>5}{'pub':>5}{'ws':>5}{'mqtt':>5}{'all':>5}"
+        f"{'ms/it':>6}{'h ms/it':>8}")
 
 
 def row(label: str, s: Step) -> str:
@@ -47,7 +48,8 @@ def row(label: str, s: Step) -> str:
             f"{fmt(c['gateway']):>5}{fmt(c['main']):>5}{fmt(c['holder']):>5}"
             f"{fmt(c['holder_main']):>6}{fmt(c['postgres']):>5}"
             f"{fmt(c['publishers']):>5}{fmt(c['clients']):>5}{fmt(c['broker']):>5}"
-            f"{fmt(c['machine']):>5}{fmt(s.cpu_ms, 2):>6}")
+            f"{fmt(c['machine']):>5}{fmt(s.cpu_ms, 2):>6}"
+            f"{fmt(s.holder_cpu_ms if s.layout != 'one' else math.nan, 2):>8}")
 
 
 def report(args: argparse.Namespace, results: Results) -> str:
@@ -92,7 +94,8 @@ def report(args: argparse.Namespace, results: Results) -> str:
     w("steps (latency in ms from the scheduled publish; db>ws50/99: from visible in the "
       "database (polled) to received on the stream, the stream side alone; CPU in % of one "
       "core: gw/main the writing gateway and its Trio thread, hold/hmain the second gateway "
-      "holding the streams):")
+      "holding the streams; ms/it and h ms/it: CPU of the writing and of the stream-holding "
+      "gateway per persisted item):")
     w(HEAD)
     for s in results.steps:
         w(row(str(s.round), s))
