@@ -6,7 +6,13 @@ What it does, in one run (see bench/README.md for how to read the figures):
    so that every reply from that node is threaded to that user ("most recent sender" rule) and
    every delivery report names an existing message. Starts an MQTT broker of its own with the
    settings ``kosmo up`` uses (or uses ``--mqtt-url``) and the gateway (``kosmo gateway``,
-   header auth, a private topic root and client id), one process each.
+   header auth, a private topic root and client id), one process each. ``--layouts`` says who
+   holds the streams: ``one``, that gateway, which also consumes the MQTT messages and writes
+   the events; ``two``, a second ``kosmo gateway`` on the same database and broker, started for
+   that configuration, with a topic root of its own so that it subscribes only to topics nobody
+   publishes and consumes nothing: every event reaches it through PostgreSQL (NOTIFY and its
+   event feed), as across the processes of a deployment; ``base``, the same with the second
+   gateway running ``--baseline-cmd`` (another checkout: a before/after in one run).
 2. Publisher processes (``bench/mesh_publisher.py``, paho, QoS 1) offer load open loop: item i
    of a step is due at t0 + i/rate whatever happened before. First their own ceiling (to a
    topic nobody reads), then, for each number of websocket clients in ``--clients`` (client
