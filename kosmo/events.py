@@ -106,8 +106,8 @@ def events_after(conn: psycopg.Connection[Any], after: int,
     # Index lookups only: the history's primary key from ``after``, then each row's message.
     # Planned from the statistics, this read became a sequential scan of the whole history
     # and a hash of every message whenever they lagged the tables (a fresh database has none;
-    # a burst outgrows them), 20 ms and growing with the tables instead of under 1 ms. The
-    # caller's transaction gets the planner's settings back.
+    # a burst outgrows them): 12-22 ms per read with 10,000 rows, growing with the tables,
+    # against 0.6 ms. The caller's transaction gets the planner's settings back.
     conn.execute(_INDEX_ONLY)
     rows = conn.execute(f"""
         SELECT h.note, h.user_id, {_AT_EVENT}
