@@ -182,6 +182,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> str:
     args.code = source_version()
+    args.load_start = os.getloadavg()
     tag = secrets.token_hex(4)
     topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
     args.topic_root = topic_root
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> str:
             results.totals = dict(zip(("replies stored", "replies unthreaded",
                                        "messages delivered", "dead letters"), row_,
                                       strict=True))
+        args.load_end = os.getloadavg()
         results.log_problems = [problem for log in sorted(logs.glob("gateway*.log"))
                                 for problem in log_problems(log)]
         return report(args, results)

@@ -52,11 +52,26 @@ def row(label: str, s: Step) -> str:
             f"{fmt(s.holder_cpu_ms if s.layout != 'one' else math.nan, 2):>8}")
 
 
+def autogroup() -> str:
+    """What a process started in its own session gets of the CPU, on Linux."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            on = f.read().strip() == "1"
+    except OSError:
+        return "scheduler autogroup unknown"
+    return ("scheduler autogroup on: each busy session (every gateway and client process here) "
+            "gets an equal share of the CPU, whatever its nice value" if on
+            else "scheduler autogroup off")
+
+
 def report(args: argparse.Namespace, results: Results) -> str:
     out: list[str] = []
     w = out.append
     w(f"KosmoConnect inbound benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
       f"Python {sys.version.split()[0]}, code {args.code}")
+    w(f"machine: load average {' '.join(f'{x:.2f}' for x in args.load_start)} at the start, "
+      f"{' '.join(f'{x:.2f}' for x in args.load_end)} at the end (1, 5, 15 min); "
+      f"{autogroup()}")
     w(f"broker: {args.broker_label}; {args.publishers} publisher processes (QoS 1); "
       f"{args.users} users, one node each; streams: {', '.join(map(str, args.clients))} "
       f"(up to {args.per_process} per client process); {args.rounds} rounds x {args.seconds:g} s "
