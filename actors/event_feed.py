@@ -25,13 +25,13 @@ Rules:
   backoff (``RETRY_FIRST`` doubling up to ``RETRY_MAX`` seconds), LISTENs again and then reads
   everything after the cursor, so the events of the outage are delivered late, never lost. A
   failed read is retried after a pause; the cursor only moves once the bus has the events.
-- The cursor starts at the last committed id when the feed starts: streams replay the history
-  before that themselves (``since``).
 - While no stream is subscribed to the bus, the feed moves the cursor to the largest id it was
   told about without reading the rows: those events were committed before any subscription
   yet to come returns, so none is owed to it live (a stream resuming with ``since`` replays
   them from the database after subscribing). A process that writes events but holds no
   streams reads nothing back.
+- The cursor starts at the last committed id when the feed starts: streams replay the history
+  before that themselves (``since``).
 """
 
 from __future__ import annotations
