@@ -25,6 +25,11 @@ Rules:
   backoff (``RETRY_FIRST`` doubling up to ``RETRY_MAX`` seconds), LISTENs again and then reads
   everything after the cursor, so the events of the outage are delivered late, never lost. A
   failed read is retried after a pause; the cursor only moves once the bus has the events.
+- While no stream is subscribed to the bus, the feed moves the cursor to the largest id it was
+  told about without reading the rows: those events were committed before any subscription
+  yet to come returns, so none is owed to it live (a stream resuming with ``since`` replays
+  them from the database after subscribing). A process that writes events but holds no
+  streams reads nothing back.
 - The cursor starts at the last committed id when the feed starts: streams replay the history
   before that themselves (``since``).
 - The same connection listens on ``kosmo.dispatch_store.DISPATCH_CHANNEL`` for the dispatcher:
@@ -69,6 +74,7 @@ class EventFeed:
         self._target = 0  # the largest history id known to be committed
         self._woken = trio.Event()
         self.reads = 0
+        self.passed = 0  # times the cursor moved without a read: no stream was subscribed
         self.listening = False  # the listener holds a LISTENing connection
         self.reconnects = 0
 
@@ -98,6 +104,13 @@ class EventFeed:
             await self._woken.wait()
             self._woken = trio.Event()
             while self._cursor < self._target:
+                if not self._bus.listened:
+                    # No stream to read for: events committed so far precede every
+                    # subscription yet to come (which replays with ``since``).
+                    self._cursor = self._target
+                    self.passed += 1
+                    self._bus.passed_over()
+                    break
                 try:
                     events, last = await self._db.run(events_after, self._cursor, self._page)
                 except DatabaseUnavailable as exc:

@@ -79,6 +79,17 @@ class EventBus:
         if events:
             await self._send.send(events)
 
+    @property
+    def listened(self) -> bool:
+        """Some stream is subscribed: one whose ``subscribe`` has returned is counted."""
+        return bool(self._by_user)
+
+    def passed_over(self) -> None:
+        """The feed moved past committed events without reading them (no stream was
+        subscribed): tell the ``on_written`` listeners as ``deliver`` would."""
+        for notify in self._written:
+            notify()
+
     def on_written(self, notify: Callable[[], None]) -> None:
         """``notify()`` after each batch of committed events reaches the bus, from any process
         when a feed is attached (it must not block: the webhook actor only sets its wake-up)."""

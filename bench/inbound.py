@@ -6,7 +6,13 @@ What it does, in one run (see bench/README.md for how to read the figures):
    so that every reply from that node is threaded to that user ("most recent sender" rule) and
    every delivery report names an existing message. Starts an MQTT broker of its own with the
    settings ``kosmo up`` uses (or uses ``--mqtt-url``) and the gateway (``kosmo gateway``,
-   header auth, a private topic root and client id), one process each.
+   header auth, a private topic root and client id), one process each. ``--layouts`` says who
+   holds the streams: ``one``, that gateway, which also consumes the MQTT messages and writes
+   the events; ``two``, a second ``kosmo gateway`` on the same database and broker, started for
+   that configuration, with a topic root of its own so that it subscribes only to topics nobody
+   publishes and consumes nothing: every event reaches it through PostgreSQL (NOTIFY and its
+   event feed), as across the processes of a deployment; ``base``, the same with the second
+   gateway running ``--baseline-cmd`` (another checkout: a before/after in one run).
 2. Publisher processes (``bench/mesh_publisher.py``, paho, QoS 1) offer load open loop: item i
    of a step is due at t0 + i/rate whatever happened before. First their own ceiling (to a
    topic nobody reads), then, for each number of websocket clients in ``--clients`` (client
@@ -64,8 +70,11 @@ from servers import BIN, bench_database, forget_mqtt_session, free_port, gateway
 
 
 def rates(text: str) -> list[float]:
+    """Positive rates, comma-separated; ``none`` (or nothing): no step of that kind."""
+    if text.strip().lower() in ("", "none"):
+        return []
     values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or any(v <= 0 for v in values):
+    if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError("a comma-separated list of positive rates")
     return values
 
@@ -77,6 +86,16 @@ def counts(text: str) -> list[int]:
     return values
 
 
+LAYOUTS = ("one", "two", "base")
+
+
+def layouts(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in LAYOUTS for v in values):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(LAYOUTS)}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Replies and delivery reports from the mesh: MQTT -> database -> websocket.")
@@ -84,11 +103,22 @@ def main() -> None:
                         help="reply rates offered, msg/s, upward until one is not sustained "
                              "(default 500,1000,1500,2000,3000,4000)")
     parser.add_argument("--status-rates", type=rates, default=rates("500,1000,2000,3000"),
-                        help="delivery-report rates offered, msg/s, likewise "
-                             "(default 500,1000,2000,3000)")
+                        help="delivery-report rates offered, msg/s, likewise; 'none': no "
+                             "report steps (default 500,1000,2000,3000)")
     parser.add_argument("--clients", type=counts, default=counts("100,1000"),
                         help="websocket streams connected, one configuration per entry, "
                              "alternating (default 100,1000)")
+    parser.add_argument("--layouts", type=layouts, default=layouts("one,two"),
+                        help="where the streams are held, one configuration per entry, "
+                             "alternating: 'one' on the gateway that consumes the MQTT "
+                             "messages and writes the events; 'two' on a second gateway "
+                             "process on the same database that consumes nothing (events "
+                             "reach it through PostgreSQL); 'base' like 'two', the second "
+                             "gateway running --baseline-cmd (default one,two)")
+    parser.add_argument("--baseline-cmd", default=None,
+                        help="the stream-holding gateway of layout 'base', e.g. another "
+                             "checkout: 'env PYTHONPATH=/tmp/base .venv/bin/python -m kosmo "
+                             "gateway'")
     parser.add_argument("--users", type=int, default=None,
                         help="synthetic users, one node each (default: the largest --clients)")
     parser.add_argument("--per-process", type=int, default=500,
@@ -126,6 +156,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.seconds < 2 or args.publishers < 1 or args.per_process < 1:
         parser.error("need --rounds >= 1, --seconds >= 2, --publishers >= 1, --per-process >= 1")
+    if not args.rates and not args.status_rates:
+        parser.error("give --rates or --status-rates")
+    if "base" in args.layouts and not args.baseline_cmd:
+        parser.error("layout 'base' needs --baseline-cmd")
     args.users = args.users or max(max(args.clients), 1)
     if args.users < max(args.clients):
         parser.error("--users must be at least the largest --clients (one user per stream)")
@@ -138,7 +172,7 @@ def main() -> None:
         parser.error("mosquitto is not installed: give --mqtt-url")
     # A run's whole length, bounded: each helper exits by itself after this.
     steps = len(args.rates) + len(args.status_rates)
-    args.max_seconds = 600 + args.rounds * len(args.clients) * steps * (
+    args.max_seconds = 600 + args.rounds * len(args.layouts) * len(args.clients) * steps * (
         args.seconds + args.drain_timeout + 70)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -148,6 +182,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> str:
     args.code = source_version()
+    args.load_start = os.getloadavg()
     tag = secrets.token_hex(4)
     topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
     args.topic_root = topic_root
@@ -162,7 +197,8 @@ def run(args: argparse.Namespace) -> str:
         db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
         env = gateway_env(db_url, mqtt_url, topic_root, client_id)
         status_items = sum(int(r * args.seconds) + 1 for r in args.status_rates)
-        messages = max(args.users, (args.rounds * len(args.clients) * status_items
+        messages = max(args.users, (args.rounds * len(args.layouts) * len(args.clients)
+                                    * status_items
                                     + (int(args.profile_rate * args.seconds) if args.profile
                                        else 0)) // 2 + 16)
         say(f"adding {args.users} users and {messages} outbound messages")
@@ -175,12 +211,28 @@ def run(args: argparse.Namespace) -> str:
                                  args.gateway_url, mqtt_url, client_id)
         stack.callback(gateway.stop)
         gateway.start()
+        streams = {}  # layout -> the second gateway holding the streams, started per config
+        for layout in args.layouts:
+            if layout == "one":
+                continue
+            port2, id2 = free_port(), f"{client_id}-{layout}"
+            # Its own topic root: it subscribes only to topics nobody publishes, so it
+            # consumes no reply and no report; every event reaches it through PostgreSQL.
+            env2 = dict(env, KOSMO_HTTP_BIND=f"127.0.0.1:{port2}", KOSMO_MQTT_CLIENT_ID=id2,
+                        KOSMO_MQTT_TOPIC_ROOT=f"{topic_root}-{layout}")
+            cmd = args.baseline_cmd if layout == "base" else args.gateway_cmd
+            streams[layout] = GatewayProcess(shlex.split(cmd), env2,
+                                             logs / f"gateway-{layout}.log",
+                                             f"http://127.0.0.1:{port2}", mqtt_url, id2)
+            stack.callback(forget_mqtt_session, mqtt_url, id2)
+            stack.callback(streams[layout].stop)
         poller = Poller(db_url, args.poll_ms / 1000)
         thread = threading.Thread(target=poller.run, args=(
             time.monotonic() + args.max_seconds,), name="db-poller", daemon=True)
         thread.start()
         try:
-            results = trio.run(Bench(args, gateway, broker_pid, db_url, poller).run)
+            results = trio.run(Bench(args, gateway, streams, broker_pid, db_url,
+                                          poller).run)
         finally:
             poller.stop.set()
             thread.join(timeout=10)
@@ -197,7 +249,9 @@ def run(args: argparse.Namespace) -> str:
             results.totals = dict(zip(("replies stored", "replies unthreaded",
                                        "messages delivered", "dead letters"), row_,
                                       strict=True))
-        results.log_problems = log_problems(logs / "gateway.log")
+        args.load_end = os.getloadavg()
+        results.log_problems = [problem for log in sorted(logs.glob("gateway*.log"))
+                                for problem in log_problems(log)]
         return report(args, results)
 
 

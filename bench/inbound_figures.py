@@ -19,6 +19,7 @@ class Step:
     kind: str  # inbound | status | void
     rate: float
     seconds: float
+    layout: str = "one"  # one: streams on the writing gateway; two, base: on a second one
     published: int = 0
     acked: int = 0
     persisted: int = 0
@@ -31,6 +32,8 @@ class Step:
     ws_p50: float = math.nan
     ws_p99: float = math.nan
     ws_max: float = math.nan
+    fan_p50: float = math.nan  # visible in the database -> received on the stream
+    fan_p99: float = math.nan
     pickup_p50: float = math.nan  # scheduled publish -> the consumer took it (created_at)
     ws_expected: int = 0
     ws_received: int = 0
@@ -53,8 +56,16 @@ class Step:
 
     @property
     def cpu_ms(self) -> float:
-        """Gateway CPU per persisted item, ms."""
+        """Gateway CPU per persisted item, ms (the writing gateway)."""
         return 10 * self.cpu.get("gateway", math.nan) / self.window_rate if self.window_rate \
+            else math.nan
+
+    @property
+    def holder_cpu_ms(self) -> float:
+        """CPU of the gateway holding the streams per persisted item, ms."""
+        if self.layout == "one":
+            return self.cpu_ms
+        return 10 * self.cpu.get("holder", math.nan) / self.window_rate if self.window_rate \
             else math.nan
 
 
@@ -69,6 +80,7 @@ class Connected:
     rss_loaded: int = 0
     rss_after: int = 0
     restarted: bool = False  # the gateway was restarted meanwhile: no later RSS figures
+    layout: str = "one"
 
 
 @dataclass
@@ -85,7 +97,8 @@ class Results:
 
 def median_step(steps: list[Step]) -> Step:
     med = statistics.median
-    m = Step(0, steps[0].clients, steps[0].kind, steps[0].rate, steps[0].seconds)
+    m = Step(0, steps[0].clients, steps[0].kind, steps[0].rate, steps[0].seconds,
+             steps[0].layout)
     m.published = round(med(s.published for s in steps))
     m.acked = round(med(s.acked for s in steps))
     m.persisted = round(med(s.persisted for s in steps))
@@ -93,7 +106,8 @@ def median_step(steps: list[Step]) -> Step:
     drains = [s.drain_s for s in steps if s.drain_s is not None]
     m.drain_s = med(drains) if len(drains) == len(steps) else None
     m.undrained = len(steps) - len(drains)
-    for name in ("window_rate", "db_p50", "db_p99", "ws_p50", "ws_p99", "ws_max", "pickup_p50",
+    for name in ("window_rate", "db_p50", "db_p99", "ws_p50", "ws_p99", "ws_max", "fan_p50",
+                 "fan_p99", "pickup_p50",
                  "pub_lag_p99"):
         values = [getattr(s, name) for s in steps if not math.isnan(getattr(s, name))]
         setattr(m, name, med(values) if values else math.nan)

@@ -1,8 +1,8 @@
 """The inbound benchmark's measurement: the publishers' ceiling, a warm-up, then round after
-round, for each number of streams, a ladder of steps per kind (replies, delivery reports),
-each measured end to end (published, visible in the database, received on the streams) with
-the CPU of every process involved; a backlog that stops draining restarts the gateway; an
-extra step or two under py-spy when asked."""
+round, for each layout (where the streams are held) and number of streams, a ladder of steps
+per kind (replies, delivery reports), each measured end to end (published, visible in the
+database, received on the streams) with the CPU of every process involved; a backlog that
+stops draining restarts the gateway; an extra step or two under py-spy when asked."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ from inbound_streams import StreamClients
 from proc_stats import machine_cpu, process_cpu, rss_kib
 from servers import BIN
 
+WS_WAIT_S = 10.0  # longest wait, after the database has all of a step, for its stream frames
+
 
 @dataclass
 class Meter:
@@ -39,6 +41,7 @@ class Meter:
 
     gateway: int
     broker: int | None
+    holder: int | None = None  # a second gateway holding the streams (layouts two, base)
     backends: list[int] = field(default_factory=list)
     publishers: list[int] = field(default_factory=list)
     clients: list[int] = field(default_factory=list)
@@ -47,6 +50,9 @@ class Meter:
     def _now(self) -> dict[str, float]:
         return {"gateway": process_cpu(self.gateway),
                 "main": process_cpu(self.gateway, self.gateway),  # its Trio thread
+                "holder": process_cpu(self.holder) if self.holder else math.nan,
+                "holder_main": (process_cpu(self.holder, self.holder) if self.holder
+                                else math.nan),
                 "postgres": sum(process_cpu(p) for p in self.backends),
                 "publishers": sum(process_cpu(p) for p in self.publishers),
                 "clients": sum(process_cpu(p) for p in self.clients),
@@ -64,11 +70,14 @@ class Meter:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, gateway: GatewayProcess,
-                 broker_pid: int | None, db_url: str, poller: Poller) -> None:
+                 holders: dict[str, GatewayProcess], broker_pid: int | None, db_url: str,
+                 poller: Poller) -> None:
         self.args = args
         self.db_url = db_url
         self.poller = poller
-        self.gateway = gateway
+        self.gateway = gateway  # consumes the MQTT messages, writes the events
+        self.holders = holders  # layout -> the second gateway that holds the streams
+        self.layout = "one"
         self.meter = Meter(gateway.pid, broker_pid)
         self.publishers = Publishers()
         self.streams = StreamClients()
@@ -82,12 +91,17 @@ class Bench:
                     " AND application_name = 'kosmo'").fetchall()]
         return await trio.to_thread.run_sync(query)
 
+    @property
+    def holder(self) -> GatewayProcess:
+        """The gateway process holding the streams in the current layout."""
+        return self.gateway if self.layout == "one" else self.holders[self.layout]
+
     async def step(self, kind: str, rate: float, seconds: float, *, round_: int = 0,
                    clients: int = 0) -> Step:
         a = self.args
         total = int(rate * seconds)
         first = self.publishers.first(kind, total)
-        step = Step(round_, clients, kind, rate, seconds)
+        step = Step(round_, clients, kind, rate, seconds, self.layout)
         self.meter.backends = await self.backends()
         t0 = time.monotonic() + 0.3
         await self.publishers.offer(kind, rate, seconds, t0, first)
@@ -153,32 +167,46 @@ class Bench:
             step.pickup_p50 = percentile(pickup, 50)
             step.unowned = sum(1 for v in seen.values() if not v[2])
 
-        # websocket side: which persisted items had a stream, which arrived, when
-        received, step.closed = await self.streams.received(kind)
-
+        # websocket side: which persisted items had a stream, which arrived, when; streams
+        # that lag behind the database get up to WS_WAIT_S more (their lateness counts).
         def user(k: Any) -> int:
             return int(k if kind == "inbound" else k[0]) % int(a.users)
 
         expected = [k for k in seen if user(k) < clients]
+        received: dict[Any, float] = {}
+        wait_until = time.monotonic() + WS_WAIT_S
+        while True:
+            more, closed = await self.streams.received(kind)
+            step.closed.update(closed)
+            for k, at_ in more.items():
+                received.setdefault(k, at_)
+            if (not clients or all(k in received for k in expected)
+                    or time.monotonic() > wait_until):
+                break
+            await trio.sleep(0.25)
         step.ws_expected = len(expected)
         ws = [1000 * (received[k] - sched(index[k])) for k in expected if k in received]
         step.ws_received = len(ws)
         step.ws_p50, step.ws_p99 = percentile(ws, 50), percentile(ws, 99)
         step.ws_max = max(ws, default=math.nan)
+        # visible in the database -> received on the stream: the stream side alone
+        after = [1000 * (received[k] - at(seen[k])) for k in expected if k in received]
+        step.fan_p50, step.fan_p99 = percentile(after, 50), percentile(after, 99)
         return step
 
     async def connect_clients(self, count: int, round_: int) -> Connected:
         a = self.args
         await trio.sleep(1)
-        before = rss_kib(self.gateway.pid)
+        before = rss_kib(self.holder.pid)
         started = time.monotonic()
         connected, failed = await self.streams.connect(
-            count, gateway_url=a.gateway_url, per_process=a.per_process,
+            count, gateway_url=self.holder.url, per_process=a.per_process,
             max_seconds=a.max_seconds)
         seconds = time.monotonic() - started
         self.meter.clients = self.streams.pids
         await trio.sleep(2)
-        return Connected(round_, connected, failed, seconds, before, rss_kib(self.gateway.pid))
+        return Connected(round_, connected, failed, seconds, before, rss_kib(self.holder.pid),
+                         layout=self.layout)
 
     async def disconnect_clients(self) -> None:
         self.meter.clients = []
@@ -190,16 +218,19 @@ class Bench:
         a = self.args
         for kind, rates in (("inbound", a.rates), ("status", a.status_rates)):
             for rate in rates:
-                say(f"round {round_}, {clients} streams: {kind} at {rate:g}/s for "
+                say(f"round {round_}, layout {self.layout}, {clients} streams: {kind} at "
+                    f"{rate:g}/s for "
                     f"{a.seconds:g} s")
                 step = await self.step(kind, rate, a.seconds, round_=round_, clients=clients)
                 self.results.steps.append(step)
                 drain = ("stalled" if step.stalled else "timeout" if step.drain_s is None
                          else f"{step.drain_s:.1f} s")
                 say(f"  persisted {step.window_rate:.0f}/s, drain {drain}, "
-                    f"db p99 {step.db_p99:.0f} ms, ws p99 {step.ws_p99:.0f} ms "
+                    f"db p99 {step.db_p99:.0f} ms, ws p99 {step.ws_p99:.0f} ms, db>ws p99 "
+                    f"{step.fan_p99:.0f} ms "
                     f"({step.ws_received}/{step.ws_expected}), gateway "
-                    f"{step.cpu['gateway']:.0f}%, machine {step.cpu['machine']:.0f}%")
+                    f"{step.cpu['gateway']:.0f}%, holder {step.cpu['holder']:.0f}%, machine "
+                    f"{step.cpu['machine']:.0f}%")
                 if step.drain_s is None:
                     await self.recover(clients, step)
                 if not step.sustained:
@@ -215,7 +246,8 @@ class Bench:
         await self.disconnect_clients()
         await trio.to_thread.run_sync(self.gateway.restart)
         self.meter.gateway = self.gateway.pid
-        self.results.restarts.append(f"round {step.round}, {step.clients} streams, "
+        self.results.restarts.append(f"round {step.round}, layout {step.layout}, "
+                                     f"{step.clients} streams, "
                                      f"{step.kind} at {step.rate:g}/s")
         if clients:
             await self.connect_clients(clients, step.round)
@@ -230,8 +262,9 @@ class Bench:
         for mode, flag in (("gil", "--gil"), ("wall", "--idle")):
             out = Path(a.profile) / f"gateway-inbound-{mode}.txt"
             say(f"profile ({mode}): one more reply step at {a.profile_rate:g}/s with {clients} "
-                f"streams under py-spy -> {out}")
-            cmd = [spy, "record", "--pid", str(self.gateway.pid), "--duration",
+                f"streams, layout {self.layout}, the stream-holding gateway under py-spy -> "
+                f"{out}")
+            cmd = [spy, "record", "--pid", str(self.holder.pid), "--duration",
                    str(round(a.seconds)), "--rate", str(PROFILE_RATE_HZ), "--format", "raw",
                    "--threads", flag, "--nonblocking", "--output", str(out)]
             async with trio.open_nursery() as nursery:
@@ -241,12 +274,48 @@ class Bench:
                 step = await self.step("inbound", a.profile_rate, a.seconds, clients=clients)
             if step.drain_s is None:
                 await self.recover(clients, step)
-            parts.append(f"{mode}: {step.window_rate:.0f} replies/s persisted under the profiler, "
-                         f"gateway {step.cpu['gateway']:.0f}% of a core ({step.cpu_ms:.3f} ms "
-                         f"per reply), db p50 {step.db_p50:.0f} ms\n"
-                         + (summarize_profile(out, step.cpu_ms) if mode == "gil"
+            ms = step.holder_cpu_ms
+            parts.append(f"{mode}: layout {self.layout}, {step.window_rate:.0f} replies/s "
+                         f"persisted under the profiler, the stream-holding gateway "
+                         f"{step.cpu['holder' if self.layout != 'one' else 'gateway']:.0f}% of "
+                         f"a core ({ms:.3f} ms per reply), db p50 {step.db_p50:.0f} ms, ws p50 "
+                         f"{step.ws_p50:.0f} ms, p99 {step.ws_p99:.0f} ms\n"
+                         + (summarize_profile(out, ms) if mode == "gil"
                             else summarize_wall(out)))
         return "\n".join(parts)
+
+    async def configuration(self, round_: int, clients: int) -> None:
+        """One layout with this many streams: (its second gateway started,) the streams
+        connected, the ladders, everything stopped again."""
+        a = self.args
+        holder = self.holder
+        if holder is not self.gateway:
+            say(f"round {round_}, layout {self.layout}: starting the stream-holding gateway")
+            await trio.to_thread.run_sync(holder.start)
+            self.meter.holder = holder.pid
+        try:
+            say(f"round {round_}, layout {self.layout}: connecting {clients} streams")
+            conn = await self.connect_clients(clients, round_)
+            self.results.connected.append(conn)
+            say(f"  {conn.clients} connected ({conn.failed} failed) in "
+                f"{conn.seconds:.1f} s; stream-holding gateway RSS "
+                f"{conn.rss_before / 1024:.0f} -> {conn.rss_connected / 1024:.0f} MiB")
+            restarts = self.gateway.restarts
+            try:
+                await self.ladder(round_, clients)
+                conn.rss_loaded = rss_kib(holder.pid)
+                if (a.profile and round_ == a.rounds and clients == max(a.clients)
+                        and self.layout == a.layouts[-1]):
+                    self.results.profile = await self.profile(clients)
+            finally:
+                await self.disconnect_clients()
+            await trio.sleep(2)
+            conn.rss_after = rss_kib(holder.pid)
+            conn.restarted = self.gateway.restarts != restarts and holder is self.gateway
+        finally:
+            if holder is not self.gateway:
+                self.meter.holder = None
+                await trio.to_thread.run_sync(holder.stop)
 
     async def run(self) -> Results:
         """The whole measurement; SIGTERM stops it as Ctrl-C does, through Trio."""
@@ -266,24 +335,9 @@ class Bench:
             say(f"warm-up: replies at {a.rates[0]:g}/s for {a.warmup:g} s, no streams")
             await self.step("inbound", a.rates[0], a.warmup)
             for round_ in range(1, a.rounds + 1):
-                for clients in a.clients:
-                    say(f"round {round_}: connecting {clients} streams")
-                    conn = await self.connect_clients(clients, round_)
-                    self.results.connected.append(conn)
-                    say(f"  {conn.clients} connected ({conn.failed} failed) in "
-                        f"{conn.seconds:.1f} s; gateway RSS {conn.rss_before / 1024:.0f} -> "
-                        f"{conn.rss_connected / 1024:.0f} MiB")
-                    restarts = self.gateway.restarts
-                    try:
-                        await self.ladder(round_, clients)
-                        conn.rss_loaded = rss_kib(self.gateway.pid)
-                        if (a.profile and round_ == a.rounds and clients == max(a.clients)):
-                            self.results.profile = await self.profile(clients)
-                    finally:
-                        await self.disconnect_clients()
-                    await trio.sleep(2)
-                    conn.rss_after = rss_kib(self.gateway.pid)
-                    conn.restarted = self.gateway.restarts != restarts
+                for self.layout in a.layouts:
+                    for clients in a.clients:
+                        await self.configuration(round_, clients)
         finally:
             async with trio.open_nursery() as nursery:
                 for helper in self.publishers.helpers + self.streams.helpers:

@@ -24,10 +24,12 @@ def fmt(value: float, digits: int = 0) -> str:
         else f"{value:.{digits}f}"
 
 
-HEAD = (f"{'round':<6}{'streams':>8} {'kind':<8}{'offered':>8}{'pub/s':>7}{'persist/s':>10}"
+HEAD = (f"{'round':<6}{'lay':<5}{'streams':>8} {'kind':<8}{'offered':>8}{'pub/s':>7}"
+        f"{'persist/s':>10}"
         f"{'drain s':>9}{'db p50':>7}{'db p99':>7}{'ws p50':>7}{'ws p99':>7}{'ws max':>7}"
-        f"{'pickup':>7}{'lost':>6}{'ws miss':>8}{'lag99':>6}"
-        f"{'gw':>5}{'main':>5}{'pg':>5}{'pub':>5}{'ws':>5}{'mqtt':>5}{'all':>5}{'ms/it':>6}")
+        f"{'db>ws50':>8}{'db>ws99':>8}{'pickup':>7}{'lost':>6}{'ws miss':>8}{'lag99':>6}"
+        f"{'gw':>5}{'main':>5}{'hold':>5}{'hmain':>6}{'pg':>5}{'pub':>5}{'ws':>5}{'mqtt':>5}{'all':>5}"
+        f"{'ms/it':>6}{'h ms/it':>8}")
 
 
 def row(label: str, s: Step) -> str:
@@ -37,13 +39,29 @@ def row(label: str, s: Step) -> str:
     else:
         drain = "stall" if s.stalled else "t/o" if s.drain_s is None else fmt(s.drain_s, 1)
     miss = s.ws_expected - s.ws_received
-    return (f"{label:<6}{s.clients:>8} {s.kind:<8}{s.rate:>8.0f}{s.published / s.seconds:>7.0f}"
+    return (f"{label:<6}{s.layout:<5}{s.clients:>8} {s.kind:<8}{s.rate:>8.0f}"
+            f"{s.published / s.seconds:>7.0f}"
             f"{fmt(s.window_rate):>10}{drain:>9}{fmt(s.db_p50):>7}{fmt(s.db_p99):>7}"
-            f"{fmt(s.ws_p50):>7}{fmt(s.ws_p99):>7}{fmt(s.ws_max):>7}{fmt(s.pickup_p50):>7}"
+            f"{fmt(s.ws_p50):>7}{fmt(s.ws_p99):>7}{fmt(s.ws_max):>7}"
+            f"{fmt(s.fan_p50):>8}{fmt(s.fan_p99):>8}{fmt(s.pickup_p50):>7}"
             f"{s.lost:>6}{miss:>8}{fmt(s.pub_lag_p99):>6}"
-            f"{fmt(c['gateway']):>5}{fmt(c['main']):>5}{fmt(c['postgres']):>5}"
+            f"{fmt(c['gateway']):>5}{fmt(c['main']):>5}{fmt(c['holder']):>5}"
+            f"{fmt(c['holder_main']):>6}{fmt(c['postgres']):>5}"
             f"{fmt(c['publishers']):>5}{fmt(c['clients']):>5}{fmt(c['broker']):>5}"
-            f"{fmt(c['machine']):>5}{fmt(s.cpu_ms, 2):>6}")
+            f"{fmt(c['machine']):>5}{fmt(s.cpu_ms, 2):>6}"
+            f"{fmt(s.holder_cpu_ms if s.layout != 'one' else math.nan, 2):>8}")
+
+
+def autogroup() -> str:
+    """What a process started in its own session gets of the CPU, on Linux."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            on = f.read().strip() == "1"
+    except OSError:
+        return "scheduler autogroup unknown"
+    return ("scheduler autogroup on: each busy session (every gateway and client process here) "
+            "gets an equal share of the CPU, whatever its nice value" if on
+            else "scheduler autogroup off")
 
 
 def report(args: argparse.Namespace, results: Results) -> str:
@@ -51,6 +69,9 @@ def report(args: argparse.Namespace, results: Results) -> str:
     w = out.append
     w(f"KosmoConnect inbound benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
       f"Python {sys.version.split()[0]}, code {args.code}")
+    w(f"machine: load average {' '.join(f'{x:.2f}' for x in args.load_start)} at the start, "
+      f"{' '.join(f'{x:.2f}' for x in args.load_end)} at the end (1, 5, 15 min); "
+      f"{autogroup()}")
     w(f"broker: {args.broker_label}; {args.publishers} publisher processes (QoS 1); "
       f"{args.users} users, one node each; streams: {', '.join(map(str, args.clients))} "
       f"(up to {args.per_process} per client process); {args.rounds} rounds x {args.seconds:g} s "
@@ -64,19 +85,32 @@ def report(args: argparse.Namespace, results: Results) -> str:
           f"({c.published} published, publisher lag p99 {fmt(c.pub_lag_p99)} ms, "
           f"{100 * c.pub_cpu_s / 3 / args.publishers:.0f}% of a core each)")
     w("")
-    w("streams connected (gateway RSS, MiB; KiB per stream):")
-    w(f"{'round':<6}{'streams':>8}{'failed':>7}{'connect s':>10}{'before':>8}{'connected':>10}"
+    w("layouts: one = the streams on the gateway that consumes the MQTT messages and writes "
+      "the events; two = on a second gateway process on the same database and broker that "
+      "consumes nothing (its own topic root: it subscribes only to topics nobody publishes), "
+      "which gets every event through PostgreSQL (NOTIFY kosmo_events and its event feed)"
+      + ("; base = like two, the second gateway running " + args.baseline_cmd
+         if args.baseline_cmd else ""))
+    w("")
+    w("streams connected (RSS of the gateway holding them, MiB; KiB per stream):")
+    w(f"{'round':<6}{'lay':<5}{'streams':>8}{'failed':>7}{'connect s':>10}{'before':>8}"
+      f"{'connected':>10}"
       f"{'loaded':>10}{'after':>7}{'KiB/stream':>11}{'loaded':>8}")
     for k in results.connected:
         per = (k.rss_connected - k.rss_before) / max(k.clients, 1)
         later = ("restarted", "", "") if k.restarted else (
             f"{k.rss_loaded / 1024:.0f}", f"{k.rss_after / 1024:.0f}",
             f"{(k.rss_loaded - k.rss_before) / max(k.clients, 1):.1f}")
-        w(f"{k.round:<6}{k.clients:>8}{k.failed:>7}{k.seconds:>10.1f}{k.rss_before / 1024:>8.0f}"
+        w(f"{k.round:<6}{k.layout:<5}{k.clients:>8}{k.failed:>7}{k.seconds:>10.1f}"
+          f"{k.rss_before / 1024:>8.0f}"
           f"{k.rss_connected / 1024:>10.0f}{later[0]:>10}{later[1]:>7}{per:>11.1f}"
           f"{later[2]:>8}")
     w("")
-    w("steps (latency in ms from the scheduled publish; CPU in % of one core):")
+    w("steps (latency in ms from the scheduled publish; db>ws50/99: from visible in the "
+      "database (polled) to received on the stream, the stream side alone; CPU in % of one "
+      "core: gw/main the writing gateway and its Trio thread, hold/hmain the second gateway "
+      "holding the streams; ms/it and h ms/it: CPU of the writing and of the stream-holding "
+      "gateway per persisted item):")
     w(HEAD)
     for s in results.steps:
         w(row(str(s.round), s))
@@ -87,14 +121,17 @@ def report(args: argparse.Namespace, results: Results) -> str:
     w("")
     w(f"median of the rounds that ran the step (round column: how many of {args.rounds}):")
     w(HEAD)
-    groups: dict[tuple[int, str, float], list[Step]] = {}
+    groups: dict[tuple[str, int, str, float], list[Step]] = {}
     for s in results.steps:
-        groups.setdefault((s.clients, s.kind, s.rate), []).append(s)
+        groups.setdefault((s.layout, s.clients, s.kind, s.rate), []).append(s)
     medians = {key: median_step(steps) for key, steps in groups.items()}
     for key, m in medians.items():
         w(row(f"{len(groups[key])}/{args.rounds}", m))
     w("")
-    w(verdict(results, medians, args.rounds))
+    for layout in args.layouts:
+        w(f"layout {layout}:")
+        w(verdict([s for s in results.steps if s.layout == layout],
+                  {k[1:]: m for k, m in medians.items() if k[0] == layout}, args.rounds))
     if results.restarts:
         w(f"gateway restarted (backlog not draining) after: {'; '.join(results.restarts)}")
     w(f"database: {results.totals}")
@@ -111,17 +148,17 @@ def report(args: argparse.Namespace, results: Results) -> str:
     return "\n".join(out)
 
 
-def verdict(results: Results, medians: dict[tuple[int, str, float], Step],
+def verdict(steps: list[Step], medians: dict[tuple[int, str, float], Step],
             rounds: int) -> str:
     lines = []
 
     def ran(clients: int) -> int:
-        return sum(1 for x in results.steps
+        return sum(1 for x in steps
                    if (x.clients, x.kind, x.rate) == (clients, "inbound", RATE_TARGET))
 
     def held(clients: int, kind: str, rate: float) -> bool:
         """Run in every round, sustained in every round."""
-        runs = [x for x in results.steps if (x.clients, x.kind, x.rate) == (clients, kind, rate)]
+        runs = [x for x in steps if (x.clients, x.kind, x.rate) == (clients, kind, rate)]
         return len(runs) == rounds and all(x.sustained for x in runs)
 
     configs = sorted({k[0] for k in medians})

@@ -98,10 +98,16 @@ def events_after(conn: psycopg.Connection[Any], after: int,
     """Every user's events after history id ``after``, oldest first, from at most ``limit``
     history rows; and the last history id read (``after`` when there was none), notes and
     unassigned inbound messages included, so a reader resumes after it."""
+    # The page of history first, then each row's message by its key: a lateral lookup, which
+    # the planner cannot turn into a join. As a plain join, planned from missing or stale
+    # statistics (a fresh database, until autovacuum analyzes it), this read hashed every
+    # message and scanned the whole history: 3-22 ms per read with 10,000 rows, against
+    # 0.3-0.7 ms; with statistics, both forms cost the same.
     rows = conn.execute(f"""
         SELECT h.note, h.user_id, {_AT_EVENT}
-        FROM message_status_history h JOIN messages m ON m.id = h.message_id
-        WHERE h.id > %s ORDER BY h.id LIMIT %s""", (after, limit)).fetchall()
+        FROM (SELECT * FROM message_status_history WHERE id > %s ORDER BY id LIMIT %s) h
+        CROSS JOIN LATERAL (SELECT * FROM messages WHERE messages.id = h.message_id LIMIT 1) m
+        ORDER BY h.id""", (after, limit)).fetchall()
     events = [make_event(r[2], r[1], MessageView.from_row(r[3:])) for r in rows
               if not r[0] and r[1] is not None]
     return events, (rows[-1][2] if rows else after)

@@ -8,6 +8,10 @@ Rules:
   never with a socket opened and then closed.
   A plain GET on the path is checked for credentials too (401) before it is told to upgrade.
 - One text frame per event, ``{"type", "event_id", "message"}``, and only the caller's events.
+  The events waiting for a stream when it wakes are sent in one pass (up to ``BATCH``), in
+  order, one frame each: the frame format does not depend on how many were waiting.
+  (Hypercorn's ASGI websocket send takes one message and writes it at once, so the frames of a
+  pass are written one by one; a frame carrying several events would change the API.)
 - Nothing missed, nothing twice: subscribe to the bus first, then replay the events after
   ``since`` from the database page by page, then forward live events, skipping those at or below
   the last replayed id (the bus may hold events the replay already read).
@@ -20,6 +24,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/v1/stream"
 PAGE = 200  # events per replay query
+BATCH = 64  # live events sent in one pass of the forwarder, at most
 CLOSE_TIMEOUT = 1.0  # a client that reads nothing must not hold the close or the cleanup
 GOING_AWAY = 1001
 TRY_AGAIN_LATER = 1013
@@ -169,11 +175,21 @@ class _Forwarder:
             except DatabaseUnavailable as exc:
                 log.warning("stream replay for user %s failed: %s", self._user, exc)
                 return TRY_AGAIN_LATER, self._resume("database unavailable")
-        async for event in self._subscription.events:
+        events = self._subscription.events
+        async for event in events:
+            # Everything else already waiting goes out in this same pass, frame after frame,
+            # without waking up for each: a client that fell behind catches up in one go.
+            batch = [event]
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                while len(batch) < BATCH:
+                    batch.append(events.receive_nowait())
+            for waiting in batch:
+                if self._subscription.overflowed:
+                    break  # what is still buffered is left for the reconnect's replay
+                if int(waiting.event_id) > self._replayed:
+                    await self._send(waiting.to_json())
             if self._subscription.overflowed:
-                break  # what is still buffered is left for the reconnect's replay
-            if int(event.event_id) > self._replayed:
-                await self._send(event.to_json())
+                break
         if self._subscription.overflowed:
             return TRY_AGAIN_LATER, self._resume("too slow")
         return GOING_AWAY, "the gateway is shutting down"  # the bus has stopped
