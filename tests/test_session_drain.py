@@ -264,3 +264,34 @@ async def test_a_session_whose_process_came_back_is_not_drained(
                     " VALUES (%s, now() - interval '1 hour')", (settings.mqtt_client_id,))
         await wait_for(lambda: db_value(sql, "SELECT count(*) FROM stranded_sessions") == 0)
         assert gateway.running.stranded.drained == []
+
+
+async def test_a_drain_finishes_while_the_group_keeps_receiving(
+        nursery: trio.Nursery, shared: Settings, dead_id: str, sql, mqtt_url: str,
+        topic_root: str):
+    """Under a steady flow the dead session's share keeps coming until it is unsubscribed:
+    the drain unsubscribes first, so it falls quiet and ends."""
+    endpoint = MqttEndpoint.from_url(mqtt_url)
+    await trio.to_thread.run_sync(strand_session, endpoint, dead_id, subscriptions(shared))
+    bridge = FakeBridgeLink(mqtt_url, topic_root)
+    packets: list[int] = []
+    try:
+        async with start_gateway(nursery, shared) as gateway:
+            stop = trio.Event()
+
+            async def flow() -> None:  # a reply every 20 ms: never 1 s of quiet for a member
+                packet = 9000
+                while not stop.is_set():
+                    bridge.reply(NODE, "steady", packet)
+                    packets.append(packet)
+                    packet += 1
+                    await trio.sleep(0.02)
+
+            nursery.start_soon(flow)
+            await wait_for(lambda: len(packets) >= 20)
+            await gateway.running.drains.drain(dead_id, quiet=QUIET, within=10)
+            stop.set()
+            await wait_for(lambda: replies_stored(sql, packets) == dict.fromkeys(packets, 1))
+            assert not await trio.to_thread.run_sync(session_present, endpoint, dead_id)
+    finally:
+        bridge.close()
