@@ -29,7 +29,7 @@ from kosmo.process_store import drained, take_stranded
 log = logging.getLogger(__name__)
 
 INTERVAL = 1.0  # seconds between two looks for a stranded session
-GRACE = 10.0  # seconds a gone process has to come back to its session
+GRACE = 3.0  # seconds a gone process has to come back to its session (after its lease)
 LEASE = WITHIN + 30.0  # one drain's lease on a session
 
 
