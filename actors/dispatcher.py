@@ -4,10 +4,18 @@ when every waiting message goes on air.
 
 Rules:
 - The database is the queue (kosmo/dispatch_store.py). Every ``refresh`` seconds, and at once
-  when a held message leaves its bridge (a report) or a bridge comes or goes, the actor reads
-  the waiting and held messages again; messages accepted by this process arrive at once
+  when a held message leaves its bridge (a report), a bridge comes or goes, or another process
+  wakes it (``wake``: it left messages of this process's nodes, or a process died), the actor
+  reads the waiting and held messages again; messages accepted by this process arrive at once
   (``accepted``), cancels too (``canceled``). So several gateway processes may run one each:
   they read the same queue, and their claims are serialized by the database.
+- One publisher per node: it claims only messages of nodes this process (``process_id``,
+  actors/membership.py) publishes, or of nodes nobody publishes (they become its own). Those
+  of another process's nodes leave its queue until the next read; that process claims them.
+- Adoption: every read, before any hand-over, it takes over the nodes of dead publishers
+  (``adopt``) and hands the conversations actor their claimed but unacknowledged messages,
+  oldest first, so they are published again before any newer message of their node. One
+  INFO line per dead process adopted from.
 - Routing (kosmo/routing.py) is per (user, node) and sticky: while a user has messages to a node
   held by a bridge, or waiting in an online bridge's queue, the next ones go there too, so they
   go on air in the order they were accepted. When a bridge goes offline, the messages it was
@@ -46,7 +54,9 @@ from kosmo.db import Database, DatabaseUnavailable
 from kosmo.dispatch_store import (
     Held,
     Waiting,
+    adopt,
     claim,
+    has_orphans,
     load_hearings,
     load_queue,
     weight_of,
@@ -103,9 +113,11 @@ Inbox = _Accepted | _BridgeState | _Reload | _Canceled | _Admit
 
 class Dispatcher:
     def __init__(self, db: Database, *, hand: Callable[[list[NewMessage]], Awaitable[None]],
-                 message_ttl: float, refresh: float = REFRESH,
+                 message_ttl: float, process_id: UUID, refresh: float = REFRESH,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._db = db
+        self._process_id = process_id
+        self._woken = trio.Event()
         self._hand = hand
         self._ttl = message_ttl
         self._refresh = refresh
@@ -123,6 +135,7 @@ class Dispatcher:
         self._laid_out = -math.inf
         self.handed = 0
         self.rounds = 0
+        self.adopted = 0  # messages handed again after their publisher died
 
     # --- what other actors call -------------------------------------------------------------
 
@@ -139,6 +152,10 @@ class Dispatcher:
     async def heard(self) -> None:
         """Coverage changed: read it (and the queue) again."""
         await self._send.send(_Reload(coverage=True))
+
+    def wake(self) -> None:
+        """Read the queue now rather than at the next tick (never blocks)."""
+        self._woken.set()
 
     async def bridge_state(self, bridge_id: str, state: wire.BridgeState | None) -> None:
         await self._send.send(_BridgeState(bridge_id, state))
@@ -185,7 +202,9 @@ class Dispatcher:
     async def _ticks(self) -> None:
         while True:
             await self._send.send(_Reload())
-            await trio.sleep(self._refresh)
+            with trio.move_on_after(self._refresh):
+                await self._woken.wait()
+            self._woken = trio.Event()
 
     async def _handle(self, items: list[Inbox]) -> None:
         reload = coverage = False
@@ -204,6 +223,7 @@ class Dispatcher:
                 reload, coverage = True, coverage or item.coverage
         if reload:
             await self._reload(coverage=coverage)
+            await self._adopt()
         self._route(list(self._waiting) if reload else list(self._unrouted))
         self._lay_out(force=reload)
         for item in items:
@@ -385,7 +405,8 @@ class Dispatcher:
                     else None) for i, e in enumerate(heads)]
                 try:
                     found = await self._db.run(claim, offered, radio.bridge_id,
-                                               radio.pace.credit, self._clock())
+                                               radio.pace.credit, self._clock(),
+                                               self._process_id)
                 except DatabaseUnavailable as exc:
                     log.warning("hand-over to bridge %s waits for the database: %s",
                                 radio.bridge_id, exc)
@@ -394,6 +415,9 @@ class Dispatcher:
                     return handed  # another process is handing out; the next round retries
                 for message_id in found.gone:
                     self._unwait(message_id)  # canceled, expired or handed elsewhere
+                for message_id in found.others:
+                    self._unwait(message_id)  # another process's node: the next read may
+                    # bring it back if that process has not claimed it by then
                 self._took(radio, found.handed)
                 for message in found.handed:
                     log.info("message %s to node %s handed to bridge %s", message.message_id,
@@ -405,9 +429,26 @@ class Dispatcher:
                     await self._hand(found.handed)
                 if found.held >= radio.pace.credit and len(radio.held) < found.held:
                     break  # it holds more than this process knew of: the next read shows them
-                if not found.handed and not found.gone:
+                if not found.handed and not found.gone and not found.others:
                     break
         return handed
+
+    async def _adopt(self) -> None:
+        """Take over the nodes of dead publishers; hand their unacknowledged messages first."""
+        try:
+            if not await self._db.run(has_orphans):
+                return
+            adopted = await self._db.run(adopt, self._process_id)
+        except DatabaseUnavailable as exc:
+            log.warning("adoption waits for the database: %s", exc)
+            return
+        for item in adopted or ():  # None: another process holds the lock; next read
+            log.info("adopted %d nodes of dead gateway process %s: %d unacknowledged "
+                     "messages published again", len(item.nodes), item.dead,
+                     len(item.messages))
+            if item.messages:
+                self.adopted += len(item.messages)
+                await self._hand(item.messages)
 
     def _took(self, radio: Radio, messages: list[NewMessage]) -> None:
         """Take the claimed messages out of the radio's queue, charging its round robin as

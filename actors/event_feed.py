@@ -27,12 +27,16 @@ Rules:
   failed read is retried after a pause; the cursor only moves once the bus has the events.
 - The cursor starts at the last committed id when the feed starts: streams replay the history
   before that themselves (``since``).
+- The same connection listens on ``kosmo.dispatch_store.DISPATCH_CHANNEL`` for the dispatcher:
+  each notification's payload (a process id, or '' for every process) goes to
+  ``dispatch_notice``, which must not block; so does '' after every (re)connect, since
+  notifications sent while not listening are lost.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -40,6 +44,7 @@ import trio
 
 from actors.events import EventBus
 from kosmo.db import Database, DatabaseUnavailable
+from kosmo.dispatch_store import DISPATCH_CHANNEL
 from kosmo.events import CHANNEL, Event, events_after, last_history_id
 
 log = logging.getLogger(__name__)
@@ -52,8 +57,10 @@ READ_PAUSE = 0.5  # seconds before a failed read is retried
 
 class EventFeed:
     def __init__(self, db: Database, bus: EventBus, url: str, *, page: int = PAGE,
-                 connect_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0,
+                 dispatch_notice: Callable[[str], None] | None = None) -> None:
         self._db = db
+        self._dispatch_notice = dispatch_notice
         self._bus = bus
         self._url = url
         self._page = page
@@ -115,6 +122,7 @@ class EventFeed:
                 self.listening = True
                 delay = RETRY_FIRST
                 self._tell(newest)  # catch up on what was committed while not listening
+                self._notice("")
                 if not started:
                     started = True
                     task_status.started()
@@ -137,12 +145,18 @@ class EventFeed:
                 if conn is not None:
                     conn.close()
 
+    def _notice(self, payload: str) -> None:
+        if self._dispatch_notice is not None:
+            self._dispatch_notice(payload)
+
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self._url, autocommit=True,
                                connect_timeout=max(1, int(self._connect_timeout)),
                                application_name="kosmo-events")
         try:
             conn.execute(f"LISTEN {CHANNEL}")
+            if self._dispatch_notice is not None:
+                conn.execute(f"LISTEN {DISPATCH_CHANNEL}")
         except BaseException:
             conn.close()
             raise
@@ -155,7 +169,10 @@ class EventFeed:
             await trio.lowlevel.wait_readable(pgconn.socket)
             pgconn.consume_input()  # raises OperationalError when the connection is gone
             while (notify := pgconn.notifies()) is not None:
-                if notify.relname.decode() == CHANNEL:
+                channel = notify.relname.decode()
+                if channel == CHANNEL:
                     self._tell(int(notify.extra.decode()))
+                elif channel == DISPATCH_CHANNEL:
+                    self._notice(notify.extra.decode())
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the listening connection broke")

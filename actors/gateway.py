@@ -1,18 +1,23 @@
 """The gateway daemon: one Trio nursery supervising its actors.
 
 Supervision policy:
-- Start order is dependency order: database pool, MQTT, event bus, ledger, webhooks, inbound
-  consumer, conversations, dispatcher, outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP.
-  Each actor is started with ``nursery.start`` and the next starts only once it is ready.
-- Infrastructure actors (MQTT, event bus, ledger, webhooks, inbound consumer, conversations
-  router, dispatcher, outbox, expiry) failing bring the whole
+- Start order is dependency order: database pool, membership (this process registered among
+  the gateway processes: the dispatcher, outbox and conversations work for its id), MQTT,
+  event bus, event feed, ledger, webhooks, inbound consumer, conversations, dispatcher,
+  outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP. Each actor is started with
+  ``nursery.start`` and the next starts only once it is ready.
+- Infrastructure actors (membership, MQTT, event bus, ledger, webhooks, inbound consumer,
+  conversations router, dispatcher, outbox, expiry) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
   exits non-zero so the process manager restarts it. The MQTT actor itself reconnects with
-  backoff; a conversation actor contains its own failure.
+  backoff; a conversation actor contains its own failure. The membership fails when another
+  process declared this one dead (``Fenced``): it must publish nothing more.
 - Stop is by deadline: ``shutdown`` makes the HTTP front stop accepting and finish requests
   in progress (graceful timeout), then the other actors are cancelled together (the CLI gives
   the whole stop a deadline). A shutdown before the gateway is ready abandons the start.
-  Work already committed but not yet published is recovered by the outbox at the next start.
+  Once every actor stopped (nothing publishes anymore), the process leaves the membership, so
+  another process adopts its nodes at once and publishes what was claimed but not yet
+  acknowledged; after a crash, that happens once the process is declared dead (its lease).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from actors.http.server import HttpFront
 from actors.http.services import Services
 from actors.inbound import InboundConsumer
 from actors.ledger import Ledger
+from actors.membership import Membership
 from actors.metrics import GatewayMetrics, LiveGauges
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
@@ -67,6 +73,7 @@ class Running:
     webhooks: WebhookActor
     metrics: GatewayMetrics
     metrics_binds: list[str]  # empty unless KOSMO_METRICS_BIND is set
+    membership: Membership
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
@@ -95,32 +102,40 @@ async def _serve(settings: Settings, shutdown: trio.Event,
     db = Database(settings.database_url, size=settings.db_pool_size)
     await db.open(within=settings.start_timeout)
     metrics = GatewayMetrics()
+    membership = Membership(db, client_id=settings.mqtt_client_id)
+    me = membership.process_id
     try:
         await db.run(check_schema)  # SchemaNotCurrent: the CLI says to run kosmo migrate
         async with trio.open_nursery() as infra:
             await infra.start(db.watch)
+            await infra.start(membership.run)
             received_send, received = trio.open_memory_channel[MqttInbound](256)
             mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id,
                              subscriptions=subscriptions(settings), inbound=received_send)
             await infra.start(mqtt.run)
             events = EventBus()
             await infra.start(events.run)
-            feed = EventFeed(db, events, settings.database_url)
-            await infra.start(feed.run)
 
             async def report(item: StatusReport) -> object:
                 return await ledger.report(item)
 
             async def load_pending(node_id: str, after: datetime,
                                    limit: int) -> list[NewMessage]:
-                return await db.run(pending_for_node, node_id, after, limit)
+                return await db.run(pending_for_node, node_id, after, limit, me)
 
             conversations = Conversations(
                 start_publish=mqtt.start_publish, broker_ready=mqtt.wait_connected, report=report,
                 load_pending=load_pending, topic_root=settings.mqtt_topic_root,
                 idle=settings.conversation_idle, max_nodes=settings.max_conversations)
             dispatcher = Dispatcher(db, hand=conversations.dispatch,
-                                    message_ttl=settings.message_ttl)
+                                    message_ttl=settings.message_ttl, process_id=me)
+
+            def dispatch_notice(payload: str) -> None:  # from another process, or a death
+                if payload in ("", str(me)):
+                    dispatcher.wake()
+
+            feed = EventFeed(db, events, settings.database_url, dispatch_notice=dispatch_notice)
+            await infra.start(feed.run)
             ledger = Ledger(db, dispatch=dispatcher.accepted, canceled=dispatcher.canceled,
                             message_ttl=settings.message_ttl, events=events, metrics=metrics)
             await infra.start(ledger.run)
@@ -137,7 +152,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             await infra.start(consumer.run, received)
             await infra.start(conversations.run)
             await infra.start(dispatcher.run)
-            outbox = Outbox(db, dispatch=conversations.dispatch,
+            outbox = Outbox(db, dispatch=conversations.dispatch, process_id=me,
                             interval=settings.outbox_interval)
             await infra.start(outbox.run)
             expiry = Expiry(db, ledger, interval=min(30.0, settings.message_ttl / 4),
@@ -167,8 +182,9 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 log.info("gateway listening on %s", ", ".join(binds))
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
                                             outbox, events, consumer, expiry, webhooks,
-                                            metrics, metrics_binds))
+                                            metrics, metrics_binds, membership))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:
+        await membership.leave()  # every actor stopped: nothing of this process publishes
         await db.close()

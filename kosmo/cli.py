@@ -25,6 +25,7 @@ import trio
 from kosmo import config, logs, migrate
 from kosmo.config import ConfigError, Settings
 from kosmo.db import DatabaseUnavailable
+from kosmo.process_store import Fenced
 
 log = logging.getLogger("kosmo")
 T = TypeVar("T")
@@ -130,6 +131,8 @@ def _one_line(exc: BaseException) -> tuple[str | None, int]:
         return f"cannot reach the database: {exc}", 1
     if isinstance(exc, EmbeddedServiceError | migrate.SchemaNotCurrent):
         return str(exc), 1
+    if isinstance(exc, Fenced):
+        return f"{exc}: stopped publishing; start it again", 1
     return None, 1
 
 

@@ -14,13 +14,23 @@ Rules:
 - Order is the database's too: a message is not claimed while an older one of its (user, node)
   still waits or is held by another bridge. A message offered but not claimed is reported
   ``gone``; if it still waits, the next read brings it back.
+- One publisher per node (``node_publishers``, sql/0009_publishers.sql): in the claim's
+  transaction the offered messages' nodes without a publisher get the claiming process, and
+  only messages of nodes it publishes are claimed. Those of a node another process publishes
+  are reported ``others`` and left waiting for it; that process is woken by a notification on
+  ``DISPATCH_CHANNEL`` (payload: its id), sent in the same transaction. A process whose row in
+  ``gateway_processes`` is gone (declared dead) claims nothing.
+- Adoption (``adopt``), under the same lock: the nodes whose publisher's row is gone become
+  the adopting process's, and the messages it had claimed and the broker had not acknowledged
+  (``pending``) are returned, oldest first, to be published again before any newer claim of
+  their node; a node with none of those loses its publisher row instead.
 - Estimates (``queue_position``, ``estimated_transmit_at``) are written only on rows that still
   wait; a claim clears the position.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -31,6 +41,7 @@ from kosmo.messages import NewMessage
 from kosmo.routing import Hearing
 
 CLAIM_LOCK = 0x6B6F736D6F_01  # pg advisory lock key of the hand-over (any process)
+DISPATCH_CHANNEL = "kosmo_dispatch"  # notifications: a process id to wake, or '' for every one
 
 # A waiting message, its size and its sender's plan weight (the current subscription's plan).
 _WAITING = """
@@ -113,13 +124,16 @@ def load_hearings(conn: psycopg.Connection[Any], bridge_ids: list[str]) -> list[
 @dataclass(frozen=True)
 class Claimed:
     """What one claim did: the messages handed, in the order offered; those offered that no
-    longer wait (canceled, expired, handed by another process); how many the bridge holds now.
-    ``locked`` False: another gateway process was claiming; nothing was done, try again."""
+    longer wait (canceled, expired, handed by another process); how many the bridge holds now;
+    those left for the process that publishes their node (``others``). ``locked`` False:
+    another gateway process was claiming, or this one is no longer registered; nothing was
+    done."""
 
     handed: list[NewMessage]
     gone: list[UUID]
     held: int
     locked: bool = True
+    others: list[UUID] = field(default_factory=list)  # still waiting, another process's nodes
 
 
 # A message is claimed only while it waits, before its expiry, and never ahead of its own
@@ -137,31 +151,120 @@ WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL AND m.expires_
       AND (o.created_at, o.id) < (m.created_at, m.id) AND o.status IN ('pending', 'queued')
       AND ((o.handed_at IS NULL AND o.expires_at > %(now)s AND o.id <> ALL(%(ids)s::uuid[]))
            OR (o.handed_at IS NOT NULL AND o.bridge_id <> %(bridge)s)))
+  AND EXISTS (SELECT 1 FROM node_publishers p
+              WHERE p.node_id = m.node_id AND p.process_id = %(me)s)
 RETURNING m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at
 """
 
+# The offered messages' nodes without a publisher get this process; then the offered messages
+# that still wait but whose node another process publishes, with that process.
+_OWN = """
+INSERT INTO node_publishers (node_id, process_id)
+SELECT DISTINCT m.node_id, %(me)s::uuid FROM messages m WHERE m.id = ANY(%(ids)s::uuid[])
+ON CONFLICT (node_id) DO NOTHING
+"""
+# Each such publisher is notified once (PostgreSQL folds equal notifications of a
+# transaction), at commit: it reads its queue then.
+_OTHERS = f"""
+SELECT m.id, pg_notify('{DISPATCH_CHANNEL}', p.process_id::text) IS NULL
+FROM messages m JOIN node_publishers p ON p.node_id = m.node_id
+WHERE m.id = ANY(%(ids)s::uuid[]) AND p.process_id <> %(me)s
+  AND m.status = 'pending' AND m.handed_at IS NULL
+"""
+
+
+def _lock(conn: psycopg.Connection[Any]) -> bool:
+    """Take the hand-over lock for this transaction, if no other process holds it."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,)).fetchone()
+    return bool(row and row[0])
+
 
 def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | None]],
-          bridge_id: str, credit: int, now: datetime) -> Claimed:
+          bridge_id: str, credit: int, now: datetime, process_id: UUID) -> Claimed:
     """Hand ``bridge_id`` the first of ``offered`` (id, estimated transmit time), in order, as
-    far as its credit allows; one transaction."""
-    locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,)).fetchone()
-    if not (locked and locked[0]):
+    far as its credit allows, those of nodes ``process_id`` publishes; one transaction."""
+    if not _lock(conn):
         return Claimed([], [], 0, locked=False)
-    counted = conn.execute(
-        "SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
-        " AND status IN ('pending', 'queued') AND direction = 'outbound'",
-        (bridge_id,)).fetchone()
-    held = int(counted[0]) if counted else 0
+    # A statement after the lock's: its snapshot sees every claim committed before.
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s),"
+        " (SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
+        "  AND status IN ('pending', 'queued') AND direction = 'outbound')",
+        (process_id, bridge_id)).fetchone()
+    if not (row and row[0]):
+        return Claimed([], [], 0, locked=False)  # declared dead: it claims nothing more
+    held = int(row[1])
     take = offered[:max(0, credit - held)]
     if not take:
         return Claimed([], [], held)
-    rows = {row[0]: row for row in conn.execute(_CLAIM, {
-        "now": now, "bridge": bridge_id, "ids": [i for i, _ in take],
-        "etas": [e for _, e in take]}).fetchall()}
+    ids = [i for i, _ in take]
+    with conn.pipeline():  # one round trip for the three
+        conn.execute(_OWN, {"me": process_id, "ids": ids})
+        found_others = conn.execute(_OTHERS, {"me": process_id, "ids": ids})
+        claimed = conn.execute(_CLAIM, {"now": now, "bridge": bridge_id, "ids": ids,
+                                        "etas": [e for _, e in take], "me": process_id})
+    others = {row[0] for row in found_others.fetchall()}
+    rows = {row[0]: row for row in claimed.fetchall()}
     handed = [NewMessage(*rows[i][:6], bridge_id=bridge_id)  # type: ignore[misc]
-              for i, _ in take if i in rows]
-    return Claimed(handed, [i for i, _ in take if i not in rows], held + len(handed))
+              for i in ids if i in rows]
+    return Claimed(handed, [i for i in ids if i not in rows and i not in others],
+                   held + len(handed), others=[i for i in ids if i in others])
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """Nodes taken over from one dead process, and its messages to publish again."""
+
+    dead: UUID
+    nodes: list[str]
+    messages: list[NewMessage]  # oldest first
+
+
+# Nodes whose publisher is no longer registered (declared dead, or left).
+_ORPHANS = """
+SELECT p.node_id, p.process_id FROM node_publishers p
+WHERE NOT EXISTS (SELECT 1 FROM gateway_processes g WHERE g.id = p.process_id)
+ORDER BY p.process_id, p.node_id LIMIT %s
+"""
+
+_UNACKED = """
+SELECT id, user_id, node_id, text, created_at, expires_at, bridge_id FROM messages
+WHERE node_id = ANY(%s) AND status = 'pending' AND handed_at IS NOT NULL
+  AND direction = 'outbound'
+ORDER BY created_at, id
+"""
+
+
+def has_orphans(conn: psycopg.Connection[Any]) -> bool:
+    """Whether some node's publisher is gone (a cheap check before ``adopt`` takes the lock)."""
+    return conn.execute(_ORPHANS, (1,)).fetchone() is not None
+
+
+def adopt(conn: psycopg.Connection[Any], process_id: UUID, limit: int = 10_000
+          ) -> list[Adopted] | None:
+    """Take over the nodes of dead publishers (at most ``limit`` nodes); None when another
+    process holds the lock or this one is no longer registered."""
+    if not _lock(conn):
+        return None
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s)",
+                       (process_id,)).fetchone()
+    if not (row and row[0]):
+        return None
+    owners: dict[UUID, list[str]] = {}
+    for node_id, dead in conn.execute(_ORPHANS, (limit,)).fetchall():
+        owners.setdefault(dead, []).append(node_id)
+    if not owners:
+        return []
+    nodes = [n for ns in owners.values() for n in ns]
+    messages = [NewMessage(*r) for r in conn.execute(_UNACKED, (nodes,)).fetchall()]
+    owed = {m.node_id for m in messages}
+    conn.execute("UPDATE node_publishers SET process_id = %s WHERE node_id = ANY(%s)",
+                 (process_id, sorted(owed)))
+    conn.execute("DELETE FROM node_publishers WHERE node_id = ANY(%s)",
+                 ([n for n in nodes if n not in owed],))
+    return [Adopted(dead, [n for n in ns if n in owed],
+                    [m for m in messages if m.node_id in set(ns)])
+            for dead, ns in owners.items()]
 
 
 def write_estimates(conn: psycopg.Connection[Any],

@@ -374,14 +374,17 @@ def cancel_messages(conn: psycopg.Connection, cancels: list[CancelRequest], now:
     return results, []
 
 
-def pending_messages(conn: psycopg.Connection, handed_before: datetime,
+def pending_messages(conn: psycopg.Connection, handed_before: datetime, process_id: UUID,
                      limit: int = 10_000) -> list[NewMessage]:
-    """Outbound messages handed to a bridge (claimed) but still ``pending``: the broker has not
-    acknowledged their publish on that bridge's topic."""
+    """Outbound messages of the nodes ``process_id`` publishes, handed to a bridge (claimed)
+    before ``handed_before`` but still ``pending``: the broker has not acknowledged their
+    publish on that bridge's topic."""
     rows = conn.execute(
-        "SELECT id, user_id, node_id, text, created_at, expires_at, bridge_id FROM messages"
-        " WHERE status = 'pending' AND handed_at IS NOT NULL AND handed_at < %s"
-        " ORDER BY created_at, id LIMIT %s", (handed_before, limit)).fetchall()
+        "SELECT m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at, m.bridge_id"
+        " FROM messages m JOIN node_publishers p ON p.node_id = m.node_id"
+        " WHERE p.process_id = %s AND m.status = 'pending' AND m.handed_at IS NOT NULL"
+        " AND m.handed_at < %s AND m.direction = 'outbound'"
+        " ORDER BY m.created_at, m.id LIMIT %s", (process_id, handed_before, limit)).fetchall()
     return [NewMessage(*row) for row in rows]
 
 
@@ -393,13 +396,15 @@ def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000)
     return [row[0] for row in rows]
 
 
-def pending_for_node(conn: psycopg.Connection, node_id: str, after: datetime,
-                     limit: int) -> list[NewMessage]:
+def pending_for_node(conn: psycopg.Connection, node_id: str, after: datetime, limit: int,
+                     process_id: UUID) -> list[NewMessage]:
     """A node's messages handed to a bridge and still ``pending``, created after ``after``,
-    oldest first."""
+    oldest first; none unless ``process_id`` publishes the node."""
     rows = conn.execute(
-        "SELECT id, user_id, node_id, text, created_at, expires_at, bridge_id FROM messages"
-        " WHERE status = 'pending' AND handed_at IS NOT NULL AND direction = 'outbound'"
-        " AND node_id = %s AND created_at > %s ORDER BY created_at, id LIMIT %s",
-        (node_id, after, limit)).fetchall()
+        "SELECT m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at, m.bridge_id"
+        " FROM messages m JOIN node_publishers p ON p.node_id = m.node_id"
+        " WHERE p.node_id = %s AND p.process_id = %s"
+        " AND m.status = 'pending' AND m.handed_at IS NOT NULL AND m.direction = 'outbound'"
+        " AND m.created_at > %s ORDER BY m.created_at, m.id LIMIT %s",
+        (node_id, process_id, after, limit)).fetchall()
     return [NewMessage(*row) for row in rows]

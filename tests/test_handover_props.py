@@ -4,14 +4,17 @@ processes restarting with their memory lost, in any order hypothesis finds.
 
 Each process reads the queue rarely on its own, and a report reaches one process only (as with
 a shared subscription), so the processes' memories disagree: the database must keep the rules.
-Whatever happens: a message is handed to one bridge at most once and never moves; no bridge ever
-holds more than its credit; nothing is handed to a bridge both processes know to be offline; one
-user's messages to one node are handed in the order they were accepted; and once the bridges
-are back, every message is handed and goes on air.
+Whatever happens: a message is claimed for one bridge at most once and never moves; no bridge
+ever holds more than its credit; nothing is handed to a bridge both processes know to be
+offline; one user's messages to one node are handed in the order they were accepted; and once
+the bridges are back, every message is handed and goes on air. A process hands a message once;
+another process hands it again (to the same bridge) only after the first one stopped with it
+unacknowledged and the other adopted its node.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from hypothesis import strategies as st
 
 from actors.dispatcher import Dispatcher
 from actors.ledger import Ledger
+from actors.membership import Membership
 from kosmo import wire
 from kosmo.clock import utcnow
 from kosmo.db import Database
@@ -57,26 +61,36 @@ class Process:
     """One gateway process's ledger and dispatcher, restartable."""
 
     db: Database
-    hand: Callable[[list[NewMessage]], Awaitable[None]]
+    hand: Callable[[Membership], Callable[[list[NewMessage]], Awaitable[None]]]
     ledger: Ledger | None = None
     dispatcher: Dispatcher | None = None
+    membership: Membership | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    stopped: trio.Event = field(default_factory=trio.Event)
 
     async def start(self, nursery: trio.Nursery, states: dict[str, bool]) -> None:
         self.scope = trio.CancelScope()
+        self.stopped = trio.Event()
+        self.membership = Membership(self.db, client_id="p")
         # Rarely a read of its own: what one process learns, the other often does not know
         # yet, as when a shared subscription gives each report to one process only.
-        self.dispatcher = Dispatcher(self.db, hand=self.hand, message_ttl=3600, refresh=30)
+        self.dispatcher = Dispatcher(self.db, hand=self.hand(self.membership), message_ttl=3600,
+                                     refresh=30, process_id=self.membership.process_id)
         self.ledger = Ledger(self.db, dispatch=self.dispatcher.accepted, message_ttl=3600)
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
-            with self.scope:
-                async with trio.open_nursery() as inner:
-                    assert self.dispatcher is not None
-                    assert self.ledger is not None
-                    await inner.start(self.dispatcher.run)
-                    await inner.start(self.ledger.run)
-                    task_status.started()
+            try:
+                with self.scope:
+                    async with trio.open_nursery() as inner:
+                        assert self.dispatcher is not None
+                        assert self.ledger is not None
+                        assert self.membership is not None
+                        await inner.start(self.membership.run)
+                        await inner.start(self.dispatcher.run)
+                        await inner.start(self.ledger.run)
+                        task_status.started()
+            finally:
+                self.stopped.set()
 
         await nursery.start(run)
         for bridge_id, online in states.items():  # the retained states, as at a subscribe
@@ -93,8 +107,12 @@ class Process:
         assert self.dispatcher is not None
         await self.dispatcher.admit(WANDERER, NODES[0], "x")
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop it, then leave (as the gateway does): the other process adopts its nodes."""
         self.scope.cancel()
+        await self.stopped.wait()
+        assert self.membership is not None
+        await self.membership.leave()
 
 
 def held_by(sql: psycopg.Connection[Any], bridge_id: str) -> list[UUID]:
@@ -108,15 +126,26 @@ async def scenario(url: str, script: list[Op]) -> None:
     db = Database(url, size=6)
     await db.open()
     handed: list[tuple[str, UUID]] = []
+    by: list[UUID] = []  # the process that handed each of ``handed``
+    left_at: dict[UUID, int] = {}  # a stopped process -> how many hands happened before
     offline_everywhere = set(BRIDGES)
     violations: list[str] = []
 
-    async def hand(messages: list[NewMessage]) -> None:
-        for m in messages:
-            assert m.bridge_id is not None
-            if m.bridge_id in offline_everywhere:
-                violations.append(f"{m.message_id} handed to offline {m.bridge_id}")
-            handed.append((m.bridge_id, m.message_id))
+    def hand(member: Membership) -> Callable[[list[NewMessage]], Awaitable[None]]:
+        async def handed_by(messages: list[NewMessage]) -> None:
+            for m in messages:
+                assert m.bridge_id is not None
+                claimed = all(i != m.message_id for _, i in handed)  # else: adopted
+                if claimed and m.bridge_id in offline_everywhere:
+                    violations.append(f"{m.message_id} handed to offline {m.bridge_id}")
+                handed.append((m.bridge_id, m.message_id))
+                by.append(member.process_id)
+        return handed_by
+
+    async def stop(p: Process) -> None:
+        await p.stop()
+        assert p.membership is not None
+        left_at[p.membership.process_id] = len(handed)
 
     states = {"b1": True, "b2": False, "b3": False}
     offline_everywhere.discard("b1")
@@ -171,7 +200,7 @@ async def scenario(url: str, script: list[Op]) -> None:
                         assert told is not None
                         await told.settled()
                 else:
-                    procs[op[1]].stop()
+                    await stop(procs[op[1]])
                     procs[op[1]] = Process(db, hand)
                     await procs[op[1]].start(nursery, states)
                 await settle()
@@ -203,15 +232,20 @@ async def scenario(url: str, script: list[Op]) -> None:
                     await trio.sleep(0.02)
                 check()
             for p in procs:
-                p.stop()
+                await stop(p)
     await db.close()
 
     assert violations == []
-    ids = [m for _, m in handed]
-    assert len(ids) == len(set(ids)), "a message was handed twice"
+    hands: dict[UUID, list[tuple[int, UUID]]] = {}
+    for index, ((_, message_id), process_id) in enumerate(zip(handed, by, strict=True)):
+        hands.setdefault(message_id, []).append((index, process_id))
+    for message_id, seq in hands.items():  # again only by another, after the first stopped
+        assert len({p for _, p in seq}) == len(seq), f"{message_id} handed twice by a process"
+        for (_, before), (index, _) in itertools.pairwise(seq):
+            assert left_at.get(before, len(handed)) <= index, f"{message_id} handed twice"
+    ids = list(dict.fromkeys(m for _, m in handed))  # first hands, in order
     assert set(ids) == set(accepted)
-    bridge_of = dict((m, b) for b, m in handed)
-    assert all(first_seen[m][0] == bridge_of[m] for m in ids)
+    assert all(first_seen[m][0] == b for b, m in handed)  # again: to the same bridge
     for user in USERS:  # per (user, node): handed in the order accepted
         for node in NODES:
             mine = [m for m in ids if accepted[m].user_id == user and accepted[m].node_id == node]

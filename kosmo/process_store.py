@@ -1,0 +1,95 @@
+"""The membership's SQL: live gateway processes, their heartbeat, the dead ones, leaving.
+
+Rules:
+- A process is registered by one row of ``gateway_processes`` (a new id each start) and is
+  live while the row exists and its ``seen_at`` is within ``lease`` of the database's
+  ``now()``. Every time here is the database's: the hosts' clocks never meet.
+- A heartbeat moves ``seen_at`` to ``now()``; it reports whether the row still exists. A row
+  gone means another process declared this one dead (or it left): it must not publish again.
+- Stale rows are only read here (``stale``); one is deleted (``bury``) only if it is still
+  stale in that transaction, so a process that beat again meanwhile lives on. Burying
+  notifies every process on ``DISPATCH_CHANNEL`` so their dispatchers adopt the dead process's
+  nodes at once (kosmo/dispatch_store.py).
+- Leaving deletes the row and the process's publisher rows of nodes with nothing claimed and
+  unacknowledged; the others stay for adoption, which publishes those messages again first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from kosmo.dispatch_store import CLAIM_LOCK, DISPATCH_CHANNEL
+
+
+class Fenced(Exception):
+    """This process's row is gone: another process declared it dead and took its nodes."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    process_id: UUID
+    started_at: datetime  # the database's time
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A process whose heartbeat is older than the lease."""
+
+    process_id: UUID
+    client_id: str
+    seen_at: datetime
+
+
+def register(conn: psycopg.Connection[Any], process_id: UUID, client_id: str, host: str,
+             pid: int) -> Registered:
+    row = conn.execute(
+        "INSERT INTO gateway_processes (id, client_id, host, pid, started_at, seen_at)"
+        " VALUES (%s, %s, %s, %s, now(), now()) RETURNING started_at",
+        (process_id, client_id, host, pid)).fetchone()
+    assert row is not None
+    return Registered(process_id, row[0])
+
+
+def beat(conn: psycopg.Connection[Any], process_id: UUID) -> bool:
+    """Move this process's ``seen_at`` to now; False when its row is gone."""
+    return conn.execute("UPDATE gateway_processes SET seen_at = now() WHERE id = %s",
+                        (process_id,)).rowcount == 1
+
+
+def stale(conn: psycopg.Connection[Any], process_id: UUID, lease: float) -> list[Stale]:
+    """The other processes whose last heartbeat is older than ``lease`` seconds."""
+    return [Stale(*row) for row in conn.execute(
+        "SELECT id, client_id, seen_at FROM gateway_processes"
+        " WHERE id <> %s AND seen_at < now() - make_interval(secs => %s)"
+        " ORDER BY seen_at", (process_id, lease)).fetchall()]
+
+
+def bury(conn: psycopg.Connection[Any], process_id: UUID, lease: float) -> bool:
+    """Delete a dead process's row if it is still stale; tell every dispatcher."""
+    gone = conn.execute(
+        "DELETE FROM gateway_processes"
+        " WHERE id = %s AND seen_at < now() - make_interval(secs => %s)",
+        (process_id, lease)).rowcount == 1
+    if gone:
+        conn.execute("SELECT pg_notify(%s, '')", (DISPATCH_CHANNEL,))
+    return gone
+
+
+_LEAVE = """
+DELETE FROM node_publishers p WHERE p.process_id = %(me)s AND NOT EXISTS (
+    SELECT 1 FROM messages m WHERE m.node_id = p.node_id AND m.status = 'pending'
+      AND m.handed_at IS NOT NULL AND m.direction = 'outbound')
+"""
+
+
+def leave(conn: psycopg.Connection[Any], process_id: UUID) -> None:
+    """This process stops: its row goes, and with it the nodes it has nothing owed to."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+    conn.execute(_LEAVE, {"me": process_id})
+    conn.execute("DELETE FROM gateway_processes WHERE id = %s", (process_id,))
+    conn.execute("SELECT pg_notify(%s, '')", (DISPATCH_CHANNEL,))
