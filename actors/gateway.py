@@ -2,7 +2,8 @@
 
 Supervision policy:
 - Start order is dependency order: database pool, membership (this process registered among
-  the gateway processes: the dispatcher, outbox and conversations work for its id), MQTT,
+  the gateway processes, on a connection of its own: the dispatcher, outbox and conversations
+  work for its id), MQTT,
   event bus, event feed, ledger, webhooks, inbound consumer, conversations, dispatcher,
   outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP. Each actor is started with
   ``nursery.start`` and the next starts only once it is ready.
@@ -102,10 +103,16 @@ async def _serve(settings: Settings, shutdown: trio.Event,
     db = Database(settings.database_url, size=settings.db_pool_size)
     await db.open(within=settings.start_timeout)
     metrics = GatewayMetrics()
-    membership = Membership(db, client_id=settings.mqtt_client_id)
+    # The membership's own connection: its heartbeats never wait behind the pool's work (a
+    # process too busy to beat for the lease would be declared dead).
+    beats = Database(settings.database_url, size=1, name="kosmo-membership")
+    membership = Membership(beats, client_id=settings.mqtt_client_id)
     me = membership.process_id
+    beating = False
     try:
         await db.run(check_schema)  # SchemaNotCurrent: the CLI says to run kosmo migrate
+        await beats.open(within=settings.start_timeout)
+        beating = True
         async with trio.open_nursery() as infra:
             await infra.start(db.watch)
             await infra.start(membership.run)
@@ -186,5 +193,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:
-        await membership.leave()  # every actor stopped: nothing of this process publishes
+        if beating:
+            await membership.leave()  # every actor stopped: nothing of this process publishes
+            await beats.close()
         await db.close()

@@ -3,6 +3,8 @@
 Rules:
 - At start it registers this process (kosmo/process_store.py) under a new id with its MQTT
   client id, host and pid, and reports ready only then: the dispatcher claims for this id.
+  The gateway gives it a database pool of its own (one connection), so its beats never queue
+  behind other work for a connection.
 - Heartbeat: every ``heartbeat`` seconds it sets its row's ``seen_at`` to the database's
   ``now()``. A process is dead when its row is older than ``lease`` (or gone). Only database
   time is compared with database time, so the hosts' clocks do not matter.

@@ -139,7 +139,8 @@ class Claimed:
 # A message is claimed only while it waits, before its expiry, and never ahead of its own
 # (user, node): no older one may still wait (unless offered in this claim) nor be held by
 # another bridge. So one user's messages to one node go on air in the order they were
-# accepted, whichever gateway process accepted or claims them.
+# accepted, whichever gateway process accepted or claims them. And only by its node's
+# publisher.
 _CLAIM = """
 UPDATE messages AS m SET handed_at = %(now)s, bridge_id = %(bridge)s, queue_position = NULL,
        estimated_transmit_at = x.e
@@ -149,27 +150,30 @@ WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL AND m.expires_
     SELECT 1 FROM messages o
     WHERE o.user_id = m.user_id AND o.node_id = m.node_id AND o.direction = 'outbound'
       AND (o.created_at, o.id) < (m.created_at, m.id) AND o.status IN ('pending', 'queued')
-      AND ((o.handed_at IS NULL AND o.expires_at > %(now)s AND o.id <> ALL(%(ids)s::uuid[]))
+      AND ((o.handed_at IS NULL AND o.expires_at > %(now)s
+            AND o.id <> ALL(%(offered)s::uuid[]))
            OR (o.handed_at IS NOT NULL AND o.bridge_id <> %(bridge)s)))
   AND EXISTS (SELECT 1 FROM node_publishers p
               WHERE p.node_id = m.node_id AND p.process_id = %(me)s)
 RETURNING m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at
 """
 
-# The offered messages' nodes without a publisher get this process; then the offered messages
-# that still wait but whose node another process publishes, with that process.
-_OWN = """
-INSERT INTO node_publishers (node_id, process_id)
-SELECT DISTINCT m.node_id, %(me)s::uuid FROM messages m WHERE m.id = ANY(%(ids)s::uuid[])
-ON CONFLICT (node_id) DO NOTHING
-"""
-# Each such publisher is notified once (PostgreSQL folds equal notifications of a
-# transaction), at commit: it reads its queue then.
-_OTHERS = f"""
-SELECT m.id, pg_notify('{DISPATCH_CHANNEL}', p.process_id::text) IS NULL
-FROM messages m JOIN node_publishers p ON p.node_id = m.node_id
-WHERE m.id = ANY(%(ids)s::uuid[]) AND p.process_id <> %(me)s
-  AND m.status = 'pending' AND m.handed_at IS NULL
+# The nodes without a publisher among those of the messages not claimed get this process; the
+# messages still waiting whose node another process publishes are returned, and each such
+# publisher is notified once (PostgreSQL folds equal notifications of a transaction), at
+# commit: it reads its queue then. (pg_notify returns void, never null: the filter keeps
+# every row and makes the call.)
+_OWN_AND_OTHERS = f"""
+WITH own AS (
+    INSERT INTO node_publishers (node_id, process_id)
+    SELECT DISTINCT m.node_id, %(me)s::uuid
+    FROM unnest(%(ids)s::uuid[]) AS x (i) JOIN messages m ON m.id = x.i
+    ON CONFLICT (node_id) DO NOTHING
+)
+SELECT m.id FROM unnest(%(ids)s::uuid[]) AS x (i) JOIN messages m ON m.id = x.i
+JOIN node_publishers p ON p.node_id = m.node_id
+WHERE p.process_id <> %(me)s AND m.status = 'pending' AND m.handed_at IS NULL
+  AND pg_notify('{DISPATCH_CHANNEL}', p.process_id::text) IS NOT NULL
 """
 
 
@@ -198,14 +202,22 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
     if not take:
         return Claimed([], [], held)
     ids = [i for i, _ in take]
-    with conn.pipeline():  # one round trip for the three
-        conn.execute(_OWN, {"me": process_id, "ids": ids})
-        found_others = conn.execute(_OTHERS, {"me": process_id, "ids": ids})
-        claimed = conn.execute(_CLAIM, {"now": now, "bridge": bridge_id, "ids": ids,
-                                        "etas": [e for _, e in take], "me": process_id})
-    others = {row[0] for row in found_others.fetchall()}
-    rows = {row[0]: row for row in claimed.fetchall()}
-    handed = [NewMessage(*rows[i][:6], bridge_id=bridge_id)  # type: ignore[misc]
+    etas = dict(take)
+    params = {"now": now, "bridge": bridge_id, "offered": ids, "me": process_id}
+    # Most often every node offered is already this process's: one statement. Otherwise the
+    # nodes without a publisher become its own and the rest is claimed in a second one.
+    rows = {row[0]: row for row in conn.execute(
+        _CLAIM, {**params, "ids": ids, "etas": [etas[i] for i in ids]}).fetchall()}
+    others: set[UUID] = set()
+    rest = [i for i in ids if i not in rows]
+    if rest:
+        others = {row[0] for row in conn.execute(
+            _OWN_AND_OTHERS, {"ids": rest, "me": process_id}).fetchall()}
+        rest = [i for i in rest if i not in others]
+        if rest:
+            rows.update((row[0], row) for row in conn.execute(
+                _CLAIM, {**params, "ids": rest, "etas": [etas[i] for i in rest]}).fetchall())
+    handed = [NewMessage(*rows[i], bridge_id=bridge_id)  # type: ignore[misc]
               for i in ids if i in rows]
     return Claimed(handed, [i for i in ids if i not in rows and i not in others],
                    held + len(handed), others=[i for i in ids if i in others])

@@ -22,7 +22,9 @@ CREATE TABLE gateway_processes (
 -- and republishes the node's messages. When the process's row is gone (dead, or stopped), a
 -- live process adopts the node: it becomes its publisher and publishes again, first, what the
 -- dead one had claimed and the broker had not acknowledged; a node with nothing of the kind
--- loses its row instead. Rows change only under the hand-over lock (kosmo/dispatch_store.py).
+-- loses its row instead. A live process keeps its nodes (one row per node it ever published:
+-- as many as the mesh has nodes). Rows change only under the hand-over lock
+-- (kosmo/dispatch_store.py).
 -- ``process_id`` is not a foreign key: a row that outlives its process is exactly what
 -- adoption looks for.
 CREATE TABLE node_publishers (

@@ -362,3 +362,22 @@ async def test_a_fenced_gateway_process_exits_1_with_one_line(settings: Settings
     assert lines.seen[-1].rstrip().endswith("was declared dead: stopped publishing; start it "
                                             "again")
     assert sum("ERROR" in line for line in lines.seen) == 1  # the membership's one line
+
+
+@pytest.mark.usefixtures("online_bridge")
+async def test_a_process_whose_pool_is_busy_for_longer_than_the_lease_stays_alive(
+        nursery, settings: Settings):
+    async with start_gateway(nursery, with_client(settings, "busy")) as busy, \
+            start_gateway(nursery, with_client(settings, "judge")) as judge:
+        await wait_until(judge.running.membership.steady)
+        beats = busy.running.membership.beats
+
+        def stall(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("SELECT pg_sleep(%s)", (LEASE + 1,))
+
+        async with trio.open_nursery() as hogs:  # every connection of its pool, for 4 s
+            for _ in range(settings.db_pool_size):
+                hogs.start_soon(busy.running.db.run, stall)
+        assert busy.running.membership.beats >= beats + int(LEASE)  # it beat meanwhile
+        assert judge.running.membership.buried == []
+        assert busy.running.membership.steady()
