@@ -3,10 +3,9 @@
 Supervision policy:
 - Start order is dependency order: database pool, membership (this process registered among
   the gateway processes, on a connection of its own: the dispatcher, outbox and conversations
-  work for its id), MQTT,
-  event bus, event feed, ledger, webhooks, inbound consumer, conversations, dispatcher,
-  outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP. Each actor is started with
-  ``nursery.start`` and the next starts only once it is ready.
+  work for its id), MQTT, event bus, event feed, ledger, webhooks, inbound consumer, stranded
+  sessions, conversations, dispatcher, outbox, expiry, metrics (``KOSMO_METRICS_BIND``), HTTP.
+  Each actor is started with ``nursery.start`` and the next starts only once it is ready.
 - Infrastructure actors (membership, MQTT, event bus, ledger, webhooks, inbound consumer,
   conversations router, dispatcher, outbox, expiry) failing bring the whole
   daemon down loudly: the nursery cancels the rest and the error propagates to the CLI, which
@@ -19,6 +18,10 @@ Supervision policy:
   Once every actor stopped (nothing publishes anymore), the process leaves the membership, so
   another process adopts its nodes at once and publishes what was claimed but not yet
   acknowledged; after a crash, that happens once the process is declared dead (its lease).
+- The MQTT sessions of gateway processes that are gone (dead or stopped, and not back within
+  a grace) are drained by one live process (actors/stranded.py, through ``Running.drains``,
+  actors/session_drain.py): what such a session held goes to the inbound consumer, whose acks
+  go through ``drains.ack``. The drainer starts after the consumer.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from actors.membership import Membership
 from actors.metrics import GatewayMetrics, LiveGauges
 from actors.mqtt import MqttActor, MqttInbound
 from actors.outbox import Outbox
+from actors.session_drain import SessionDrains
+from actors.stranded import StrandedSessions
 from actors.webhooks import WebhookActor
 from kosmo import wire
 from kosmo.config import Settings
@@ -75,16 +80,25 @@ class Running:
     metrics: GatewayMetrics
     metrics_binds: list[str]  # empty unless KOSMO_METRICS_BIND is set
     membership: Membership
+    drains: SessionDrains  # the drains of gone processes' MQTT sessions
+    stranded: StrandedSessions
+
+
+def stored_topics(settings: Settings) -> list[str]:
+    """The topic filters of reports, replies and nodes heard: each message is stored once in
+    the database all gateway processes share, so any process may take it."""
+    root = settings.mqtt_topic_root
+    return [wire.status_topic(root), wire.inbound_topic(root), wire.heard_topic(root)]
 
 
 def subscriptions(settings: Settings) -> list[tuple[str, int]]:
     """What the gateway consumes. Reports, replies and nodes heard may be shared among gateway
-    processes (each is stored once in the database they share); bridge states are retained
-    messages, which shared subscriptions do not deliver."""
-    root, group = settings.mqtt_topic_root, settings.mqtt_shared_group
+    processes (``stored_topics``); bridge states are retained messages, which shared
+    subscriptions do not deliver."""
+    group = settings.mqtt_shared_group
     shared = f"$share/{group}/" if group else ""
-    return [(shared + wire.status_topic(root), 1), (shared + wire.inbound_topic(root), 1),
-            (shared + wire.heard_topic(root), 1), (wire.bridge_state_topic(root), 1)]
+    return [(shared + topic, 1) for topic in stored_topics(settings)] + [
+        (wire.bridge_state_topic(settings.mqtt_topic_root), 1)]
 
 
 async def run_gateway(settings: Settings, shutdown: trio.Event, *,
@@ -120,6 +134,9 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             mqtt = MqttActor(settings.mqtt_url, client_id=settings.mqtt_client_id,
                              subscriptions=subscriptions(settings), inbound=received_send)
             await infra.start(mqtt.run)
+            drains = SessionDrains(settings.mqtt_url, mqtt, received_send.clone(),
+                                   stored=stored_topics(settings),
+                                   subscriptions=[t for t, _ in subscriptions(settings)])
             events = EventBus()
             await infra.start(events.run)
 
@@ -153,10 +170,12 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             await infra.start(webhooks.run)
             consumer = InboundConsumer(
                 db, ledger, topic_root=settings.mqtt_topic_root,
-                thread_window=settings.thread_window, ack=mqtt.ack, events=events,
+                thread_window=settings.thread_window, ack=drains.ack, events=events,
                 bridge_changed=dispatcher.bridge_state, settled=dispatcher.settled,
                 heard=dispatcher.heard, metrics=metrics)
             await infra.start(consumer.run, received)
+            stranded = StrandedSessions(db, drains)
+            await infra.start(stranded.run)
             await infra.start(conversations.run)
             await infra.start(dispatcher.run)
             outbox = Outbox(db, dispatch=conversations.dispatch, process_id=me,
@@ -189,7 +208,8 @@ async def _serve(settings: Settings, shutdown: trio.Event,
                 log.info("gateway listening on %s", ", ".join(binds))
                 task_status.started(Running(binds, db, mqtt, ledger, conversations, dispatcher,
                                             outbox, events, consumer, expiry, webhooks,
-                                            metrics, metrics_binds, membership))
+                                            metrics, metrics_binds, membership, drains,
+                                            stranded))
             log.info("HTTP front stopped; stopping actors")
             infra.cancel_scope.cancel()
     finally:

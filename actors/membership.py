@@ -17,15 +17,14 @@ Rules:
   ``lease`` seconds: a failed heartbeat, or more than ``lease / 2`` seconds between two
   successful ones (a stalled process), starts that count again. In ``lease`` seconds of a
   reachable database every live process has beaten at least once (heartbeat < lease / 2).
-- Burial: every ``heartbeat / 2`` seconds (while the guard allows) each dead process's MQTT client
-  id is given to ``on_dead`` (awaited; by default nothing), then its row is deleted if still
-  stale; that notifies every dispatcher, which adopts its nodes (actors/dispatcher.py).
-  Several processes may run ``on_dead`` for the same dead one: the hook must bear that.
+- Burial: every ``heartbeat / 2`` seconds (while the guard allows) each dead process's row is
+  deleted if still stale; that notifies every dispatcher, which adopts its nodes
+  (actors/dispatcher.py), and leaves its MQTT session to be drained (actors/stranded.py).
 - Leaving: ``leave`` (called by the gateway once every other actor stopped, so nothing
   publishes anymore) deletes the row, shielded, within ``LEAVE_TIMEOUT`` seconds; the others
   adopt its nodes at once instead of after the lease.
 - Supervision: a database outage only skips beats (logged once as a warning); the actor
-  fails (the gateway goes down) only when fenced or when ``on_dead`` raises.
+  fails (the gateway goes down) only when fenced.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import trio
@@ -49,17 +47,11 @@ LEASE = 3.0  # seconds without a heartbeat after which a process is dead
 LEAVE_TIMEOUT = 2.0
 
 
-async def _nothing(client_id: str) -> None:
-    pass
-
-
 class Membership:
     def __init__(self, db: Database, *, client_id: str,
-                 on_dead: Callable[[str], Awaitable[None]] = _nothing,
                  heartbeat: float = HEARTBEAT, lease: float = LEASE) -> None:
         self._db = db
         self._client_id = client_id
-        self._on_dead = on_dead
         self._heartbeat = heartbeat
         self._lease = lease
         self.process_id: UUID = uuid.uuid4()
@@ -126,9 +118,8 @@ class Membership:
             except DatabaseUnavailable:
                 continue  # the heartbeat says so
             for process in dead:
-                await self._on_dead(process.client_id)
                 if not self.steady():
-                    break  # the hook took long, or the database left: judge again later
+                    break  # the database left meanwhile: judge again later
                 try:
                     buried = await self._db.run(bury, process.process_id, self._lease)
                 except DatabaseUnavailable:

@@ -10,7 +10,12 @@ Rules
   our back: callers of `publish()` see MqttUnavailable and re-publish themselves; consumers
   dedupe by message id. The session is persistent (MQTT 3.1.1, clean_session=False, fixed
   client id) and inbound QoS 1 messages are acked by hand, only once the consumer has stored
-  them: unacked ones come back after a reconnect.
+  them: unacked ones come back after a reconnect. An inbound message names the client id it
+  came to, and `ack()` acts only on its own (several actors may feed one consumer; the
+  session drains of actors/session_drain.py do). `clean_session=True` is only for deleting a
+  session: connect, then stop.
+- Subscriptions are made at every CONNACK; `unsubscribe()` removes some from the session and
+  from that list, and returns at the UNSUBACK.
 - publish() calls paho directly rather than over a channel to the actor task: paho's publish is
   non-blocking (it queues the packet and asks us, via on_socket_register_write, to wait for
   writability), and between the `connected` check, `client.publish()` and registering the PUBACK
@@ -68,6 +73,7 @@ class MqttInbound:
     qos: int
     mid: int
     epoch: int
+    client_id: str  # the session it came to: only that actor may acknowledge it
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,10 @@ class MqttActor:
                  inbound: trio.MemorySendChannel[MqttInbound] | None = None,
                  will: tuple[str, bytes, int, bool] | None = None,
                  keepalive: float = 30, backoff_min: float = 0.2,
-                 backoff_max: float = 5.0) -> None:
+                 backoff_max: float = 5.0, clean_session: bool = False) -> None:
         if not client_id:
             raise ValueError("a persistent MQTT session needs a fixed, non-empty client id")
-        self._endpoint, self._client_id = endpoint, client_id
+        self._endpoint, self._client_id, self._clean = endpoint, client_id, clean_session
         self._subscriptions, self._inbound, self._will = list(subscriptions), inbound, will
         self._keepalive, self._backoff = max(1, round(keepalive)), (backoff_min, backoff_max)
         self._where = f"{endpoint.redacted()} as {client_id!r}"
@@ -120,6 +126,10 @@ class MqttActor:
         self._link: Link | None = None  # the current connection, from socket open until lost
         self._connected, self._up = False, trio.Event()
         self._epoch = self._ready_count = self._in_flight = self._published = self._received = 0
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
 
     @property
     def connected(self) -> bool:
@@ -162,11 +172,34 @@ class MqttActor:
         return Publication(self, link, info.mid, acked)
 
     async def ack(self, message: MqttInbound) -> None:
-        """Acknowledge a stored message; one from an earlier connection is dropped silently."""
+        """Acknowledge a stored message; one from an earlier connection, or that came to
+        another client id, is dropped silently."""
         await trio.lowlevel.checkpoint()
         link = self._link
-        if message.qos and link is not None and not link.lost and link.epoch == message.epoch:
+        if message.qos and link is not None and not link.lost and link.epoch == message.epoch \
+                and message.client_id == self._client_id:
             link.client.ack(message.mid, message.qos)
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Remove ``topics`` from the session and from the subscriptions made at each connect;
+        return at the broker's UNSUBACK. Raises MqttUnavailable when not connected, or when the
+        connection is lost first (the session may or may not have them still: call again)."""
+        await trio.lowlevel.checkpoint()
+        link = self._link
+        if link is None or not self._connected:
+            raise MqttUnavailable(f"not connected to {self._where}")
+        if not topics:
+            return
+        # Connected, so no SUBACK is awaited: _on_subscribe's list stays as it was sent.
+        removed = set(topics)
+        self._subscriptions = [s for s in self._subscriptions if s[0] not in removed]
+        rc, mid = link.client.unsubscribe(list(topics))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttUnavailable(f"unsubscribe on {self._where} failed: {error_string(rc)}")
+        done = link.waiters[mid] = trio.Event()  # mids are shared with publishes: no clash
+        await done.wait()
+        if link.waiters.pop(mid, None) is not None:
+            raise MqttUnavailable(f"connection to {self._where} lost before the UNSUBACK")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep one connection up, forever; started() after the first CONNACK and SUBACK."""
@@ -213,7 +246,8 @@ class MqttActor:
     def _new_link(self) -> Link:
         self._epoch += 1
         client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                        clean_session=False, protocol=MQTTProtocolVersion.MQTTv311, manual_ack=True)
+                        clean_session=self._clean, protocol=MQTTProtocolVersion.MQTTv311,
+                        manual_ack=True)
         link = Link(client, self._epoch)
         client.user_data_set(link)
         if self._endpoint.username is not None:
@@ -244,6 +278,7 @@ class MqttActor:
             raise
         client = link.client
         client.on_connect, client.on_subscribe = self._on_connect, self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_publish, client.on_message = self._on_publish, self._on_message
         client.on_disconnect, client.on_socket_close = self._on_disconnect, self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -375,9 +410,11 @@ class MqttActor:
 
     def _on_publish(self, client: Client, link: Link, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
-        waiter = link.waiters.pop(mid, None)
-        if waiter is not None:
-            waiter.set()
+        _acknowledged(link, mid)
+
+    def _on_unsubscribe(self, client: Client, link: Link, mid: int, reasons: list[ReasonCode],
+                        properties: Properties | None) -> None:
+        _acknowledged(link, mid)  # MQTT 3.1.1's UNSUBACK carries no reason
 
     def _on_message(self, client: Client, link: Link, msg: MQTTMessage) -> None:
         self._received += 1
@@ -386,10 +423,18 @@ class MqttActor:
             return
         try:
             self._pending_send.send_nowait(
-                MqttInbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, link.epoch))
+                MqttInbound(msg.topic, bytes(msg.payload), msg.qos, msg.mid, link.epoch,
+                            self._client_id))
         except trio.WouldBlock:
             if msg.qos == 0:
                 log.warning("MQTT inbound queue full on %s: dropped a QoS 0 message on %s",
                             self._where, msg.topic)
             else:
                 self._lose(link, "inbound queue full; the broker will redeliver")
+
+
+def _acknowledged(link: Link, mid: int) -> None:
+    """A PUBACK or UNSUBACK: wake its waiter, which finds its entry gone."""
+    waiter = link.waiters.pop(mid, None)
+    if waiter is not None:
+        waiter.set()

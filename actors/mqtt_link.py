@@ -36,8 +36,9 @@ class Link:
         self.lost = False
         self.reason: str | None = None
         self.scope = trio.CancelScope()  # cancelled when the connection is lost
-        # mid -> publish() awaiting its PUBACK. on_publish removes the entry and wakes the
-        # waiter; a lost connection only wakes it, so an entry left behind means "not acked".
+        # mid -> publish() awaiting its PUBACK, or unsubscribe() its UNSUBACK. The answer
+        # removes the entry and wakes the waiter; a lost connection only wakes it, so an entry
+        # left behind means "not acked".
         self.waiters: dict[int, trio.Event] = {}
         self.sub_mid: int | None = None
         self.lock = threading.Lock()  # hands the socket over from the connect thread

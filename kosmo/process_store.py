@@ -12,6 +12,10 @@ Rules:
   nodes at once (kosmo/dispatch_store.py).
 - Leaving deletes the row and the process's publisher rows of nodes with nothing claimed and
   unacknowledged; the others stay for adoption, which publishes those messages again first.
+- A process row that goes (buried or left) leaves its MQTT client id in ``stranded_sessions``
+  unless a live process has the same one. ``take_stranded`` leases one such session to one
+  process once its grace has passed (a process restarted within it takes its session back,
+  and its row is then deleted); ``drained`` forgets it.
 """
 
 from __future__ import annotations
@@ -69,15 +73,25 @@ def stale(conn: psycopg.Connection[Any], process_id: UUID, lease: float) -> list
         " ORDER BY seen_at", (process_id, lease)).fetchall()]
 
 
+# The gone process's MQTT session is left to drain (its client id, unless a live process has it).
+_STRANDED = """
+INSERT INTO stranded_sessions (client_id, since)
+SELECT c.client_id, now() FROM (SELECT %(client)s::text AS client_id) c
+WHERE NOT EXISTS (SELECT 1 FROM gateway_processes g WHERE g.client_id = c.client_id)
+ON CONFLICT (client_id) DO UPDATE SET since = EXCLUDED.since
+"""
+
+
 def bury(conn: psycopg.Connection[Any], process_id: UUID, lease: float) -> bool:
     """Delete a dead process's row if it is still stale; tell every dispatcher."""
     gone = conn.execute(
         "DELETE FROM gateway_processes"
-        " WHERE id = %s AND seen_at < now() - make_interval(secs => %s)",
-        (process_id, lease)).rowcount == 1
+        " WHERE id = %s AND seen_at < now() - make_interval(secs => %s) RETURNING client_id",
+        (process_id, lease)).fetchone()
     if gone:
+        conn.execute(_STRANDED, {"client": gone[0]})
         conn.execute("SELECT pg_notify(%s, '')", (DISPATCH_CHANNEL,))
-    return gone
+    return gone is not None
 
 
 _LEAVE = """
@@ -91,5 +105,43 @@ def leave(conn: psycopg.Connection[Any], process_id: UUID) -> None:
     """This process stops: its row goes, and with it the nodes it has nothing owed to."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
     conn.execute(_LEAVE, {"me": process_id})
-    conn.execute("DELETE FROM gateway_processes WHERE id = %s", (process_id,))
+    gone = conn.execute("DELETE FROM gateway_processes WHERE id = %s RETURNING client_id",
+                        (process_id,)).fetchone()
+    if gone:
+        conn.execute(_STRANDED, {"client": gone[0]})
     conn.execute("SELECT pg_notify(%s, '')", (DISPATCH_CHANNEL,))
+
+
+# One stranded session this process may drain now: past its grace, no drain in progress (or
+# that drain's lease ran out), and no live process with its client id. Rows of client ids
+# that are live again are deleted first: their process took its own session back.
+_RECLAIMED = """
+DELETE FROM stranded_sessions s
+WHERE EXISTS (SELECT 1 FROM gateway_processes g WHERE g.client_id = s.client_id)
+"""
+
+_TAKE_STRANDED = """
+UPDATE stranded_sessions SET drain_until = now() + make_interval(secs => %(lease)s),
+       attempts = attempts + 1
+WHERE client_id = (
+    SELECT client_id FROM stranded_sessions
+    WHERE since < now() - make_interval(secs => %(grace)s)
+      AND (drain_until IS NULL OR drain_until < now())
+    ORDER BY since LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING client_id, attempts
+"""
+
+
+def take_stranded(conn: psycopg.Connection[Any], grace: float,
+                  lease: float) -> tuple[str, int] | None:
+    """A stranded session to drain (its client id, this attempt's number), leased to this
+    process for ``lease`` seconds; None when there is none."""
+    conn.execute(_RECLAIMED)
+    row = conn.execute(_TAKE_STRANDED, {"grace": grace, "lease": lease}).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def drained(conn: psycopg.Connection[Any], client_id: str) -> None:
+    """The session is drained and deleted at the broker: forget it."""
+    conn.execute("DELETE FROM stranded_sessions WHERE client_id = %s", (client_id,))
+

@@ -32,3 +32,18 @@ CREATE TABLE node_publishers (
     process_id uuid NOT NULL
 );
 CREATE INDEX node_publishers_by_process ON node_publishers (process_id);
+
+-- The MQTT session of a gateway process that is gone: dead (its row deleted by another
+-- process) or stopped. While its client is offline, a persistent session that holds the
+-- gateways' shared subscription keeps getting its turn of the reports, replies and nodes heard
+-- (mosquitto: docs/reliability.md), so what it holds must be taken into the database and the
+-- session deleted (actors/stranded.py, actors/session_drain.py). A row is inserted when a
+-- process row goes; it is drained only once ``GRACE`` has passed and while no live process
+-- has that client id (a restarted process takes its own session back), by one process at a
+-- time (``drain_until`` is that process's lease); it is deleted once drained.
+CREATE TABLE stranded_sessions (
+    client_id   text PRIMARY KEY,
+    since       timestamptz NOT NULL,      -- when its process's row went
+    drain_until timestamptz,               -- a drain in progress, until then
+    attempts    integer NOT NULL DEFAULT 0
+);

@@ -326,6 +326,79 @@ async def test_unacked_message_is_redelivered_and_acked_one_is_not(
             nursery.cancel_scope.cancel()
 
 
+async def test_ack_acts_only_on_messages_that_came_to_its_own_client_id(
+        private_broker: Broker) -> None:
+    """Two sessions get the same message under the same mid and epoch; one actor acking the
+    other's message must not acknowledge its own (several actors feed one consumer)."""
+    topic, mine_id = unique("whose"), unique_id("mine")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
+            other, others = await start_actor(nursery, private_broker.url, unique_id("other"),
+                                              [(topic, 1)])
+            async with trio.open_nursery() as visit:
+                mine, inbox = await start_actor(visit, private_broker.url, mine_id, [(topic, 1)])
+                await pub.publish(topic, b"for both")
+                own, theirs = await inbox.receive(), await others.receive()
+                assert (own.mid, own.epoch) == (theirs.mid, theirs.epoch)
+                assert (own.client_id, theirs.client_id) == (mine_id, other.client_id)
+                await mine.ack(theirs)  # not ours: dropped, ours stays unacknowledged
+                await other.ack(theirs)
+                visit.cancel_scope.cancel()
+            async with trio.open_nursery() as visit:
+                mine, inbox = await start_actor(visit, private_broker.url, mine_id, [(topic, 1)])
+                await pub.publish(topic, b"marker")
+                assert await receive_until(inbox, b"marker") == [b"for both", b"marker"]
+                visit.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+async def test_unsubscribe_stops_delivery_and_is_not_renewed_at_reconnect(
+        private_broker: Broker) -> None:
+    kept, dropped = unique("kept"), unique("dropped")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
+            sub, inbox = await start_actor(nursery, private_broker.url, unique_id("sub"),
+                                           [(kept, 1), (dropped, 1)])
+            await sub.unsubscribe([dropped])
+            await pub.publish(dropped, b"not for us")
+            await pub.publish(kept, b"one")
+            assert (await inbox.receive()).payload == b"one"  # not acked: it may come again
+            await trio.to_thread.run_sync(private_broker.stop)
+            await until(lambda: not sub.connected)
+            with pytest.raises(MqttUnavailable, match="not connected"):
+                await sub.unsubscribe([kept])
+            await trio.to_thread.run_sync(private_broker.start)
+            await sub.wait_connected()
+            await pub.wait_connected()
+            await pub.publish(dropped, b"still not for us")
+            await pub.publish(kept, b"two")
+            assert set(await receive_until(inbox, b"two")) <= {b"one", b"two"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_clean_session_connect_deletes_a_stored_session(private_broker: Broker) -> None:
+    topic, client_id = unique("clean"), unique_id("stored")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
+            async with trio.open_nursery() as visit:
+                await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                visit.cancel_scope.cancel()
+            await pub.publish(topic, b"queued in the stored session")
+            async with trio.open_nursery() as visit:
+                await start_actor(visit, private_broker.url, client_id, clean_session=True)
+                visit.cancel_scope.cancel()
+            async with trio.open_nursery() as visit:  # persistent again: a new, empty session
+                _, inbox = await start_actor(visit, private_broker.url, client_id,
+                                               [(topic, 1)])
+                await pub.publish(topic, b"marker")
+                assert await receive_until(inbox, b"marker") == [b"marker"]
+                visit.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
 # -- shutdown --------------------------------------------------------------------------------
 
 

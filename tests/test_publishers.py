@@ -294,31 +294,27 @@ async def test_a_process_declared_dead_stops_with_one_clear_line(settings: Setti
                       "by another process: it stops publishing and exits"]
 
 
-async def test_a_dead_process_is_given_to_the_hook_then_buried(database_url: str, sql):
+async def test_a_dead_process_is_buried_and_its_session_left_to_drain(database_url: str, sql):
     sql.execute("INSERT INTO gateway_processes VALUES (%s, 'gw-gone', 'h', 1, now(),"
                 " now() - interval '1 hour')", (dead := uuid.uuid4(),))
-    seen: list[tuple[str, int]] = []
-
-    async def on_dead(client_id: str) -> None:
-        rows = db_value(sql, "SELECT count(*) FROM gateway_processes WHERE id = %s", dead)
-        seen.append((client_id, rows))
-
     db = Database(database_url, size=2)
     await db.open()
     try:
         async with trio.open_nursery() as nursery:
-            member = Membership(db, client_id="gw-here", on_dead=on_dead, heartbeat=0.1,
-                                lease=0.5)
+            member = Membership(db, client_id="gw-here", heartbeat=0.1, lease=0.5)
             await nursery.start(member.run)
             await wait_until(lambda: member.buried == [dead])
-            assert seen == [("gw-gone", 1)]  # the hook ran while its row still existed
             assert db_value(sql, "SELECT count(*) FROM gateway_processes WHERE id = %s",
                             dead) == 0
             assert db_value(sql, "SELECT count(*) FROM gateway_processes WHERE id = %s",
                             member.process_id) == 1
+            assert db_value(sql, "SELECT array_agg(client_id) FROM stranded_sessions") == [
+                "gw-gone"]
             nursery.cancel_scope.cancel()
         await member.leave()
         assert db_value(sql, "SELECT count(*) FROM gateway_processes") == 0
+        assert db_value(sql, "SELECT array_agg(client_id ORDER BY client_id)"
+                             " FROM stranded_sessions") == ["gw-gone", "gw-here"]
     finally:
         await db.close()
 
