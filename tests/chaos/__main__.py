@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"round robin over them (default {defaults.gateways})")
     parser.add_argument("--gateway-down", type=float,
                         help="seconds a killed gateway stays down (default 0 with one gateway: "
-                             "started again at once; 8 with two, so the other takes over)")
+                             "started again at once; 20 with two: longer than the lease (3 s) "
+                             "and the grace before its MQTT session is drained (10 s), so the "
+                             "other takes over)")
     parser.add_argument("--users", type=int, default=defaults.users,
                         help="sending users, the last with a tight quota "
                              f"(default {defaults.users})")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s")
     two = args.gateways == 2
     faults = args.faults or (two_gateway_faults() if two else FAULTS)
-    down = args.gateway_down if args.gateway_down is not None else 8.0 if two else 0.0
+    down = args.gateway_down if args.gateway_down is not None else 20.0 if two else 0.0
     config = ChaosConfig(users=args.users, rate=args.rate, rounds=args.rounds,
                          faults=faults, quiet=args.quiet, outage=args.outage,
                          gateways=args.gateways, gateway_down=down, seed=args.seed,

@@ -52,7 +52,9 @@ For a gateway kill, from the kill:
   (those the killed process had claimed and not yet published, or published unacknowledged),
   and when the last of them was first published;
 - *adopted*: when the schema has membership tables (``node_publishers``), until no node names
-  the killed process as its publisher any more.
+  the killed process as its publisher any more;
+- *session drained*: when it has ``stranded_sessions``, until another process drained the
+  killed one's MQTT session (its row marked and released while the killed one was down).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ from bridge.sim.radio import SimRadio
 from bridge.sim.server import serve_radio
 from kosmo import migrate
 from kosmo.embedded import Broker, EmbeddedPostgres, free_port, start_broker, start_postgres
-from tests.chaos.owners import owned_by_pid, still_published_by
+from tests.chaos.owners import owned_by_pid, still_published_by, stranded
 from tests.chaos.publishes import PublishWatch
 from tests.chaos.report import ChaosResult, Fault, Send, bad_5xx
 
@@ -140,6 +142,7 @@ class Child:
         self._env = env
         self._process: trio.Process | None = None
         self._killing = False
+        self.client_id = ""  # a gateway's MQTT client id
 
     @property
     def pid(self) -> int | None:
@@ -245,8 +248,9 @@ async def running_stack(config: ChaosConfig, nursery: trio.Nursery) -> AsyncIter
                         "KOSMO_OUTBOX_INTERVAL": "5s", "KOSMO_START_TIMEOUT": "60s"}
             if config.gateways > 1:
                 settings["KOSMO_MQTT_SHARED_GROUP"] = "chaos"
-            gateways.append(Child(name, _kosmo("gateway"), {**env, **settings},
-                                  root / f"{name}.log"))
+            gateway = Child(name, _kosmo("gateway"), {**env, **settings}, root / f"{name}.log")
+            gateway.client_id = settings["KOSMO_MQTT_CLIENT_ID"]
+            gateways.append(gateway)
             urls.append(f"http://127.0.0.1:{http_port}")
         bridge = Child("bridge", _kosmo("bridge"), {
             **env, "KOSMO_RADIO": f"tcp:127.0.0.1:{radio_port}",
@@ -406,6 +410,7 @@ class Run:
             if owned is not None:
                 fault.owned = owned[1]
                 nursery.start_soon(self.watch_adoption, fault, owned[0])
+                nursery.start_soon(self.watch_drain, fault, gateway.client_id)
             await trio.sleep(self.config.gateway_down)
             await gateway.start()
             fault.back = self.now()
@@ -444,6 +449,18 @@ class Run:
                     fault.adopted = self.now() - fault.start
                     return
                 await trio.sleep(0.1)
+
+    async def watch_drain(self, fault: Fault, client_id: str) -> None:
+        """Until the killed process's MQTT session is marked stranded and then released; a
+        release before the process is back is a drain by another process."""
+        url = self.stack.postgres.url
+        with trio.move_on_after(60):
+            while not await trio.to_thread.run_sync(stranded, url, client_id):
+                await trio.sleep(0.1)
+            while await trio.to_thread.run_sync(stranded, url, client_id) is not False:
+                await trio.sleep(0.1)
+            if not fault.back:
+                fault.drained = self.now() - fault.start
 
     async def run(self) -> ChaosResult:
         config = self.config

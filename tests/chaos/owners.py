@@ -1,5 +1,6 @@
-"""Which nodes a gateway process publishes, read from the membership tables when the schema
-has them (``gateway_processes``, ``node_publishers``); without them every answer is None.
+"""Which nodes a gateway process publishes, and whether its MQTT session waits to be drained,
+read from the membership tables when the schema has them (``gateway_processes``,
+``node_publishers``, ``stranded_sessions``); without them every answer is None.
 
 Rules:
 - Read-only, one short connection per call, from the harness's threads; a database that is
@@ -41,3 +42,18 @@ def still_published_by(url: str, process_id: str) -> int | None:
     except psycopg.OperationalError:
         return None
     return int(row[0]) if row else None
+
+
+def stranded(url: str, client_id: str) -> bool | None:
+    """Whether this client id's session waits to be drained (None: database down or no such
+    table)."""
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT to_regclass('stranded_sessions') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return None
+            row = conn.execute("SELECT count(*)::int FROM stranded_sessions WHERE client_id = %s",
+                               (client_id,)).fetchone()
+    except psycopg.OperationalError:
+        return None
+    return bool(row and row[0])

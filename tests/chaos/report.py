@@ -33,6 +33,7 @@ class Fault:
     recovered_by: float | None = None  # the last of those first publishes, from the kill
     owned: int | None = None  # nodes the killed process published (membership tables only)
     adopted: float | None = None  # until none of them is the dead process's any more
+    drained: float | None = None  # its MQTT session drained by another while it was down
 
 
 @dataclass
@@ -159,14 +160,15 @@ class ChaosResult:
         if kills:
             lines += ["", "| gateway kill | at (s) | down (s) | nodes back (s) | longest wait "
                           "to publish (s) | texts recovered | last recovered (s) "
-                          "| nodes it published | adopted (s) |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                          "| nodes it published | adopted (s) | session drained (s) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for f in kills:
                 lines.append(f"| {f.part} | {f.start:.1f} | {f.back - f.start:.1f} | "
                              f"{_seconds(f.nodes_back)} | {_seconds(f.publish_wait)} | "
                              f"{f.recovered} | "
                              f"{_seconds(f.recovered_by)} | "
-                             f"{'-' if f.owned is None else f.owned} | {_seconds(f.adopted)} |")
+                             f"{'-' if f.owned is None else f.owned} | {_seconds(f.adopted)} | "
+                             f"{_seconds(f.drained)} |")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
