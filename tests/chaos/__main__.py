@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from tests.chaos.harness import FAULTS, ChaosConfig, chaos_run, dump
+from tests.chaos.harness import FAULTS, ChaosConfig, chaos_run, dump, two_gateway_faults
 
 
 def _faults(text: str) -> tuple[str, ...]:
@@ -35,8 +35,18 @@ def main(argv: list[str] | None = None) -> int:
                     "lost, sent twice or charged wrongly, and print the figures.")
     parser.add_argument("--rounds", type=int, default=2,
                         help="how many times each fault is injected (default 2)")
-    parser.add_argument("--faults", type=_faults, default=defaults.faults,
-                        help=f"which faults, in order (default {','.join(FAULTS)})")
+    parser.add_argument("--faults", type=_faults,
+                        help=f"which faults, in order (default {','.join(FAULTS)}; with two "
+                             f"gateways {','.join(two_gateway_faults())}); each 'gateway' "
+                             "kills the next gateway in turn")
+    parser.add_argument("--gateways", type=int, choices=(1, 2), default=defaults.gateways,
+                        help="gateway processes on the one database and broker, sends spread "
+                             f"round robin over them (default {defaults.gateways})")
+    parser.add_argument("--gateway-down", type=float,
+                        help="seconds a killed gateway stays down (default 0 with one gateway: "
+                             "started again at once; 20 with two: longer than the lease (3 s) "
+                             "and the grace before its MQTT session is drained (10 s), so the "
+                             "other takes over)")
     parser.add_argument("--users", type=int, default=defaults.users,
                         help="sending users, the last with a tight quota "
                              f"(default {defaults.users})")
@@ -55,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    two = args.gateways == 2
+    faults = args.faults or (two_gateway_faults() if two else FAULTS)
+    down = args.gateway_down if args.gateway_down is not None else 20.0 if two else 0.0
     config = ChaosConfig(users=args.users, rate=args.rate, rounds=args.rounds,
-                         faults=args.faults, quiet=args.quiet, outage=args.outage,
-                         seed=args.seed, keep=args.keep)
+                         faults=faults, quiet=args.quiet, outage=args.outage,
+                         gateways=args.gateways, gateway_down=down, seed=args.seed,
+                         keep=args.keep)
     result = trio.run(chaos_run, config)
     print(result.table())
     if args.json:
