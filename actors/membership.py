@@ -3,6 +3,8 @@
 Rules:
 - At start it registers this process (kosmo/process_store.py) under a new id with its MQTT
   client id, host and pid, and reports ready only then: the dispatcher claims for this id.
+  Earlier rows of the same client id (this process's earlier lives: a restart after a crash)
+  are deleted then, so their nodes are adopted at once instead of after the lease.
   The gateway gives it a database pool of its own (one connection), so its beats never queue
   behind other work for a connection.
 - Heartbeat: every ``heartbeat`` seconds it sets its row's ``seen_at`` to the database's
@@ -69,8 +71,11 @@ class Membership:
                 and trio.current_time() - self._last_beat <= self._lease / 2)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._db.run(register, self.process_id, self._client_id, socket.gethostname(),
-                           os.getpid())
+        registered = await self._db.run(register, self.process_id, self._client_id,
+                                        socket.gethostname(), os.getpid())
+        for earlier in registered.replaced:
+            log.info("gateway process %s replaces %s, an earlier life of client id %s: its "
+                     "nodes are adopted now", self.process_id, earlier, self._client_id)
         self._registered = True
         self._steady_since = self._last_beat = trio.current_time()
         log.info("gateway process %s registered (client id %s)", self.process_id,

@@ -4,6 +4,8 @@ Rules:
 - A process is registered by one row of ``gateway_processes`` (a new id each start) and is
   live while the row exists and its ``seen_at`` is within ``lease`` of the database's
   ``now()``. Every time here is the database's: the hosts' clocks never meet.
+- A process's earlier lives (rows of its client id) are deleted when it registers: their nodes
+  are adopted at once rather than after the lease.
 - A heartbeat moves ``seen_at`` to ``now()``; it reports whether the row still exists. A row
   gone means another process declared this one dead (or it left): it must not publish again.
 - Stale rows are only read here (``stale``); one is deleted (``bury``) only if it is still
@@ -38,6 +40,7 @@ class Fenced(Exception):
 class Registered:
     process_id: UUID
     started_at: datetime  # the database's time
+    replaced: list[UUID]  # rows of earlier lives of this client id, deleted
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,21 @@ class Stale:
 
 def register(conn: psycopg.Connection[Any], process_id: UUID, client_id: str, host: str,
              pid: int) -> Registered:
+    """Register this process. Rows of the same MQTT client id are its predecessors (two live
+    processes never share one: the broker would take the session from one for the other), so
+    they go now, without waiting for their lease: their nodes are adopted at once, and the
+    session is this process's again (no drain)."""
+    gone = conn.execute("DELETE FROM gateway_processes WHERE client_id = %s RETURNING id",
+                        (client_id,)).fetchall()
+    conn.execute("DELETE FROM stranded_sessions WHERE client_id = %s", (client_id,))
+    if gone:
+        conn.execute("SELECT pg_notify(%s, '')", (DISPATCH_CHANNEL,))
     row = conn.execute(
         "INSERT INTO gateway_processes (id, client_id, host, pid, started_at, seen_at)"
         " VALUES (%s, %s, %s, %s, now(), now()) RETURNING started_at",
         (process_id, client_id, host, pid)).fetchone()
     assert row is not None
-    return Registered(process_id, row[0])
+    return Registered(process_id, row[0], [r[0] for r in gone])
 
 
 def beat(conn: psycopg.Connection[Any], process_id: UUID) -> bool:

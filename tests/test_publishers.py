@@ -275,6 +275,8 @@ async def test_a_restarted_process_publishes_its_predecessors_messages_once(
     adopted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("adopted")]
     assert len(adopted) == 1
     assert f"{len(held)} unacknowledged" in adopted[0]
+    # Its predecessor's row went when it registered (same client id), not after the lease.
+    assert any("an earlier life of client id" in r.getMessage() for r in caplog.records)
 
 
 # --- fencing, the hook, false deaths -------------------------------------------------------
