@@ -7,7 +7,10 @@ Rules:
   process's commits, a wake-up only). One cursor over the history ids, which follow commit
   order, so events arrive in event order, each once, whatever process wrote them.
 - Without a feed, writers publish events after their commit, in commit order: each writes and
-  publishes inside ``in_commit_order()``, and ``publish`` fans them out itself.
+  publishes inside ``in_commit_order()``, and ``publish`` fans them out itself. With a feed
+  the order comes from the history ids the feed reads, so ``in_commit_order()`` takes no lock:
+  writers of this process commit concurrently (PostgreSQL's event-order lock still assigns
+  their history ids in commit order, held only from the history insert to the commit).
 - Subscriptions and events travel on ONE channel, so a subscriber registered
   before an event was delivered receives it: nothing after the handshake is missed.
 - Each subscriber has a bounded buffer. The bus never waits for a subscriber: one whose buffer
@@ -95,12 +98,17 @@ class EventBus:
 
     @asynccontextmanager
     async def in_commit_order(self) -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[None]]]:
-        """Writers of status history commit and publish inside this, one at a time.
+        """Writers of status history commit and publish inside this.
 
         History ids are assigned in commit order (see ``kosmo.events``), but two writers that
-        commit one after the other may reach the bus in the other order; holding this lock
-        from before the transaction until its events are published keeps the bus in id order.
+        commit one after the other may reach the bus in the other order; without a feed,
+        holding this lock from before the transaction until its events are published keeps
+        the bus in id order. With a feed the bus receives events only in id order from the
+        feed, and ``publish`` merely wakes it, so writers need not wait for each other.
         """
+        if self._feed is not None:
+            yield self.publish
+            return
         async with self._commit_order:
             yield self.publish
 
@@ -117,6 +125,17 @@ class EventBus:
         subscription.events.close()
         with trio.CancelScope(shield=True):
             await self._send.send(_Unsubscribe(subscription))
+
+    def idle(self) -> bool:
+        """No subscriber is registered (one still on its way in has not returned from
+        ``subscribe``, so it expects only events committed after now)."""
+        return not self._by_user
+
+    def written(self) -> None:
+        """Committed events reached the bus without being fanned out (the feed skipped them,
+        nobody subscribed): tell the ``on_written`` listeners all the same."""
+        for notify in self._written:
+            notify()
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(sum(len(s) for s in self._by_user.values()), self._delivered,

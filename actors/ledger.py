@@ -17,12 +17,13 @@ Rules:
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
   bad request never takes its neighbours down with it.
-- Each batch commits and publishes its events to the event bus while holding the bus's
-  commit-order lock, so the live stream receives events in event-id order whatever lane or
-  actor wrote them. Then the accepted messages go to the conversations actor as one batch
-  (``dispatch``), in creation order. ``created_at`` is strictly increasing within this process.
-  The ids a cancel batch canceled go to ``canceled`` after its commit, so the dispatcher drops
-  them from its queue.
+- Each batch commits and publishes its events to the event bus inside the bus's
+  ``in_commit_order``, so the live stream receives events in event-id order whatever lane or
+  actor wrote them (with the event feed attached, as the gateway runs, the feed orders them
+  and the lanes commit concurrently). Then the accepted messages go to the conversations actor
+  as one batch (``dispatch``), in creation order. ``created_at`` is strictly increasing within
+  this process. The ids a cancel batch canceled go to ``canceled`` after its commit, so the
+  dispatcher drops them from its queue.
 - What each committed batch did is counted in ``metrics`` (actors/metrics.py), after the
   commit, once per request: a batch that failed counts nothing.
 """
