@@ -27,6 +27,10 @@ Rules:
   failed read is retried after a pause; the cursor only moves once the bus has the events.
 - The cursor starts at the last committed id when the feed starts: streams replay the history
   before that themselves (``since``).
+- While the bus has no subscriber the feed does not read: it moves the cursor to the largest id
+  it knows committed and tells the bus's ``on_written`` listeners. Those events precede every
+  subscription still to come, which is all a subscriber is promised (it replays older ones
+  with ``since``). This saves a read of the history per commit while nobody streams.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class EventFeed:
         self._target = 0  # the largest history id known to be committed
         self._woken = trio.Event()
         self.reads = 0
+        self.skips = 0  # wake-ups with nobody subscribed: the history was not read
         self.listening = False  # the listener holds a LISTENing connection
         self.reconnects = 0
 
@@ -91,6 +96,13 @@ class EventFeed:
             await self._woken.wait()
             self._woken = trio.Event()
             while self._cursor < self._target:
+                if self._bus.idle():
+                    # Nobody streams: what was committed up to the target reaches no one, so
+                    # it is not read (a stream that subscribes later replays what it asks for).
+                    self._cursor = self._target
+                    self.skips += 1
+                    self._bus.written()
+                    break
                 try:
                     events, last = await self._db.run(events_after, self._cursor, self._page)
                 except DatabaseUnavailable as exc:
