@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -171,7 +172,7 @@ class Ledger:
     async def _process_sends(self, batch: list[SendRequest]) -> None:
         new = [self._new_message(s) for s in batch]
         claims = [s.idempotency for s in batch]
-        results = await self._commit(batch, self._process_sends, accept_sends, new,
+        results = await self._commit(batch, self._process_sends, _committing(accept_sends), new,
                                      self._clock(), claims if any(claims) else [])
         if results is None:
             return
@@ -183,7 +184,7 @@ class Ledger:
             await self._dispatch(accepted)  # one hand-over for the whole batch
 
     async def _process_reports(self, batch: list[ReportRequest]) -> None:
-        results = await self._commit(batch, self._process_reports, apply_reports,
+        results = await self._commit(batch, self._process_reports, _committing(apply_reports),
                                      [r.report for r in batch])
         if results is None:
             return
@@ -245,6 +246,11 @@ async def _no_events() -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[No
         pass
 
     yield discard
+
+
+def _committing(fn: Callable[..., tuple[list[T], Any]]) -> Callable[..., tuple[list[T], Any]]:
+    """``fn`` committing its transaction in the round trip of its last writes."""
+    return partial(fn, commit=True)
 
 
 def _lingers(request: Request) -> bool:
