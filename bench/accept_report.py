@@ -135,6 +135,10 @@ def report(results: Results) -> str:
                 lat_med[(name, nodes)] = _med([r.published_p99_ms for r in mine])
                 complete[(name, nodes)] = all(r.accepted == r.offered and not r.missing
                                               for r in mine)
+                unanswered = sum(r.unanswered for r in mine)
+                if unanswered:
+                    w(f"{name:<10}{nodes:>6}  {unanswered} sends unanswered within the runs' "
+                      "deadlines (overloaded): not in the figures")
                 w(f"{name:<10}{nodes:>6}{'median':>7}{'':>8}{'':>6}"
                   f"{sum(r.missing for r in mine):>8}"
                   f"{_med([r.published_p50_ms for r in mine]):>9.1f}"
