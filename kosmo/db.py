@@ -3,7 +3,8 @@
 Rules:
 - psycopg's async API is asyncio-only, so the gateway uses its sync API in worker threads:
   ``await db.run(fn, *args)`` calls ``fn(conn, *args)`` in a thread with a pooled connection,
-  inside one transaction that commits when ``fn`` returns and rolls back when it raises.
+  inside one transaction that commits when ``fn`` returns and rolls back when it raises. The
+  thread starts without a pass of the Trio loop first (``kosmo.threads``).
 - A ``trio.CapacityLimiter`` as large as the pool bounds the threads, so no thread ever waits
   for a connection while holding a limiter slot that another task needs.
 - Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
@@ -28,6 +29,8 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 import trio
+
+from kosmo import threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,7 +88,7 @@ class Database:
             self._next_probe = trio.current_time() + self._probe_interval
         try:
             self.attempts += 1
-            result = await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+            result: T = await threads.run_sync(self._call, fn, args, limiter=self._limiter)
         except DatabaseUnavailable as exc:
             self._mark_down(exc)
             raise
@@ -107,8 +110,7 @@ class Database:
                     await trio.sleep(self._probe_interval)
                     try:
                         self.probes += 1
-                        await trio.to_thread.run_sync(self._call, _ping, (),
-                                                      limiter=self._limiter)
+                        await threads.run_sync(self._call, _ping, (), limiter=self._limiter)
                     except DatabaseUnavailable as exc:
                         self._down = str(exc)
                     else:
