@@ -46,7 +46,7 @@ import trio
 from actors.events import EventBus
 from actors.metrics import GatewayMetrics
 from actors.reply import Reply
-from kosmo.channels import take_waiting
+from kosmo.channels import put, take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
@@ -130,14 +130,14 @@ class Ledger:
         """Check, debit and store one outbound message, with its admission's estimate (and,
         with an Idempotency-Key claim, its answer); the reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
-        await self._sends[0].send(SendRequest(user_id, node_id, text, reply, queue_position,
+        await put(self._sends[0], SendRequest(user_id, node_id, text, reply, queue_position,
                                               estimated_transmit_at, idempotency))
         return await reply.wait()
 
     async def cancel(self, user_id: UUID, message_id: UUID) -> Canceled | CancelRefusal:
         """Cancel the user's message if it still waits; the reply comes after the commit."""
         reply: Reply[Canceled | CancelRefusal] = Reply()
-        await self._cancels[0].send(CancelMessage(CancelRequest(user_id, message_id), reply))
+        await put(self._cancels[0], CancelMessage(CancelRequest(user_id, message_id), reply))
         return await reply.wait()
 
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
