@@ -143,7 +143,7 @@ class Ledger:
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
         """Apply a delivery report; with ``wait``, return what it did once committed."""
         reply: Reply[Applied] | None = Reply() if wait else None
-        await self._reports[0].send(ReportRequest(report, reply))
+        await put(self._reports[0], ReportRequest(report, reply))
         return await reply.wait() if reply is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

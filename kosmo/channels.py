@@ -36,7 +36,9 @@ def take_waiting(receive: trio.MemoryReceiveChannel[T], batch: list[T], limit: i
 
 
 async def put(send: trio.MemorySendChannel[T], item: T) -> None:
-    """Send ``item``; a scheduler pass only when the channel is full (see the module's rules)."""
+    """Send ``item``; a scheduler pass only when the channel is full (see the module's rules).
+    A caller already cancelled sends nothing, as with ``send``."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # raises if cancelled; never yields otherwise
     try:
         send.send_nowait(item)
     except trio.WouldBlock:
