@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from servers import BIN, bench_database, forget_mqtt_session, free_port, gateway
 
 HERE = Path(__file__).resolve().parent
 PROFILE_RATE = 200  # py-spy samples per second
+STATS_SETTLE = 1.5  # seconds for PostgreSQL's per-database counts to include a run
 
 
 # --- the servers (plain blocking code, outside Trio) ----------------------------------------
@@ -106,6 +107,7 @@ class Gateway:
     proc: subprocess.Popen[bytes] | None = None
     meter: CpuMeter | None = None
     monitor: Any = None
+    queries: int = 0  # transactions of the monitor connection (each query is one)
     log: Path = field(default_factory=Path)
 
     @property
@@ -170,6 +172,7 @@ async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
     hello_meter = CpuMeter(hello.pid)
 
     def query(g: Gateway, sql: str) -> Any:
+        g.queries += 1
         return g.monitor.execute(sql).fetchone()
 
     async def drained(g: Gateway) -> None:
@@ -181,11 +184,12 @@ async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
             while (await trio.to_thread.run_sync(  # noqa: ASYNC110
                     query, g, "SELECT count(*) FROM messages WHERE status = 'pending'"))[0]:
                 await trio.sleep(0.2)
-        await trio.to_thread.run_sync(lambda: g.monitor.execute(
-            "UPDATE messages SET status = 'delivered', updated_at = now()"
-            " WHERE status = 'queued'"))
+        await trio.to_thread.run_sync(
+            query, g, "UPDATE messages SET status = 'delivered', updated_at = now()"
+                      " WHERE status = 'queued' RETURNING 1")
 
     async def backends(g: Gateway) -> list[int]:
+        g.queries += 1
         rows = await trio.to_thread.run_sync(lambda: g.monitor.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()").fetchall())
@@ -195,10 +199,21 @@ async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
                      get: str | None = None) -> Throughput:
         assert g.meter is not None
         g.meter.backends = await backends(g)  # the pool may have grown
+        count = connections == 1 and get is None
+        before = await transactions(g) if count else 0
         run = await run_wrk(g.name, g.url + (get or PATH), seconds, connections, g.meter,
                             get=get)
         await drained(g)
-        return run
+        if not count or not run.requests:
+            return run
+        await trio.sleep(STATS_SETTLE)  # backends report their counts at most once a second
+        return replace(run, transactions=(await transactions(g) - before) / run.requests)
+
+    async def transactions(g: Gateway) -> int:
+        """Transactions committed in the gateway's database so far, but the monitor's own."""
+        row = await trio.to_thread.run_sync(query, g, "SELECT xact_commit FROM pg_stat_database"
+                                                      " WHERE datname = current_database()")
+        return int(row[0]) - g.queries
 
     try:
         async with sigterm_interrupts():

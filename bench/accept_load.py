@@ -84,6 +84,7 @@ class Throughput:
     requests: int
     errors: int
     cpu: dict[str, float]
+    transactions: float = math.nan  # database transactions committed per request
 
     def cpu_ms(self, role: str) -> float:
         """CPU of ``role`` per request, in ms."""

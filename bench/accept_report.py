@@ -40,7 +40,8 @@ def _median_run(runs: list[Throughput]) -> Throughput:
     return Throughput(first.target, first.connections, _med([t.rps for t in runs]),
                       _med([t.p50_ms for t in runs]), _med([t.p99_ms for t in runs]),
                       sum(t.requests for t in runs), sum(t.errors for t in runs),
-                      {k: _med([t.cpu[k] for t in runs]) for k in first.cpu})
+                      {k: _med([t.cpu[k] for t in runs]) for k in first.cpu},
+                      _med([t.transactions for t in runs]))
 
 
 def _met(ok: bool) -> str:
@@ -65,7 +66,7 @@ def report(results: Results) -> str:
     w("")
     w("Closed loop (wrk): req/s and latency; CPU in % of one core (server = all its "
       "processes, (main) their Trio threads, pg = their PostgreSQL backends, machine = all "
-      "processes); CPU ms/req = CPU per request")
+      "processes); ms/req = CPU per request (server, pg)")
     w(f"{'conns':>5} {'round':<7}{'server':<9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}"
       f"{'errors':>7}{'server':>8}{'(main)':>7}{'pg':>5}{'wrk':>5}{'machine':>8}"
       f"{'ms/req':>8}{'pg':>6}{'ratio':>7}")
@@ -98,8 +99,8 @@ def report(results: Results) -> str:
 
     w("")
     w("Sequential (one connection, closed loop): latency of each request")
-    w(f"{'request':<22}{'server':<10}{'p50 ms':>8}{'p99 ms':>8}{'req/s':>7}"
-      f"{'rounds p50 ms':>22}")
+    w(f"{'request':<22}{'server':<10}{'p50 ms':>8}{'p99 ms':>8}{'req/s':>7}{'ms/req':>8}"
+      f"{'pg':>6}{'txn/req':>8}   rounds p50 ms")
     seq: dict[tuple[str, str], float] = {}
     for what, runs in (("send (POST messages)", results.sequential),
                        ("GET /healthz", results.healthz)):
@@ -107,8 +108,10 @@ def report(results: Results) -> str:
             mine = [t for t in runs if t.target == name]
             if mine:
                 seq[(what, name)] = p50 = _med([t.p50_ms for t in mine])
-                w(f"{what:<22}{name:<10}{p50:>8.2f}{_med([t.p99_ms for t in mine]):>8.2f}"
-                  f"{_med([t.rps for t in mine]):>7.0f}   "
+                m = _median_run(mine)
+                w(f"{what:<22}{name:<10}{p50:>8.2f}{m.p99_ms:>8.2f}{m.rps:>7.0f}"
+                  f"{m.cpu_ms('server'):>8.2f}{m.cpu_ms('postgres'):>6.2f}"
+                  + (f"{m.transactions:>8.2f}   " if name != "hello" else f"{'':>8}   ")
                   + ", ".join(f"{t.p50_ms:.2f}" for t in mine))
 
     w("")
