@@ -19,11 +19,13 @@ Rules:
   bad request never takes its neighbours down with it.
 - Each batch commits and publishes its events to the event bus inside the bus's
   ``in_commit_order``, so the live stream receives events in event-id order whatever lane or
-  actor wrote them (with the event feed attached, as the gateway runs, the feed orders them
-  and the lanes commit concurrently). Then the accepted messages go to the conversations actor
-  as one batch (``dispatch``), in creation order. ``created_at`` is strictly increasing within
-  this process. The ids a cancel batch canceled go to ``canceled`` after its commit, so the
-  dispatcher drops them from its queue.
+  actor wrote them. With the event feed attached (as the gateway runs) the feed orders them,
+  and a sends batch commits without waiting for the other lanes: it locks no existing message
+  row, and its quota rows in user order, as refunds do. Reports and cancels take turns.
+- Then the accepted messages go to the conversations actor as one batch (``dispatch``), in
+  creation order. ``created_at`` is strictly increasing within this process. The ids a cancel
+  batch canceled go to ``canceled`` after its commit, so the dispatcher drops them from its
+  queue.
 - What each committed batch did is counted in ``metrics`` (actors/metrics.py), after the
   commit, once per request: a batch that failed counts nothing.
 """
@@ -113,7 +115,7 @@ class Ledger:
         self.metrics = metrics or GatewayMetrics()  # counts what each committed batch did
         self._dispatch = dispatch
         self._canceled = canceled
-        self._in_commit_order = events.in_commit_order if events else _no_events
+        self._events = events
         self._ttl = timedelta(seconds=message_ttl)
         self._max_batch = max_batch
         self._clock = clock
@@ -173,7 +175,7 @@ class Ledger:
         new = [self._new_message(s) for s in batch]
         claims = [s.idempotency for s in batch]
         results = await self._commit(batch, self._process_sends, _committing(accept_sends), new,
-                                     self._clock(), claims if any(claims) else [])
+                                     self._clock(), claims if any(claims) else [], alone=False)
         if results is None:
             return
         self.metrics.sends(results)
@@ -206,11 +208,14 @@ class Ledger:
             await self._canceled(canceled)
 
     async def _commit(self, batch: Sequence[R], retry: Callable[[list[R]], Awaitable[None]],
-                      fn: Callable[..., tuple[list[T], Any]], *args: Any) -> list[T] | None:
+                      fn: Callable[..., tuple[list[T], Any]], *args: Any,
+                      alone: bool = True) -> list[T] | None:
         """Run ``fn`` over the batch in one transaction and publish its events, in commit
-        order. On failure, fail the batch's replies (database down) or retry its requests
-        one by one (any other database error). None: the replies are already settled."""
-        async with self._in_commit_order() as publish:
+        order (``alone``: see ``EventBus.in_commit_order``). On failure, fail the batch's
+        replies (database down) or retry its requests one by one (any other database error).
+        None: the replies are already settled."""
+        ordered = self._events.in_commit_order(alone=alone) if self._events else _no_events()
+        async with ordered as publish:
             try:
                 results, events = await self._db.run(fn, *args)
             except DatabaseUnavailable as exc:

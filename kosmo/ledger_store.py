@@ -8,7 +8,8 @@ Rules:
   writes (the caller's commit then has nothing left to do), and return only once committed.
 - The debit is a conditional upsert on ``quota_usage`` (``used < limit``). PostgreSQL re-checks
   the condition on the locked row, so the rule stays exact when several gateway processes share
-  one database: no check-then-write in process memory.
+  one database: no check-then-write in process memory. Debits and refunds lock usage rows in
+  user order, so a sends batch and a reports or cancel batch may commit concurrently.
 - A refund is guarded by ``messages.charged``: the flag is cleared and the usage decremented in
   one transaction, so no message is refunded twice, whatever the reports.
 - History rows are appended through ``record_history``, which assigns their ids (event ids)
@@ -149,16 +150,22 @@ SELECT id FROM written, told
 """
 
 # Give back one message each to the period it was debited in, once per message: the
-# ``charged`` flag is cleared where still set, and only those rows are counted.
+# ``charged`` flag is cleared where still set, and only those rows are counted. The usage rows
+# are locked in user order first, the order in which a batch of sends locks them, so a refund
+# and a debit of the same users never wait for each other in a circle.
 _REFUND = """
 WITH refunded AS (
     UPDATE messages SET charged = false WHERE id = ANY(%s) AND charged
-    RETURNING user_id, debit_period_start
+    RETURNING user_id, debit_period_start AS period_start
+), owed AS (
+    SELECT user_id, period_start, count(*) AS n FROM refunded GROUP BY user_id, period_start
+), locked AS MATERIALIZED (
+    SELECT q.user_id, q.period_start FROM quota_usage q JOIN owed USING (user_id, period_start)
+    ORDER BY q.user_id, q.period_start FOR UPDATE OF q
 )
-UPDATE quota_usage AS q SET used = q.used - r.n
-FROM (SELECT user_id, debit_period_start, count(*) AS n FROM refunded
-      GROUP BY user_id, debit_period_start) AS r
-WHERE q.user_id = r.user_id AND q.period_start = r.debit_period_start
+UPDATE quota_usage AS q SET used = q.used - owed.n
+FROM owed JOIN locked USING (user_id, period_start)
+WHERE q.user_id = owed.user_id AND q.period_start = owed.period_start
 """
 
 # A message that left ``pending`` no longer waits: its queue position goes.
