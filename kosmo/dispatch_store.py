@@ -145,13 +145,16 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
           bridge_id: str, credit: int, now: datetime) -> Claimed:
     """Hand ``bridge_id`` the first of ``offered`` (id, estimated transmit time), in order, as
     far as its credit allows; one transaction."""
-    locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,)).fetchone()
+    with conn.pipeline():  # one round trip: the count is only used once the lock is held
+        trying = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+        counting = conn.execute(
+            "SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
+            " AND status IN ('pending', 'queued') AND direction = 'outbound'",
+            (bridge_id,))
+    locked = trying.fetchone()
     if not (locked and locked[0]):
         return Claimed([], [], 0, locked=False)
-    counted = conn.execute(
-        "SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
-        " AND status IN ('pending', 'queued') AND direction = 'outbound'",
-        (bridge_id,)).fetchone()
+    counted = counting.fetchone()
     held = int(counted[0]) if counted else 0
     take = offered[:max(0, credit - held)]
     if not take:
