@@ -48,7 +48,7 @@ import trio
 
 from actors.reply import Reply
 from kosmo import wire
-from kosmo.channels import take_waiting
+from kosmo.channels import put, take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.dispatch_store import (
@@ -140,7 +140,7 @@ class Dispatcher:
     # --- what other actors call -------------------------------------------------------------
 
     async def accepted(self, messages: list[NewMessage]) -> None:
-        await self._send.send(_Accepted(messages))
+        await put(self._send, _Accepted(messages))
 
     async def canceled(self, ids: list[UUID]) -> None:
         await self._send.send(_Canceled(ids))
@@ -168,7 +168,7 @@ class Dispatcher:
             except DatabaseUnavailable:
                 weight = 1  # the estimate errs late; the send itself will say 503
         reply: Reply[Admission] = Reply()
-        await self._send.send(_Admit(user_id, node_id, len(text.encode("utf-8")), weight,
+        await put(self._send, _Admit(user_id, node_id, len(text.encode("utf-8")), weight,
                                      reply))
         return await reply.wait()
 
@@ -485,7 +485,8 @@ class Dispatcher:
         if not rows:
             return
         try:
-            await self._db.run(write_estimates, rows)
+            if not await self._db.run(write_estimates, rows):
+                return  # another process is handing over: written at a later round
         except DatabaseUnavailable as exc:
             log.warning("estimates not written, database unavailable: %s", exc)
             return

@@ -7,7 +7,13 @@ Rules:
   process's commits, a wake-up only). One cursor over the history ids, which follow commit
   order, so events arrive in event order, each once, whatever process wrote them.
 - Without a feed, writers publish events after their commit, in commit order: each writes and
-  publishes inside ``in_commit_order()``, and ``publish`` fans them out itself.
+  publishes inside ``in_commit_order()``, and ``publish`` fans them out itself. With a feed
+  the order comes from the history ids the feed reads (PostgreSQL's event-order lock assigns
+  them in commit order), so a writer that passes ``alone=False`` takes no lock: the ledger's
+  sends, which lock no existing message row and their quota rows in user order. Writers that
+  lock existing rows (reports, cancels, inbound) still take turns, which also keeps them from
+  deadlocking each other in PostgreSQL (a cancel's row lock against a report's history
+  insert, whose foreign-key check waits for it).
 - Subscriptions and events travel on ONE channel, so a subscriber registered
   before an event was delivered receives it: nothing after the handshake is missed.
 - Each subscriber has a bounded buffer. The bus never waits for a subscriber: one whose buffer
@@ -105,13 +111,20 @@ class EventBus:
             await self._send.send(events)
 
     @asynccontextmanager
-    async def in_commit_order(self) -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[None]]]:
-        """Writers of status history commit and publish inside this, one at a time.
+    async def in_commit_order(self, *, alone: bool = True
+                              ) -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[None]]]:
+        """Writers of status history commit and publish inside this.
 
         History ids are assigned in commit order (see ``kosmo.events``), but two writers that
-        commit one after the other may reach the bus in the other order; holding this lock
-        from before the transaction until its events are published keeps the bus in id order.
+        commit one after the other may reach the bus in the other order; without a feed,
+        holding this lock from before the transaction until its events are published keeps
+        the bus in id order. With a feed the bus receives events only in id order from the
+        feed, and ``publish`` merely wakes it: then only writers that ask to be ``alone``
+        (see the module's rules) take the lock, and the others do not wait for them.
         """
+        if self._feed is not None and not alone:
+            yield self.publish
+            return
         async with self._commit_order:
             yield self.publish
 

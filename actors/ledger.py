@@ -17,12 +17,15 @@ Rules:
 - If the database is unreachable, every request of the batch fails with DatabaseUnavailable.
   Any other database error fails the batch, which is then retried one request at a time, so a
   bad request never takes its neighbours down with it.
-- Each batch commits and publishes its events to the event bus while holding the bus's
-  commit-order lock, so the live stream receives events in event-id order whatever lane or
-  actor wrote them. Then the accepted messages go to the conversations actor as one batch
-  (``dispatch``), in creation order. ``created_at`` is strictly increasing within this process.
-  The ids a cancel batch canceled go to ``canceled`` after its commit, so the dispatcher drops
-  them from its queue.
+- Each batch commits and publishes its events to the event bus inside the bus's
+  ``in_commit_order``, so the live stream receives events in event-id order whatever lane or
+  actor wrote them. With the event feed attached (as the gateway runs) the feed orders them,
+  and a sends batch commits without waiting for the other lanes: it locks no existing message
+  row, and its quota rows in user order, as refunds do. Reports and cancels take turns.
+- Then the accepted messages go to the conversations actor as one batch (``dispatch``), in
+  creation order. ``created_at`` is strictly increasing within this process. The ids a cancel
+  batch canceled go to ``canceled`` after its commit, so the dispatcher drops them from its
+  queue.
 - What each committed batch did is counted in ``metrics`` (actors/metrics.py), after the
   commit, once per request: a batch that failed counts nothing.
 """
@@ -35,6 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -44,7 +48,7 @@ import trio
 from actors.events import EventBus
 from actors.metrics import GatewayMetrics
 from actors.reply import Reply
-from kosmo.channels import take_waiting
+from kosmo.channels import put, take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.delivery import Status
@@ -111,7 +115,7 @@ class Ledger:
         self.metrics = metrics or GatewayMetrics()  # counts what each committed batch did
         self._dispatch = dispatch
         self._canceled = canceled
-        self._in_commit_order = events.in_commit_order if events else _no_events
+        self._events = events
         self._ttl = timedelta(seconds=message_ttl)
         self._max_batch = max_batch
         self._clock = clock
@@ -128,20 +132,20 @@ class Ledger:
         """Check, debit and store one outbound message, with its admission's estimate (and,
         with an Idempotency-Key claim, its answer); the reply comes after the commit."""
         reply: Reply[Accepted | Refused] = Reply()
-        await self._sends[0].send(SendRequest(user_id, node_id, text, reply, queue_position,
+        await put(self._sends[0], SendRequest(user_id, node_id, text, reply, queue_position,
                                               estimated_transmit_at, idempotency))
         return await reply.wait()
 
     async def cancel(self, user_id: UUID, message_id: UUID) -> Canceled | CancelRefusal:
         """Cancel the user's message if it still waits; the reply comes after the commit."""
         reply: Reply[Canceled | CancelRefusal] = Reply()
-        await self._cancels[0].send(CancelMessage(CancelRequest(user_id, message_id), reply))
+        await put(self._cancels[0], CancelMessage(CancelRequest(user_id, message_id), reply))
         return await reply.wait()
 
     async def report(self, report: StatusReport, *, wait: bool = False) -> Applied | None:
         """Apply a delivery report; with ``wait``, return what it did once committed."""
         reply: Reply[Applied] | None = Reply() if wait else None
-        await self._reports[0].send(ReportRequest(report, reply))
+        await put(self._reports[0], ReportRequest(report, reply))
         return await reply.wait() if reply is not None else None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -170,8 +174,8 @@ class Ledger:
     async def _process_sends(self, batch: list[SendRequest]) -> None:
         new = [self._new_message(s) for s in batch]
         claims = [s.idempotency for s in batch]
-        results = await self._commit(batch, self._process_sends, accept_sends, new,
-                                     self._clock(), claims if any(claims) else [])
+        results = await self._commit(batch, self._process_sends, _committing(accept_sends), new,
+                                     self._clock(), claims if any(claims) else [], alone=False)
         if results is None:
             return
         self.metrics.sends(results)
@@ -182,7 +186,7 @@ class Ledger:
             await self._dispatch(accepted)  # one hand-over for the whole batch
 
     async def _process_reports(self, batch: list[ReportRequest]) -> None:
-        results = await self._commit(batch, self._process_reports, apply_reports,
+        results = await self._commit(batch, self._process_reports, _committing(apply_reports),
                                      [r.report for r in batch])
         if results is None:
             return
@@ -204,11 +208,14 @@ class Ledger:
             await self._canceled(canceled)
 
     async def _commit(self, batch: Sequence[R], retry: Callable[[list[R]], Awaitable[None]],
-                      fn: Callable[..., tuple[list[T], Any]], *args: Any) -> list[T] | None:
+                      fn: Callable[..., tuple[list[T], Any]], *args: Any,
+                      alone: bool = True) -> list[T] | None:
         """Run ``fn`` over the batch in one transaction and publish its events, in commit
-        order. On failure, fail the batch's replies (database down) or retry its requests
-        one by one (any other database error). None: the replies are already settled."""
-        async with self._in_commit_order() as publish:
+        order (``alone``: see ``EventBus.in_commit_order``). On failure, fail the batch's
+        replies (database down) or retry its requests one by one (any other database error).
+        None: the replies are already settled."""
+        ordered = self._events.in_commit_order(alone=alone) if self._events else _no_events()
+        async with ordered as publish:
             try:
                 results, events = await self._db.run(fn, *args)
             except DatabaseUnavailable as exc:
@@ -244,6 +251,11 @@ async def _no_events() -> AsyncIterator[Callable[[Sequence[Event]], Awaitable[No
         pass
 
     yield discard
+
+
+def _committing(fn: Callable[..., tuple[list[T], Any]]) -> Callable[..., tuple[list[T], Any]]:
+    """``fn`` committing its transaction in the round trip of its last writes."""
+    return partial(fn, commit=True)
 
 
 def _lingers(request: Request) -> bool:

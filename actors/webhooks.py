@@ -103,13 +103,14 @@ class WebhookActor:
         while True:
             self._history = trio.Event()
             try:
-                advanced = await self._db.run(store.enqueue_events, utcnow(), self._page)
+                done = await self._db.run(store.enqueue_events, utcnow(), self._page)
             except DatabaseUnavailable as exc:
                 log.warning("webhook events not read: %s", exc)
                 await trio.sleep(OUTAGE_PAUSE)
-                advanced = False
-            if advanced:
-                self._wake.set()
+                done = store.Enqueued()
+            if done.owed:
+                self._wake.set()  # the deliverer claims them now, not at its next poll
+            if done.more:
                 await trio.lowlevel.checkpoint()
             else:
                 with trio.move_on_after(self._poll):

@@ -1,77 +1,75 @@
 """Accept benchmark: the gateway's send path against a hello-world route on the same stack.
 
 What it does, in one run (see bench/README.md for how to read the figures):
-1. Creates a fresh database ``bench_<tag>``, migrates and seeds it (``kosmo migrate``/``seed``).
-2. Starts two servers, one process each: the gateway (``kosmo gateway``, header auth, a private
-   MQTT topic root and client id) and ``bench/hello.py`` (Quart on quart-trio served by
-   ``hypercorn.trio.serve`` with the gateway's own Hypercorn settings).
-3. Throughput: ``wrk`` (a separate C process, 64 keep-alive connections, closed loop) POSTs
-   sends to each server for ``--seconds``, alternating hello, gateway, hello, gateway ... for
-   ``--rounds`` rounds, so slow drifts of a shared machine hit both alike. Per run: req/s,
-   p50/p99 latency, CPU used by the server, by its PostgreSQL backends, by wrk and by the
-   whole machine (100 % = one core).
-4. Accept -> publish: each round also offers the gateway a fixed 200 req/s, open loop (request
-   i is due at start + i/rate whatever happened before), from this process; a subscriber
-   process notes when each message reaches it over MQTT. Latency = arrival at the subscriber
-   minus the request's scheduled send time, matched by ``message_id``. Messages go to a bridge
-   only while one is online: the run announces one (``bench``, a retained online state with a
-   credit that takes every message at once) and the subscriber reads that bridge's topic, so
-   the figure is accept -> dispatch -> publish.
-5. Prints a table with medians over rounds, then stops the servers and drops the database.
+1. Creates a fresh database ``bench_<tag>`` per gateway, migrates and seeds it (``kosmo
+   migrate``/``seed``), and announces one bridge per gateway that takes every message at once.
+2. Starts the servers, one process (tree) each: the gateway (``kosmo gateway``, header auth, a
+   private MQTT topic root and client id; ``--workers N|auto`` passed on), ``bench/hello.py``
+   (Quart on quart-trio served by ``hypercorn.trio.serve`` with the gateway's own Hypercorn
+   settings) and, with ``--baseline-cmd``, a second gateway (say, another checkout) measured
+   in the same rounds: a before/after in one run.
+3. Each round, alternating the servers so that slow drifts of a shared machine hit all alike:
+   - closed loop: ``wrk`` (a separate C process) with each of ``--connections`` keep-alive
+     clients (e.g. ``8,64``) POSTs sends for ``--seconds``: req/s, p50/p99 latency, CPU of the
+     server processes, of their PostgreSQL backends, of wrk and of the machine;
+   - sequential: one connection, closed loop: sends (every server) and ``GET /healthz``
+     (the gateways), p50/p99;
+   - accept -> publish: a fixed ``--rate`` of sends, open loop (request i is due at start +
+     i/rate whatever happened before), spread over ``--nodes`` nodes, then all to one node; a
+     subscriber process notes when each message reaches it over MQTT. Latency = arrival at the
+     subscriber minus the request's scheduled send time, matched by ``message_id``.
+4. Prints tables with the medians over rounds and the targets, stops the servers and drops the
+   databases.
 
 Everything is bounded: each load runs a fixed time under a deadline, every wait has a timeout,
-and Ctrl-C or SIGTERM stop the servers and drop the database too.
+and Ctrl-C or SIGTERM stop the servers and drop the databases too.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
-import resource
 import secrets
 import shlex
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import h11
 import psycopg
 import trio
-from common import (  # bench/ is on sys.path when run as a script
+from accept_load import (  # bench/ is on sys.path when run as a script
+    PATH,
+    CpuMeter,
+    Latency,
+    Throughput,
+    accept_to_publish,
+    announce_bridge,
+    run_wrk,
+)
+from accept_report import Results, report
+from common import (
     BenchError,
     log_dir,
     log_problems,
-    percentile,
     run_main,
     say,
     sigterm_interrupts,
     source_version,
 )
-from proc_stats import machine_cpu, process_cpu
 from profile_summary import summarize
 from servers import BIN, bench_database, forget_mqtt_session, free_port, gateway_env, wait_ready
 
 HERE = Path(__file__).resolve().parent
-SANCTUARY = "33333333-3333-3333-3333-333333333333"  # demo user with unlimited quota
-NODE = "!a1b2c3d4"
-PATH = "/api/v1/messages"
-BODY = json.dumps({"target_node_id": NODE, "text": "bench: hello from the web"}).encode()
 PROFILE_RATE = 200  # py-spy samples per second
-RATIO_TARGET = 0.75
-P99_TARGET_MS = 10.0
+STATS_SETTLE = 1.5  # seconds for PostgreSQL's per-database counts to include a run
 
 
 # --- the servers (plain blocking code, outside Trio) ----------------------------------------
@@ -88,423 +86,278 @@ def server(name: str, cmd: list[str], env: dict[str, str],
         yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # both servers stop gracefully on SIGTERM
+            proc.send_signal(signal.SIGTERM)  # every server stops gracefully on SIGTERM
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                print(f"{name} did not stop within 10 s; killing it", file=sys.stderr)
-                proc.kill()
+                print(f"{name} did not stop within 15 s; killing it", file=sys.stderr)
+                os.killpg(proc.pid, signal.SIGKILL)  # its workers are in its session
                 proc.wait(timeout=10)
 
 
-# --- CPU accounting -------------------------------------------------------------------------
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 @dataclass
-class CpuMeter:
-    """CPU used between ``start`` and ``stop``, in % of one core, per role."""
+class Gateway:
+    """One gateway under test, with its own database, topic root and MQTT client id."""
 
-    server: int
-    backends: list[int] = field(default_factory=list)
-    marks: dict[str, float] = field(default_factory=dict)
+    name: str
+    cmd: list[str]
+    db_url: str = ""
+    topic_root: str = ""
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    meter: CpuMeter | None = None
+    monitor: Any = None
+    queries: int = 0  # transactions of the monitor connection (each query is one)
+    log: Path = field(default_factory=Path)
 
-    def _now(self) -> dict[str, float]:
-        return {"server": process_cpu(self.server),
-                "main": process_cpu(self.server, self.server),  # the Trio thread
-                "postgres": sum(process_cpu(p) for p in self.backends),
-                "client": children_cpu(), "machine": machine_cpu(), "wall": time.monotonic()}
-
-    def start(self) -> None:
-        self.marks = self._now()
-
-    def stop(self) -> dict[str, float]:
-        now = self._now()
-        wall = now["wall"] - self.marks["wall"]
-        return {k: 100 * (now[k] - self.marks[k]) / wall for k in now if k != "wall"}
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
-# --- closed-loop throughput with wrk --------------------------------------------------------
+def start_gateway(stack: contextlib.ExitStack, args: argparse.Namespace, gateway: Gateway,
+                  logs: Path) -> None:
+    tag = secrets.token_hex(4)
+    gateway.topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
+    gateway.db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
+    say(f"{gateway.name}: database bench_{tag}, topic root {gateway.topic_root}")
+    env = gateway_env(gateway.db_url, args.mqtt_url, gateway.topic_root, client_id)
+    gateway.port = free_port()
+    env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{gateway.port}"
+    stack.callback(forget_mqtt_session, args.mqtt_url, client_id)
+    if args.workers != "1":  # each worker has its own session, client id <id>-w<k>
+        count = (os.cpu_count() or 1) if args.workers == "auto" else int(args.workers)
+        for k in range(1, count + 1):
+            stack.callback(forget_mqtt_session, args.mqtt_url, f"{client_id}-w{k}")
+    announce_bridge(args.mqtt_url, gateway.topic_root)
+    gateway.log = logs / f"{gateway.name}.log"
+    gateway.proc = stack.enter_context(server(gateway.name, gateway.cmd, env, gateway.log))
 
 
-@dataclass(frozen=True)
-class Throughput:
-    target: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
-    cpu: dict[str, float]
-
-
-async def run_wrk(target: str, url: str, seconds: float, connections: int,
-                  meter: CpuMeter) -> Throughput:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-           "-s", str(HERE / "post.lua"), url]
-    meter.start()
-    with trio.fail_after(seconds + 30):
-        done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
-    cpu = meter.stop()
-    out = done.stdout.decode(errors="replace")
-    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({done.returncode}):\n{out}\n{done.stderr.decode()}")
-    s = json.loads(line.removeprefix("BENCH "))
-    errors = sum(s[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                "status_errors", "timeouts"))
-    return Throughput(target, s["requests"] / (s["duration_us"] / 1e6), s["p50_us"] / 1000,
-                      s["p99_us"] / 1000, s["requests"], errors, cpu)
-
-
-# --- open-loop sends and the MQTT subscriber ------------------------------------------------
-
-
-class HttpConnection:
-    """One keep-alive HTTP/1.1 client connection (h11 over a Trio socket)."""
-
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
-        self._stream = stream
-        self._h11 = h11.Connection(h11.CLIENT)
-        self._headers = [("Host", host), ("Content-Type", "application/json"),
-                         ("X-User-ID", SANCTUARY), ("Content-Length", str(len(BODY)))]
-
-    async def post(self) -> tuple[int, bytes]:
-        conn = self._h11
-        await self._stream.send_all(
-            conn.send(h11.Request(method="POST", target=PATH, headers=self._headers))
-            + conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage()))
-        status, chunks = 0, []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await self._stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
+def wait_workers(gateway: Gateway, args: argparse.Namespace) -> None:
+    """Every worker answers before the run starts: SO_REUSEPORT spreads connections over the
+    workers that listen, so ask until enough answers in a row came."""
+    assert gateway.proc is not None
+    wait_ready(gateway.name, gateway.proc, gateway.url + "/readyz", gateway.log,
+               any_answer=False)
+    if args.workers == "1":
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ok = 0
+        for _ in range(40):
+            try:
+                wait_ready(gateway.name, gateway.proc, gateway.url + "/readyz", gateway.log,
+                           any_answer=False, timeout=0.5)
+                ok += 1
+            except BenchError:
                 break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise BenchError("the server closed a keep-alive connection")
-        conn.start_next_cycle()
-        return status, b"".join(chunks)
+        if ok == 40:
+            time.sleep(1.0)  # the last workers to bind may still be subscribing
+            return
+    raise BenchError(f"{gateway.name}: not every worker answered within 30 s")
 
 
-@dataclass(frozen=True)
-class Sample:
-    scheduled: float  # time.monotonic() at which the request was due
-    sent: float
-    answered: float
-    status: int
-    message_id: str | None
+# --- the run (inside Trio) ------------------------------------------------------------------
 
 
-async def open_loop(host: str, port: int, rate: float, seconds: float,
-                    connections: int) -> list[Sample]:
-    """Offer ``rate`` requests/s for ``seconds``; request i is due at start + i / rate."""
-    total = int(rate * seconds)
-    samples: list[Sample] = []
+async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
+                  gateways: list[Gateway]) -> Results:
+    results = Results(args)
+    for g in gateways:
+        g.monitor = await trio.to_thread.run_sync(
+            partial(psycopg.connect, g.db_url, autocommit=True, connect_timeout=5))
+        assert g.proc is not None
+        g.meter = CpuMeter(g.proc.pid)
+    hello_meter = CpuMeter(hello.pid)
 
-    async def worker(conn: HttpConnection, jobs: trio.MemoryReceiveChannel[float]) -> None:
-        async with jobs:
-            async for scheduled in jobs:
-                sent = time.monotonic()
-                status, body = await conn.post()
-                answered = time.monotonic()
-                message_id = json.loads(body).get("message_id") if status == 201 else None
-                samples.append(Sample(scheduled, sent, answered, status, message_id))
+    def query(g: Gateway, sql: str) -> Any:
+        g.queries += 1
+        return g.monitor.execute(sql).fetchone()
 
-    async with contextlib.AsyncExitStack() as stack:
-        conns = []
-        for _ in range(connections):
-            stream = await stack.enter_async_context(await trio.open_tcp_stream(host, port))
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conns.append(HttpConnection(stream, f"{host}:{port}"))
-        send, receive = trio.open_memory_channel[float](total)  # bounded by the request count
-        with trio.fail_after(seconds + 30):
-            async with trio.open_nursery() as nursery:
-                async with receive:
-                    for conn in conns:
-                        nursery.start_soon(worker, conn, receive.clone())
-                async with send:
-                    start, mono = trio.current_time(), time.monotonic()
-                    for i in range(total):
-                        await trio.sleep_until(start + i / rate)
-                        send.send_nowait(mono + i / rate)
-    return samples
-
-
-class LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-
-    async def readline(self) -> bytes:
-        while b"\n" not in self._buffer:
-            data = await self._stream.receive_some(65536)
-            if not data:
-                raise BenchError("the subscriber process exited early")
-            self._buffer += data
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
-
-
-@dataclass(frozen=True)
-class Latency:
-    offered: int
-    accepted: int
-    published_p50_ms: float
-    published_p99_ms: float
-    published_max_ms: float
-    http_p50_ms: float
-    http_p99_ms: float
-    lag_p99_ms: float  # how late the client sent, against the schedule
-    missing: int  # accepted but never seen by the subscriber
-
-
-async def accept_to_publish(args: argparse.Namespace, port: int, topic_root: str,
-                            drained: Any) -> Latency:
-    cmd = [sys.executable, str(HERE / "subscriber.py"), "--mqtt-url", args.mqtt_url,
-           "--topic", f"{topic_root}/bridge/{BRIDGE}/outbound/+", "--max-seconds",
-           str(args.rate_seconds + 120)]
-    async with trio.open_nursery() as nursery:
-        proc = await nursery.start(partial(trio.run_process, cmd, stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, check=False))
-        lines = LineReader(proc.stdout)
-        with trio.fail_after(10):
-            while await lines.readline() != b"subscribed":
-                pass
-        samples = await open_loop("127.0.0.1", port, args.rate, args.rate_seconds,
-                                  args.rate_connections)
-        await drained()
-        await trio.sleep(0.5)  # the last publishes reach the subscriber before `queued` commits
-        await proc.stdin.aclose()
-        seen: dict[str, float] = {}
-        with trio.fail_after(30):
-            while (line := await lines.readline()) != b"end":
-                message_id, at = line.decode().split()
-                seen.setdefault(message_id, float(at))
-    accepted = [s for s in samples if s.status == 201 and s.message_id]
-    published = [1000 * (seen[s.message_id] - s.scheduled) for s in accepted
-                 if s.message_id in seen]
-    http = [1000 * (s.answered - s.scheduled) for s in samples]
-    lag = [1000 * (s.sent - s.scheduled) for s in samples]
-    return Latency(len(samples), len(accepted), percentile(published, 50),
-                   percentile(published, 99), max(published, default=math.nan),
-                   percentile(http, 50), percentile(http, 99), percentile(lag, 99),
-                   len(accepted) - len(published))
-
-
-# --- the run --------------------------------------------------------------------------------
-
-BRIDGE = "bench"
-
-
-def announce_bridge(mqtt_url: str, topic_root: str) -> None:
-    """A bridge that takes every message at once, as its retained state says."""
-    import paho.mqtt.client as paho
-
-    host, _, port = mqtt_url.removeprefix("mqtt://").rpartition("@")[2].partition(":")
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-{BRIDGE}")
-    client.connect(host, int(port or 1883))
-    client.loop_start()
-    try:
-        info = client.publish(f"{topic_root}/bridge/{BRIDGE}/state",
-                              json.dumps({"state": "online", "credit": 100_000,
-                                          "min_gap_s": 0.0}), qos=1, retain=True)
-        info.wait_for_publish(timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-@dataclass
-class Results:
-    hello: list[Throughput] = field(default_factory=list)
-    gateway: list[Throughput] = field(default_factory=list)
-    latency: list[Latency] = field(default_factory=list)
-    stored: int = 0
-    pending: int = 0
-    profile: str | None = None
-    log_problems: list[str] = field(default_factory=list)
-
-
-async def measure(args: argparse.Namespace, hello: Any, gateway: Any, db_url: str,
-                  topic_root: str) -> Results:
-    results = Results()
-    monitor = await trio.to_thread.run_sync(
-        partial(psycopg.connect, db_url, autocommit=True, connect_timeout=5))
-
-    def query(sql: str) -> Any:
-        return monitor.execute(sql).fetchone()
-
-    async def drained() -> None:
-        """Wait (60 s at most) until every stored message was published and reported."""
+    async def drained(g: Gateway) -> None:
+        """Wait (60 s at most) until every stored message was published and reported, then
+        play the bridge's part: mark them delivered, so that what the bridge holds does not
+        grow from run to run (the bench's bridge never reports; a real one does), and vacuum."""
         with trio.fail_after(60):
             # the database is the only place that knows; polling it is the honest way here
             while (await trio.to_thread.run_sync(  # noqa: ASYNC110
-                    query, "SELECT count(*) FROM messages WHERE status = 'pending'"))[0]:
+                    query, g, "SELECT count(*) FROM messages WHERE status = 'pending'"))[0]:
                 await trio.sleep(0.2)
+        await trio.to_thread.run_sync(  # rows locked in id order, as the ledger locks them
+            query, g, "UPDATE messages SET status = 'delivered', updated_at = now()"
+                      " WHERE id IN (SELECT id FROM messages WHERE status = 'queued'"
+                      " ORDER BY id FOR UPDATE) RETURNING 1")
+        # and clean up after it, as autovacuum would in time: the dead entries of the partial
+        # indexes (held, waiting) would otherwise make every later hand-over count more
+        g.queries += 1
+        await trio.to_thread.run_sync(lambda: g.monitor.execute("VACUUM messages"))
 
-    async def backends() -> list[int]:
-        rows = await trio.to_thread.run_sync(lambda: monitor.execute(
+    async def backends(g: Gateway) -> list[int]:
+        g.queries += 1
+        rows = await trio.to_thread.run_sync(lambda: g.monitor.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid()").fetchall())
         return [row[0] for row in rows]
 
+    async def closed(g: Gateway, seconds: float, connections: int, *,
+                     get: str | None = None) -> Throughput:
+        assert g.meter is not None
+        g.meter.backends = await backends(g)  # the pool may have grown
+        count = connections == 1 and get is None
+        before = await transactions(g) if count else 0
+        run = await run_wrk(g.name, g.url + (get or PATH), seconds, connections, g.meter,
+                            get=get)
+        await drained(g)
+        if not count or not run.requests:
+            return run
+        await trio.sleep(STATS_SETTLE)  # backends report their counts at most once a second
+        return replace(run, transactions=(await transactions(g) - before) / run.requests)
+
+    async def transactions(g: Gateway) -> int:
+        """Transactions committed in the gateway's database so far, but the monitor's own."""
+        row = await trio.to_thread.run_sync(query, g, "SELECT xact_commit FROM pg_stat_database"
+                                                      " WHERE datname = current_database()")
+        return int(row[0]) - g.queries
+
     try:
         async with sigterm_interrupts():
-            hello_meter, gateway_meter = CpuMeter(hello.pid), CpuMeter(gateway.pid)
             say(f"warm-up: {args.warmup:g} s each")
-            await run_wrk("hello", args.hello_url, args.warmup, args.connections,
+            await run_wrk("hello", args.hello_url + PATH, args.warmup, max(args.connections),
                           hello_meter)
-            await run_wrk("gateway", args.gateway_url, args.warmup, args.connections,
-                          gateway_meter)
-            await drained()
+            for g in gateways:
+                await closed(g, args.warmup, max(args.connections))
             for n in range(1, args.rounds + 1):
-                say(f"round {n}/{args.rounds}: hello-world then gateway, "
-                    f"{args.seconds:g} s each, {args.connections} connections")
-                results.hello.append(await run_wrk(
-                    "hello", args.hello_url, args.seconds, args.connections, hello_meter))
-                gateway_meter.backends = await backends()  # the pool may have grown
-                results.gateway.append(await run_wrk(
-                    "gateway", args.gateway_url, args.seconds, args.connections,
-                    gateway_meter))
-                await drained()
-                say(f"round {n}/{args.rounds}: accept -> publish, {args.rate:g} req/s "
-                    f"for {args.rate_seconds:g} s")
-                results.latency.append(await accept_to_publish(
-                    args, args.gateway_port, topic_root, drained))
+                for c in args.connections:
+                    say(f"round {n}/{args.rounds}: closed loop, {c} connections, "
+                        f"{args.seconds:g} s per server")
+                    results.closed.append(await run_wrk(
+                        "hello", args.hello_url + PATH, args.seconds, c, hello_meter))
+                    for g in gateways:
+                        results.closed.append(await closed(g, args.seconds, c))
+                say(f"round {n}/{args.rounds}: sequential, {args.seq_seconds:g} s per run")
+                results.sequential.append(await run_wrk(
+                    "hello", args.hello_url + PATH, args.seq_seconds, 1, hello_meter))
+                for g in gateways:
+                    results.sequential.append(await closed(g, args.seq_seconds, 1))
+                    results.healthz.append(await closed(g, args.seq_seconds, 1, get="/healthz"))
+                for nodes in sorted({args.nodes, 1}, reverse=True):
+                    for g in gateways:
+                        say(f"round {n}/{args.rounds}: accept -> publish, {g.name}, "
+                            f"{args.rate:g} sends/s over {nodes} node(s) for "
+                            f"{args.rate_seconds:g} s")
+                        results.latency.append(await accept_to_publish(
+                            g.name, args.mqtt_url, g.port, g.topic_root, rate=args.rate,
+                            seconds=args.rate_seconds, connections=args.rate_connections,
+                            nodes=nodes, drained=partial(drained, g)))
             if args.profile:
                 results.profile = await profile(args, [
-                    ("hello", args.hello_url, hello_meter),
-                    ("gateway", args.gateway_url, gateway_meter)], drained)
-            results.stored, results.pending = await trio.to_thread.run_sync(
-                query, "SELECT count(*), count(*) FILTER (WHERE status = 'pending')"
-                       " FROM messages")
+                    ("hello", args.hello_url, hello_meter)] + [
+                    (g.name, g.url, g.meter) for g in gateways if g.meter is not None],
+                    [partial(drained, g) for g in gateways])
+            for g in gateways:
+                results.stored[g.name] = await trio.to_thread.run_sync(
+                    query, g, "SELECT count(*), count(*) FILTER (WHERE status = 'pending')"
+                              " FROM messages")
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(monitor.close)
+            for g in gateways:
+                await trio.to_thread.run_sync(g.monitor.close)
     return results
 
 
 async def profile(args: argparse.Namespace, targets: list[tuple[str, str, CpuMeter]],
-                  drained: Any) -> str:
-    """One more run per server (not counted) under ``py-spy record``; returns a summary."""
+                  drains: list[Any]) -> str:
+    """One more run per server (not counted) under ``py-spy record``; returns a summary.
+    With several workers only the first worker is recorded."""
+    from proc_stats import process_tree
+
     spy = shutil.which("py-spy") or str(BIN / "py-spy")
     folder = Path(args.profile)
     summaries = []
+    connections = max(args.connections)
     for name, url, meter in targets:
         out = folder / f"{name}.txt"
+        pid = process_tree(meter.server)[-1]  # the server, or its last worker
         say(f"profile: one more {name} run under py-spy, {args.seconds:g} s -> {out}")
-        cmd = [spy, "record", "--pid", str(meter.server), "--duration",
+        cmd = [spy, "record", "--pid", str(pid), "--duration",
                str(round(args.seconds)), "--rate", str(PROFILE_RATE), "--format", "raw",
                "--threads", "--gil", "--nonblocking", "--output", str(out)]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(trio.run_process, cmd, capture_stdout=True,
                                        capture_stderr=True))
             await trio.sleep(0.5)  # py-spy attaches
-            run = await run_wrk(name, url, args.seconds - 1, args.connections, meter)
-        await drained()
-        cpu = 10 * run.cpu["server"] / run.rps
+            run = await run_wrk(name, url + PATH, args.seconds - 1, connections, meter)
+        for drained in drains:
+            await drained()
         summaries.append(f"{name}: {run.rps:.0f} req/s under the profiler\n"
-                         + summarize(out, cpu_ms_per_request=cpu))
+                         + summarize(out, cpu_ms_per_request=run.cpu_ms("server")))
     return "\n".join(summaries)
 
 
-# --- report ---------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> str:
+    args.code = source_version()  # what the servers start from, before any edit lands
+    workers = [] if args.workers == "1" else ["--workers", args.workers]
+    gateways = [Gateway("gateway", shlex.split(args.gateway_cmd) + workers)]
+    if args.baseline_cmd:
+        gateways.append(Gateway("baseline", shlex.split(args.baseline_cmd) + workers))
+    with log_dir("kosmo_bench_") as logs, contextlib.ExitStack() as stack:
+        say(f"logs in {logs}")
+        for g in gateways:
+            start_gateway(stack, args, g, logs)
+        hello_port = free_port()
+        args.hello_url = f"http://127.0.0.1:{hello_port}"
+        hello = stack.enter_context(server(
+            "hello-world", [sys.executable, str(HERE / "hello.py"), "--bind",
+                            f"127.0.0.1:{hello_port}"], {**os.environ}, logs / "hello.log"))
+        wait_ready("hello-world", hello, args.hello_url + PATH, logs / "hello.log",
+                   any_answer=True)
+        for g in gateways:
+            wait_workers(g, args)
+        started = time.monotonic()
+        results = trio.run(measure, args, hello, gateways)
+        results.seconds = time.monotonic() - started
+        for g in gateways:
+            results.log_problems[g.name] = log_problems(g.log)
+        return report(results)
 
 
+def connection_list(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of counts >= 1, e.g. 8,64")
+    return counts
 
 
-
-def report(args: argparse.Namespace, results: Results) -> str:
-    out: list[str] = []
-    w = out.append
-    med = statistics.median
-    w(f"KosmoConnect accept benchmark, {datetime.now():%Y-%m-%d %H:%M}, "
-      f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, code {args.code}")
-    w(f"closed loop: wrk, {args.connections} keep-alive connections, {args.rounds} "
-      f"round{'s' if args.rounds != 1 else ''} "
-      f"x {args.seconds:g} s per server, alternating; CPU in % of one core")
-    w("")
-    w(f"{'':<17}{'':>7}{'':>8}{'':>8}{'':>7}{'CPU, % of one core':^30}{'CPU ms/req':^14}")
-    w(f"{'round':<8}{'server':<9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
-      f"{'server':>7}{'(main)':>7}{'pg':>5}{'wrk':>5}{'machine':>8}"
-      f"{'server':>7}{'pg':>6}{'ratio':>7}")
-
-    def row(label: str, t: Throughput, ratio: str) -> str:
-        c = t.cpu
-        return (f"{label:<8}{t.target:<9}{t.rps:>7.0f}{t.p50_ms:>8.1f}{t.p99_ms:>8.1f}"
-                f"{t.errors:>7}{c['server']:>6.0f}%{c['main']:>6.0f}%{c['postgres']:>4.0f}%"
-                f"{c['client']:>4.0f}%{c['machine']:>7.0f}%{10 * c['server'] / t.rps:>7.2f}"
-                f"{10 * c['postgres'] / t.rps:>6.2f}{ratio:>7}")
-
-    ratios = []
-    for n, (h, g) in enumerate(zip(results.hello, results.gateway, strict=True), 1):
-        ratios.append(g.rps / h.rps)
-        w(row(str(n), h, ""))
-        w(row(str(n), g, f"{ratios[-1]:.2f}"))
-    for runs in (results.hello, results.gateway):
-        middle = Throughput(runs[0].target, med(t.rps for t in runs),
-                            med(t.p50_ms for t in runs), med(t.p99_ms for t in runs),
-                            sum(t.requests for t in runs), sum(t.errors for t in runs),
-                            {k: med(t.cpu[k] for t in runs) for k in runs[0].cpu})
-        w(row("median", middle, f"{med(ratios):.2f}" if runs is results.gateway else ""))
-    ratio = med(ratios)
-    w("")
-    w(f"ratio gateway/hello-world req/s (median of rounds): {ratio:.2f}   "
-      f"target >= {RATIO_TARGET}: {'MET' if ratio >= RATIO_TARGET else 'NOT MET'}")
-    w("")
-    w(f"accept -> MQTT publish, open loop at {args.rate:g} req/s for {args.rate_seconds:g} s "
-      f"per round ({args.rate_connections} connections), from the scheduled send time:")
-    w(f"{'round':<8}{'offered':>8}{'201':>6}{'missing':>8}{'pub p50':>9}{'pub p99':>9}"
-      f"{'pub max':>9}{'http p50':>10}{'http p99':>10}{'lag p99':>9}   (ms)")
-    lat = results.latency
-    for n, r in enumerate(lat, 1):
-        w(f"{n:<8}{r.offered:>8}{r.accepted:>6}{r.missing:>8}{r.published_p50_ms:>9.1f}"
-          f"{r.published_p99_ms:>9.1f}{r.published_max_ms:>9.1f}{r.http_p50_ms:>10.1f}"
-          f"{r.http_p99_ms:>10.1f}{r.lag_p99_ms:>9.2f}")
-    p99 = med(r.published_p99_ms for r in lat)
-    w(f"{'median':<8}{'':>8}{'':>6}{sum(r.missing for r in lat):>8}"
-      f"{med(r.published_p50_ms for r in lat):>9.1f}{p99:>9.1f}"
-      f"{med(r.published_max_ms for r in lat):>9.1f}{med(r.http_p50_ms for r in lat):>10.1f}"
-      f"{med(r.http_p99_ms for r in lat):>10.1f}{med(r.lag_p99_ms for r in lat):>9.2f}")
-    w("")
-    met = p99 <= P99_TARGET_MS and all(r.accepted == r.offered for r in lat)
-    w(f"accept -> publish p99 (median of rounds): {p99:.1f} ms   target <= {P99_TARGET_MS:g} ms "
-      f"at {args.rate:g} req/s: {'MET' if met else 'NOT MET'}")
-    w(f"database: {results.stored} messages stored, {results.pending} still pending after "
-      f"the last drain")
-    w(f"gateway log: {len(results.log_problems)} warnings or errors"
-      + "".join(f"\n  {line}" for line in results.log_problems[:5]))
-    if results.profile:
-        w("")
-        w(f"profile: one extra run per server under py-spy --gil (not in the figures above), "
-          f"files in {args.profile}")
-        w(results.profile)
-    return "\n".join(out)
+def workers_arg(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError("a count >= 1 or auto")
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Gateway send path vs a hello-world route on the same stack.")
-    parser.add_argument("--seconds", type=float, default=10, help="per load run (default 10)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--connections", type=int, default=64,
-                        help="wrk keep-alive connections (default 64)")
+    parser.add_argument("--seconds", type=float, default=5,
+                        help="per closed-loop run (default 5)")
+    parser.add_argument("--connections", type=connection_list, default=[8, 64],
+                        help="wrk keep-alive connections, a list (default 8,64)")
+    parser.add_argument("--seq-seconds", type=float, default=3,
+                        help="per sequential run, one connection (default 3)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds per server (default 2)")
     parser.add_argument("--rate", type=float, default=200,
                         help="open-loop offered load for accept -> publish (default 200 req/s)")
-    parser.add_argument("--rate-seconds", type=float, default=None,
-                        help="open-loop duration per round (default: --seconds)")
+    parser.add_argument("--rate-seconds", type=float, default=5,
+                        help="open-loop duration per run (default 5)")
     parser.add_argument("--rate-connections", type=int, default=64,
                         help="open-loop keep-alive connections (default 64)")
+    parser.add_argument("--nodes", type=int, default=1000,
+                        help="nodes the open-loop sends are spread over (default 1000); a "
+                             "one-node run follows")
+    parser.add_argument("--workers", type=workers_arg, default="1",
+                        help="gateway processes: N or auto, passed as `kosmo gateway "
+                             "--workers` (default 1)")
     parser.add_argument("--pg-url", default=os.environ.get(
         "KOSMO_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server (a role that may CREATE DATABASE) [env KOSMO_BENCH_PG_URL]")
@@ -514,13 +367,17 @@ def main() -> None:
     parser.add_argument("--gateway-cmd", default=f"{BIN / 'kosmo'} gateway",
                         help="command that serves the gateway, configured by the KOSMO_* "
                              "environment (default: this venv's `kosmo gateway`)")
+    parser.add_argument("--baseline-cmd", default=None,
+                        help="a second gateway measured in the same rounds (before/after), "
+                             "e.g. '/work/main/.venv/bin/kosmo gateway'")
     parser.add_argument("--profile", metavar="DIR",
                         help="after the rounds, record one more run of each server with "
                              "py-spy --gil (collapsed stacks) into DIR and summarize them")
     args = parser.parse_args()
-    if args.rounds < 1 or args.seconds < 2 or args.rate <= 0 or args.connections < 1:
-        parser.error("need --rounds >= 1, --seconds >= 2, --rate > 0, --connections >= 1")
-    args.rate_seconds = args.rate_seconds or args.seconds
+    if (args.rounds < 1 or args.seconds < 2 or args.seq_seconds < 1 or args.rate <= 0
+            or args.nodes < 1):
+        parser.error("need --rounds >= 1, --seconds >= 2, --seq-seconds >= 1, --rate > 0, "
+                     "--nodes >= 1")
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
         Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -529,38 +386,11 @@ def main() -> None:
     if args.profile and not (shutil.which("py-spy") or (BIN / "py-spy").exists()):
         parser.error("--profile needs py-spy (pip install py-spy)")
 
-    run_main(lambda: run(args), "servers stopped, database dropped")
-
-
-def run(args: argparse.Namespace) -> str:
-    args.code = source_version()  # what the servers start from, before any edit lands
-    tag = secrets.token_hex(4)
-    topic_root, client_id = f"bench{tag}", f"bench-gw-{tag}"
-    with log_dir("kosmo_bench_") as logs, contextlib.ExitStack() as stack:
-        say(f"database bench_{tag}, topic root {topic_root}, logs in {logs}")
-        db_url = stack.enter_context(bench_database(args.pg_url, f"bench_{tag}"))
-        env = gateway_env(db_url, args.mqtt_url, topic_root, client_id)
-        hello_port = args.gateway_port = free_port()
-        while args.gateway_port == hello_port:
-            args.gateway_port = free_port()
-        args.hello_url = f"http://127.0.0.1:{hello_port}"
-        args.gateway_url = f"http://127.0.0.1:{args.gateway_port}"
-        env["KOSMO_HTTP_BIND"] = f"127.0.0.1:{args.gateway_port}"
-        stack.callback(forget_mqtt_session, args.mqtt_url, client_id)
-        announce_bridge(args.mqtt_url, topic_root)
-        hello = stack.enter_context(server(
-            "hello-world", [sys.executable, str(HERE / "hello.py"), "--bind",
-                            f"127.0.0.1:{hello_port}"], env, logs / "hello.log"))
-        gateway = stack.enter_context(server(
-            "gateway", shlex.split(args.gateway_cmd), env, logs / "gateway.log"))
-        wait_ready("hello-world", hello, args.hello_url + PATH, logs / "hello.log",
-                   any_answer=True)
-        wait_ready("gateway", gateway, args.gateway_url + "/readyz", logs / "gateway.log",
-                   any_answer=False)
-        results = trio.run(measure, args, hello, gateway, db_url, topic_root)
-        results.log_problems = log_problems(logs / "gateway.log")
-        return report(args, results)
+    run_main(lambda: run(args), "servers stopped, databases dropped")
 
 
 if __name__ == "__main__":
     main()
+
+
+__all__ = ["Latency", "server"]

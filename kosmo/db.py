@@ -3,11 +3,16 @@
 Rules:
 - psycopg's async API is asyncio-only, so the gateway uses its sync API in worker threads:
   ``await db.run(fn, *args)`` calls ``fn(conn, *args)`` in a thread with a pooled connection,
-  inside one transaction that commits when ``fn`` returns and rolls back when it raises.
+  inside one transaction that commits when ``fn`` returns and rolls back when it raises. The
+  thread starts without a pass of the Trio loop first (``kosmo.threads``).
 - A ``trio.CapacityLimiter`` as large as the pool bounds the threads, so no thread ever waits
   for a connection while holding a limiter slot that another task needs.
 - Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
   rollback) before the caller sees the cancellation.
+- A transaction the server rolled back by itself (a deadlock or a serialization failure:
+  nothing was written) runs again in a new transaction, up to ``ROLLBACK_RETRIES`` times,
+  before it fails like a broken connection. Without this a deadlock between two writers
+  counted as an outage and refused every request for a probe interval.
 - Connection failures surface as ``DatabaseUnavailable`` (the HTTP front answers 503), after
   at most ``connect_timeout`` seconds: threads never queue for a connection (the limiter sees
   to that), so a longer wait can only mean the server is away.
@@ -29,8 +34,13 @@ import psycopg
 import psycopg_pool
 import trio
 
+from kosmo import threads
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ROLLBACK_RETRIES = 2  # runs again of a transaction the server rolled back (deadlock, ...)
+_ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+                psycopg.errors.TransactionRollback)
 
 
 def _ping(conn: psycopg.Connection[Any]) -> None:
@@ -85,7 +95,7 @@ class Database:
             self._next_probe = trio.current_time() + self._probe_interval
         try:
             self.attempts += 1
-            result = await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+            result: T = await threads.run_sync(self._call, fn, args, limiter=self._limiter)
         except DatabaseUnavailable as exc:
             self._mark_down(exc)
             raise
@@ -107,8 +117,7 @@ class Database:
                     await trio.sleep(self._probe_interval)
                     try:
                         self.probes += 1
-                        await trio.to_thread.run_sync(self._call, _ping, (),
-                                                      limiter=self._limiter)
+                        await threads.run_sync(self._call, _ping, (), limiter=self._limiter)
                     except DatabaseUnavailable as exc:
                         self._down = str(exc)
                     else:
@@ -131,13 +140,23 @@ class Database:
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:
-            with self._pool.connection() as conn:
-                return fn(conn, *args)
+            return self._transaction(fn, args)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             # The server may have restarted: drop the idle connections that died with it now,
             # rather than hand them out one failed request at a time.
             self._pool.check()
             raise DatabaseUnavailable(str(exc).strip().splitlines()[0]) from exc
+
+    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        for _ in range(ROLLBACK_RETRIES):
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn, *args)
+            except _ROLLED_BACK as exc:  # nothing was written
+                log.info("transaction rolled back by the server, run again: %s",
+                         str(exc).strip().splitlines()[0])
+        with self._pool.connection() as conn:
+            return fn(conn, *args)
 
     def statistics(self) -> dict[str, int]:
         return dict(self._pool.get_stats())

@@ -25,7 +25,8 @@ Rules:
   (``pending``) are returned, oldest first, to be published again before any newer claim of
   their node; a node with none of those loses its publisher row instead.
 - Estimates (``queue_position``, ``estimated_transmit_at``) are written only on rows that still
-  wait; a claim clears the position.
+  wait, under the hand-over lock when it is free (never waited for: estimates and claims of
+  several processes would deadlock on the same rows); a claim clears the position.
 """
 
 from __future__ import annotations
@@ -187,14 +188,18 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
           bridge_id: str, credit: int, now: datetime, process_id: UUID) -> Claimed:
     """Hand ``bridge_id`` the first of ``offered`` (id, estimated transmit time), in order, as
     far as its credit allows, those of nodes ``process_id`` publishes; one transaction."""
-    if not _lock(conn):
+    with conn.pipeline():  # one round trip: the count is only used once the lock is held
+        trying = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+        # A statement after the lock's: its snapshot sees every claim committed before.
+        counting = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s),"
+            " (SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
+            "  AND status IN ('pending', 'queued') AND direction = 'outbound')",
+            (process_id, bridge_id))
+    locked = trying.fetchone()
+    if not (locked and locked[0]):
         return Claimed([], [], 0, locked=False)
-    # A statement after the lock's: its snapshot sees every claim committed before.
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s),"
-        " (SELECT count(*) FROM messages WHERE bridge_id = %s AND handed_at IS NOT NULL"
-        "  AND status IN ('pending', 'queued') AND direction = 'outbound')",
-        (process_id, bridge_id)).fetchone()
+    row = counting.fetchone()
     if not (row and row[0]):
         return Claimed([], [], 0, locked=False)  # declared dead: it claims nothing more
     held = int(row[1])
@@ -280,9 +285,16 @@ def adopt(conn: psycopg.Connection[Any], process_id: UUID, limit: int = 10_000
 
 
 def write_estimates(conn: psycopg.Connection[Any],
-                    rows: list[tuple[UUID, int | None, datetime | None]]) -> None:
-    """Set the position and estimate of messages that still wait (others are left alone)."""
-    if rows:
-        conn.execute("SET LOCAL synchronous_commit = off")  # advisory: rewritten each round
-        conn.execute(_ESTIMATES, ([r[0] for r in rows], [r[1] for r in rows],
-                                  [r[2] for r in rows]))
+                    rows: list[tuple[UUID, int | None, datetime | None]]) -> bool:
+    """Set the position and estimate of messages that still wait (others are left alone).
+    Under the hand-over lock, taken only if free: estimates and claims of several processes
+    update the same rows in different orders and would deadlock; False (nothing written) when
+    another process holds it: the next round writes them."""
+    if not rows:
+        return True
+    if not _lock(conn):
+        return False
+    conn.execute("SET LOCAL synchronous_commit = off")  # advisory: rewritten each round
+    conn.execute(_ESTIMATES, ([r[0] for r in rows], [r[1] for r in rows],
+                              [r[2] for r in rows]))
+    return True

@@ -3,10 +3,13 @@
 Rules:
 - Everything here runs inside the caller's transaction (``Database.run``): a batch of sends
   (or of reports) commits together or not at all, so a message is never stored without its
-  debit nor debited without its row.
+  debit nor debited without its row. With ``commit`` (the ledger's lanes), ``accept_sends``
+  and ``apply_reports`` commit it themselves, in the same pipelined round trip as their last
+  writes (the caller's commit then has nothing left to do), and return only once committed.
 - The debit is a conditional upsert on ``quota_usage`` (``used < limit``). PostgreSQL re-checks
   the condition on the locked row, so the rule stays exact when several gateway processes share
-  one database: no check-then-write in process memory.
+  one database: no check-then-write in process memory. Debits and refunds lock usage rows in
+  user order, so a sends batch and a reports or cancel batch may commit concurrently.
 - A refund is guarded by ``messages.charged``: the flag is cleared and the usage decremented in
   one transaction, so no message is refunded twice, whatever the reports.
 - History rows are appended through ``record_history``, which assigns their ids (event ids)
@@ -147,16 +150,22 @@ SELECT id FROM written, told
 """
 
 # Give back one message each to the period it was debited in, once per message: the
-# ``charged`` flag is cleared where still set, and only those rows are counted.
+# ``charged`` flag is cleared where still set, and only those rows are counted. The usage rows
+# are locked in user order first, the order in which a batch of sends locks them, so a refund
+# and a debit of the same users never wait for each other in a circle.
 _REFUND = """
 WITH refunded AS (
     UPDATE messages SET charged = false WHERE id = ANY(%s) AND charged
-    RETURNING user_id, debit_period_start
+    RETURNING user_id, debit_period_start AS period_start
+), owed AS (
+    SELECT user_id, period_start, count(*) AS n FROM refunded GROUP BY user_id, period_start
+), locked AS MATERIALIZED (
+    SELECT q.user_id, q.period_start FROM quota_usage q JOIN owed USING (user_id, period_start)
+    ORDER BY q.user_id, q.period_start FOR UPDATE OF q
 )
-UPDATE quota_usage AS q SET used = q.used - r.n
-FROM (SELECT user_id, debit_period_start, count(*) AS n FROM refunded
-      GROUP BY user_id, debit_period_start) AS r
-WHERE q.user_id = r.user_id AND q.period_start = r.debit_period_start
+UPDATE quota_usage AS q SET used = q.used - owed.n
+FROM owed JOIN locked USING (user_id, period_start)
+WHERE q.user_id = owed.user_id AND q.period_start = owed.period_start
 """
 
 # A message that left ``pending`` no longer waits: its queue position goes.
@@ -180,18 +189,26 @@ class HistoryRow:
     note: bool = False
 
 
-def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Event]:
+def record_history(conn: psycopg.Connection, rows: list[HistoryRow], *,
+                   commit: bool = False) -> list[Event]:
     """Append history rows (ids in commit order) and notify listeners of the largest id at
-    commit; return the events of those a user sees."""
+    commit; return the events of those a user sees. With ``commit`` (in pipeline mode), the
+    transaction commits in the same round trip as the insert, so the event-order lock is held
+    for no round trip of its own."""
     if not rows:
+        if commit:
+            conn.commit()
         return []
     lock_event_order(conn)
-    ids = sorted(r[0] for r in conn.execute(_INSERT_HISTORY_AND_NOTIFY, (
+    written = conn.execute(_INSERT_HISTORY_AND_NOTIFY, (
         [r.message.message_id for r in rows], [r.user_id for r in rows],
         [r.message.status.value for r in rows], [r.message.reason for r in rows],
         [r.note for r in rows], [r.message.updated_at for r in rows],
         [r.message.bridge_id for r in rows], [r.message.queue_position for r in rows],
-        [r.message.estimated_transmit_at for r in rows])).fetchall())
+        [r.message.estimated_transmit_at for r in rows]))
+    if commit:
+        conn.commit()  # queued behind the insert; its sync fetches the insert's rows too
+    ids = sorted(r[0] for r in written.fetchall())
     # One statement assigns ids in its row order, so the ascending ids follow ``rows``.
     return [make_event(history_id, row.user_id, row.message)
             for history_id, row in zip(ids, rows, strict=True)
@@ -199,14 +216,15 @@ def record_history(conn: psycopg.Connection, rows: list[HistoryRow]) -> list[Eve
 
 
 def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetime,
-                 claims: Sequence[idempotency.Claim | None] = ()
+                 claims: Sequence[idempotency.Claim | None] = (), *, commit: bool = False
                  ) -> tuple[list[Accepted | Refused], list[Event]]:
     """Check, debit and store each send, in order; one result per send, and the events.
-    ``claims``: each send's Idempotency-Key claim (or None); empty when none has one.
+    ``claims``: each send's Idempotency-Key claim (or None); empty when none has one. With
+    ``commit``, the transaction commits before this returns, pipelined with the writes.
 
-    Two round trips whatever the batch size (then the commit): the subscriptions are read and
-    the usage rows locked at once, the debits decided here in order, and the writes pipelined.
-    One more, first, when a send has a claim: its row is locked.
+    Two round trips whatever the batch size, the commit included: the subscriptions are read
+    and the usage rows locked at once, the debits decided here in order, and the writes
+    pipelined with the commit. One more, first, when a send has a claim: its row is locked.
     """
     if not sends:
         return [], []
@@ -261,13 +279,14 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
             [m.queue_position for m in stored], [m.estimated_transmit_at for m in stored]))
         idempotency.complete(conn, answers)
         events = record_history(conn, [HistoryRow(m.user_id, MessageView.accepted(m))
-                                       for m in stored])
+                                       for m in stored], commit=commit)
     return results, events
 
 
-def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
-                  ) -> tuple[list[Applied], list[Event]]:
-    """Run each report through the delivery state machine, in order; refund where it says."""
+def apply_reports(conn: psycopg.Connection, reports: list[StatusReport], *,
+                  commit: bool = False) -> tuple[list[Applied], list[Event]]:
+    """Run each report through the delivery state machine, in order; refund where it says.
+    With ``commit``, the transaction commits before this returns, pipelined with the writes."""
     if not reports:
         return [], []
     rows = conn.execute(
@@ -323,7 +342,7 @@ def apply_reports(conn: psycopg.Connection, reports: list[StatusReport]
                 [final[i][4] for i in ids]))
         if refunds:
             conn.execute(_REFUND, (refunds,))
-        events = record_history(conn, history)
+        events = record_history(conn, history, commit=commit)
     return applied, events
 
 

@@ -71,6 +71,15 @@ class Due:
 
 
 @dataclass(frozen=True)
+class Enqueued:
+    """What one ``enqueue_events`` did: ``owed`` deliveries written, and whether more history
+    may wait after the page it read (``more``)."""
+
+    owed: int = 0
+    more: bool = False
+
+
+@dataclass(frozen=True)
 class Attempt:
     delivery_id: int
     webhook_id: UUID
@@ -143,20 +152,20 @@ def list_attempts(conn: psycopg.Connection[Any], user: UUID, webhook_id: UUID,
             for r in rows]
 
 
-def enqueue_events(conn: psycopg.Connection[Any], now: datetime, limit: int = 500) -> bool:
-    """Turn one page of history into deliveries; False when there was nothing new (or another
-    process holds the cursor)."""
+def enqueue_events(conn: psycopg.Connection[Any], now: datetime, limit: int = 500) -> Enqueued:
+    """Turn one page of history into deliveries; nothing owed and no ``more`` when there was
+    nothing new (or another process holds the cursor)."""
     # Looking first, without the lock, keeps an idle poll a pair of reads.
     news = conn.execute("""SELECT EXISTS (SELECT 1 FROM message_status_history
                            WHERE id > (SELECT history_id FROM webhook_cursor))""").fetchone()
     if news is None or not news[0]:
-        return False
+        return Enqueued()
     row = conn.execute("SELECT history_id FROM webhook_cursor FOR UPDATE SKIP LOCKED").fetchone()
     if row is None:
-        return False
+        return Enqueued()
     events, last = events_after(conn, row[0], limit)
     if last == row[0]:
-        return False
+        return Enqueued()
     typed = [(t, e) for e in events if (t := webhooks.event_type(e)) is not None]
     users = list({e.user_id for _, e in typed})
     hooks: dict[UUID, list[tuple[UUID, list[str]]]] = {}
@@ -176,7 +185,9 @@ def enqueue_events(conn: psycopg.Connection[Any], now: datetime, limit: int = 50
                 VALUES (%s, %s, %s, %s, 'owed', %s, %s) ON CONFLICT DO NOTHING""",
                 [(*o, now) for o in owed])
     conn.execute("UPDATE webhook_cursor SET history_id = %s", (last,))
-    return True
+    # ids are distinct and increasing: a page shorter than ``limit`` spans fewer ids, unless
+    # the sequence skipped some (then one more read finds nothing, which is harmless)
+    return Enqueued(len(owed), last - row[0] >= limit)
 
 
 def claim_due(conn: psycopg.Connection[Any], now: datetime, lease_until: datetime, limit: int,

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -142,3 +143,22 @@ async def test_every_send_in_an_outage_gets_its_503_without_queueing(
         with trio.fail_after(30):
             while (await gateway.send(WANDERER, text="after")).status_code != 201:
                 await trio.sleep(0.1)
+
+
+async def test_a_transaction_rolled_back_by_the_server_runs_again(settings: Settings):
+    # A deadlock is not an outage: the victim's transaction runs again, nothing was written.
+    db = Database(settings.database_url, size=2)
+    await db.open()
+    calls: list[int] = []
+
+    def victim(conn: psycopg.Connection) -> int:
+        calls.append(conn.execute("SELECT 1").fetchone()[0])
+        if len(calls) < 3:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return len(calls)
+
+    try:
+        assert await db.run(victim) == 3
+        assert not db.down
+    finally:
+        await db.close()
