@@ -9,16 +9,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
 import bridge.daemon
 from bridge.store import DB_NAME
+from kosmo.config import MqttEndpoint, Settings
 from kosmo.embedded import Broker
 from kosmo.wire import outbound_topic
 from tests.mesh import FakeBridgeLink
 from tests.test_bridge import (
     NODE,
+    SILENT,
     BridgeRunner,
     Observer,
     SimRunner,
@@ -118,3 +121,45 @@ async def test_a_broker_restart_without_the_shared_subscriptions_loses_no_report
     await runner.stop()
     gateway.close()
     link.close()
+
+
+async def test_two_gateways_store_a_report_published_before_they_subscribed_again(
+        nursery: trio.Nursery, tmp_path: Path, private_broker: Broker, database_url: str,
+        topic_root: str, sim: SimRunner, caplog: pytest.LogCaptureFixture,
+        sql: psycopg.Connection[Any]) -> None:
+    """Both gateways stopped, the broker restarted (without their shared subscriptions); the
+    bridge's report comes meanwhile and waits; the gateways come back and store it."""
+    from tests.conftest import WANDERER, start_gateway
+
+    if not private_broker.durable:
+        pytest.skip("this broker keeps no sessions across a restart")
+    base = Settings(
+        database_url=database_url, mqtt_url=MqttEndpoint.from_url(private_broker.url),
+        mqtt_topic_root=topic_root, http_bind=("127.0.0.1", 0), auth_mode="header",
+        db_pool_size=4, mqtt_shared_group="gw")
+    gateways = [base.replace(mqtt_client_id=f"gw-{topic_root}-{i}") for i in (1, 2)]
+    # A silent node: the bridge reports `failed` at its result timeout (10 real seconds),
+    # long after the broker's restart.
+    runner = BridgeRunner(make_settings(tmp_path, private_broker.url, topic_root, sim,
+                                        result_timeout=200.0))
+    await runner.start(nursery)
+
+    def status(message_id: str) -> str:
+        row = sql.execute("SELECT status FROM messages WHERE id = %s", (message_id,)).fetchone()
+        return str(row[0]) if row else ""
+
+    async with trio.open_nursery() as both:  # stops them both on the way out
+        async with start_gateway(both, gateways[0]) as first, start_gateway(both, gateways[1]):
+            sent = await first.send(WANDERER, f"!{SILENT:08x}", "hello silence")
+            assert sent.status_code == 201, sent.text
+            message_id = sent.json()["message_id"]
+            await wait_for(lambda: status(message_id) == "transmitted", timeout=20)
+    await trio.to_thread.run_sync(private_broker.stop)
+    await trio.to_thread.run_sync(private_broker.start)
+    await wait_for(lambda: logged(caplog, "outbox waits for a subscriber") == 1, timeout=30)
+    assert status(message_id) == "transmitted"
+
+    async with trio.open_nursery() as both:
+        async with start_gateway(both, gateways[0]), start_gateway(both, gateways[1]):
+            await wait_for(lambda: status(message_id) == "failed", timeout=20)
+    await runner.stop()
