@@ -247,7 +247,8 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
                 s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
                 subscriptions=[(wire.outbound_filter(s.mqtt_topic_root, bridge_id), 1)],
                 inbound=received_send,
-                will=(state_topic, wire.state_payload("offline"), 1, True), protocol="5")
+                will=(state_topic, wire.state_payload("offline"), 1, True),
+                protocol=s.mqtt_protocol)
             coverage = CoverageReporter(mqtt, wire.heard_topic(s.mqtt_topic_root, bridge_id))
             bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
                             wake=wake, coverage=coverage, state_topic=state_topic)

@@ -102,3 +102,22 @@ async def test_a_will_is_published_when_the_connection_dies(private_broker: Brok
                 assert (await inbox.receive()).payload == b"gone"
                 visit.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
+
+
+async def test_an_mqtt_311_session_is_taken_over_by_mqtt_5(private_broker: Broker) -> None:
+    """A bridge upgraded in place keeps the session, with what was queued in it."""
+    topic, client_id = unique("upgrade"), unique_id("sub")
+    with trio.fail_after(WATCHDOG):
+        async with trio.open_nursery() as nursery:
+            pub, _ = await start_actor(nursery, private_broker.url, unique_id("pub"))
+            async with trio.open_nursery() as visit:
+                await start_actor(visit, private_broker.url, client_id, [(topic, 1)])
+                visit.cancel_scope.cancel()
+            await pub.publish(topic, b"queued for 3.1.1")
+            async with trio.open_nursery() as visit:
+                _, inbox = await start_actor(visit, private_broker.url, client_id, [(topic, 1)],
+                                             protocol="5")
+                await pub.publish(topic, b"marker")
+                assert await receive_until(inbox, b"marker") == [b"queued for 3.1.1", b"marker"]
+                visit.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
