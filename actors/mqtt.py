@@ -8,12 +8,18 @@ Rules
 - Ownership. Each connection attempt gets a NEW `Client` (a `Link`, numbered by `epoch`, in
   actors/mqtt_link.py with the TLS context), so paho never re-sends its old out-queue behind
   our back: callers of `publish()` see MqttUnavailable and re-publish themselves; consumers
-  dedupe by message id. The session is persistent (MQTT 3.1.1, clean_session=False, fixed
-  client id) and inbound QoS 1 messages are acked by hand, only once the consumer has stored
-  them: unacked ones come back after a reconnect. An inbound message names the client id it
+  dedupe by message id. The session is persistent (fixed client id; MQTT 3.1.1
+  clean_session=False, or MQTT 5 clean_start=False with a session that never expires) and
+  inbound QoS 1 messages are acked by hand, only once the consumer has stored them: unacked
+  ones come back after a reconnect. An inbound message names the client id it
   came to, and `ack()` acts only on its own (several actors may feed one consumer; the
   session drains of actors/session_drain.py do). `clean_session=True` is only for deleting a
   session: connect, then stop.
+- Protocol. MQTT 3.1.1 by default; ``protocol="5"`` speaks MQTT 5, whose PUBACK says whether a
+  subscription matched: reason code 16 (no matching subscribers) on a QoS 1 publish that is
+  not retained makes ``publish()``/``Publication.wait()`` raise NoSubscribers (the broker
+  dropped it; a retained one it keeps, so that is success). Other PUBACK reasons count as
+  acknowledged, as MQTT 3.1.1 brokers drop what they refuse silently.
 - Subscriptions are made at every CONNACK; `unsubscribe()` removes some from the session and
   from that list, and returns at the UNSUBACK.
 - publish() calls paho directly rather than over a channel to the actor task: paho's publish is
@@ -47,11 +53,12 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import trio
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage, error_string
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -64,6 +71,10 @@ _PENDING_MAX = 1000  # received messages not yet taken by the consumer
 _HEADROOM = 64  # reading pauses this far from full (one read hands over at most a few)
 _HANDSHAKE_TIMEOUT = 10.0  # socket open -> CONNACK (+ SUBACK)
 _CLOSE_TIMEOUT = 1.0  # flushing DISCONNECT on the way out
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: as MQTT 3.1.1 sessions
+_NO_MATCHING_SUBSCRIBERS = 16  # MQTT 5 PUBACK reason code
+
+Protocol = Literal["3.1.1", "5"]
 
 
 @dataclass(frozen=True)
@@ -90,11 +101,18 @@ class MqttUnavailable(Exception):
     """Not connected, or the connection was lost before the broker acknowledged."""
 
 
+class NoSubscribers(Exception):
+    """MQTT 5 only: the broker acknowledged a QoS 1 publish (not retained) that matched no
+    subscription, so it reached nobody and is gone (PUBACK reason code 16)."""
+
+
 class Publication:
     """A publish handed to the connection; ``wait()`` returns at its PUBACK."""
 
-    def __init__(self, actor: MqttActor, link: Link, mid: int, acked: trio.Event) -> None:
+    def __init__(self, actor: MqttActor, link: Link, mid: int, acked: trio.Event, *,
+                 topic: str, retain: bool) -> None:
         self._actor, self._link, self._mid, self._acked = actor, link, mid, acked
+        self._topic, self._retain = topic, retain
 
     async def wait(self) -> None:
         actor, link = self._actor, self._link
@@ -103,8 +121,12 @@ class Publication:
         finally:
             actor._in_flight -= 1
             unacked = link.waiters.pop(self._mid, None) is not None
+            unmatched = self._mid in link.unmatched
+            link.unmatched.discard(self._mid)
         if unacked:
             raise MqttUnavailable(f"connection to {actor._where} lost before the PUBACK")
+        if unmatched and not self._retain:
+            raise NoSubscribers(f"no subscription on {actor._where} matched {self._topic}")
         actor._published += 1
 
 
@@ -114,10 +136,12 @@ class MqttActor:
                  inbound: trio.MemorySendChannel[MqttInbound] | None = None,
                  will: tuple[str, bytes, int, bool] | None = None,
                  keepalive: float = 30, backoff_min: float = 0.2,
-                 backoff_max: float = 5.0, clean_session: bool = False) -> None:
+                 backoff_max: float = 5.0, clean_session: bool = False,
+                 protocol: Protocol = "3.1.1") -> None:
         if not client_id:
             raise ValueError("a persistent MQTT session needs a fixed, non-empty client id")
         self._endpoint, self._client_id, self._clean = endpoint, client_id, clean_session
+        self._protocol = protocol
         self._subscriptions, self._inbound, self._will = list(subscriptions), inbound, will
         self._keepalive, self._backoff = max(1, round(keepalive)), (backoff_min, backoff_max)
         self._where = f"{endpoint.redacted()} as {client_id!r}"
@@ -147,7 +171,9 @@ class MqttActor:
         """Return once the broker has the message (PUBACK; QoS 0: once written).
 
         Raises MqttUnavailable at once when not connected, or when the connection is lost
-        before the PUBACK (the message may or may not have arrived: publish it again).
+        before the PUBACK (the message may or may not have arrived: publish it again). With
+        MQTT 5, raises NoSubscribers when the broker says no subscription matched (QoS 1, not
+        retained): it reached nobody.
         """
         await trio.lowlevel.checkpoint()
         await self.start_publish(topic, payload, qos=qos, retain=retain).wait()
@@ -164,12 +190,13 @@ class MqttActor:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttUnavailable(f"publish to {self._where} failed: {error_string(info.rc)}")
         acked = link.waiters[info.mid] = trio.Event()
+        link.unmatched.discard(info.mid)  # left by a publication nobody waited for
         self._in_flight += 1
         if link.want_write and not link.lost:
             # Write now rather than one scheduler pass later; a short write leaves the rest
             # to the write loop, which is woken by paho's register-write hook as usual.
             self._check(link, link.client.loop_write())
-        return Publication(self, link, info.mid, acked)
+        return Publication(self, link, info.mid, acked, topic=topic, retain=retain)
 
     async def ack(self, message: MqttInbound) -> None:
         """Acknowledge a stored message; one from an earlier connection, or that came to
@@ -245,9 +272,13 @@ class MqttActor:
 
     def _new_link(self) -> Link:
         self._epoch += 1
-        client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                        clean_session=self._clean, protocol=MQTTProtocolVersion.MQTTv311,
-                        manual_ack=True)
+        if self._protocol == "5":  # the session is asked for in connect()
+            client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
+                            protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+        else:
+            client = Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
+                            clean_session=self._clean, protocol=MQTTProtocolVersion.MQTTv311,
+                            manual_ack=True)
         link = Link(client, self._epoch)
         client.user_data_set(link)
         if self._endpoint.username is not None:
@@ -260,7 +291,14 @@ class MqttActor:
 
     def _connect_blocking(self, link: Link) -> None:
         # No callbacks are installed yet, so paho writes CONNECT itself, here.
-        link.client.connect(self._endpoint.host, self._endpoint.port, self._keepalive)
+        if self._protocol == "5":
+            # clean_start=True with a zero expiry deletes the session, as clean_session=True.
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0 if self._clean else SESSION_NEVER_EXPIRES
+            link.client.connect(self._endpoint.host, self._endpoint.port, self._keepalive,
+                                clean_start=self._clean, properties=properties)
+        else:
+            link.client.connect(self._endpoint.host, self._endpoint.port, self._keepalive)
         with link.lock:
             if not link.abandoned:
                 link.handed_over = True
@@ -410,11 +448,13 @@ class MqttActor:
 
     def _on_publish(self, client: Client, link: Link, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
+        if reason.value == _NO_MATCHING_SUBSCRIBERS and mid in link.waiters:
+            link.unmatched.add(mid)
         _acknowledged(link, mid)
 
     def _on_unsubscribe(self, client: Client, link: Link, mid: int, reasons: list[ReasonCode],
                         properties: Properties | None) -> None:
-        _acknowledged(link, mid)  # MQTT 3.1.1's UNSUBACK carries no reason
+        _acknowledged(link, mid)  # MQTT 3.1.1's UNSUBACK carries no reason; 5's are not checked
 
     def _on_message(self, client: Client, link: Link, msg: MQTTMessage) -> None:
         self._received += 1

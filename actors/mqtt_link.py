@@ -40,6 +40,7 @@ class Link:
         # removes the entry and wakes the waiter; a lost connection only wakes it, so an entry
         # left behind means "not acked".
         self.waiters: dict[int, trio.Event] = {}
+        self.unmatched: set[int] = set()  # mids whose MQTT 5 PUBACK said "no subscribers"
         self.sub_mid: int | None = None
         self.lock = threading.Lock()  # hands the socket over from the connect thread
         self.abandoned = self.handed_over = False

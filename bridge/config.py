@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.mqtt import Protocol
 from bridge.radio import Device
 from kosmo import config as kosmo_config
 from kosmo.airtime import REGION_DUTY_PERCENT
@@ -120,6 +121,9 @@ class BridgeSettings:
     credit: int = 2
     time_scale: float = 1.0
     metrics_bind: tuple[str, int] | None = None
+    # Not an option: MQTT 5 (docs/mqtt.md); `kosmo up` falls back to 3.1.1 for amqtt, which
+    # speaks nothing else (it leaves an MQTT 5 CONNECT unanswered).
+    mqtt_protocol: Protocol = "5"
 
     def describe(self) -> dict[str, str]:
         out: dict[str, str] = {}

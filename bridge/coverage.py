@@ -14,7 +14,9 @@ Rules:
 - Not durable: a restart loses at most the last interval's packets, and the node database read
   at the next connect says much the same. While the broker is away they keep waiting (merged
   with newer ones); a chunk the broker may have had before the loss can go again, which the
-  gateway takes idempotently (an observation never makes a row older).
+  gateway takes idempotently (an observation never makes a row older). A chunk that matched
+  no subscription (MQTT 5 PUBACK reason code 16: no gateway subscribed yet) is kept the same
+  way and tried again at the next interval; one log line when that starts, one when it ends.
 - Only the Trio thread touches the pending set: the radio's pypubsub listener hands each
   observation over with ``trio.from_thread.run_sync`` (bridge/radio.py).
 """
@@ -28,7 +30,7 @@ from typing import Any
 
 import trio
 
-from actors.mqtt import MqttActor, MqttUnavailable
+from actors.mqtt import MqttActor, MqttUnavailable, NoSubscribers
 from bridge.timing import Wakeup
 from kosmo import wire
 
@@ -90,6 +92,7 @@ class CoverageReporter:
         self.own_node_id: str | None = None  # the radio's own node: not coverage
         self.published = 0  # nodes published (one per observation sent)
         self.dropped = 0
+        self._unheard = False  # the last publish matched no subscription
 
     def observe(self, heard: wire.Heard | None) -> None:
         if heard is None or heard.node_id == self.own_node_id:
@@ -126,7 +129,15 @@ class CoverageReporter:
                     await self._mqtt.publish(self._topic, payload, qos=1)
                 self.published += len(taken)
                 log.debug("published %d nodes heard", len(taken))
+                if self._unheard:
+                    log.info("nodes heard go out again: %s has a subscriber", self._topic)
+                    self._unheard = False
             except MqttUnavailable as exc:
                 log.info("nodes heard wait for the broker: %s", exc)
                 self.observe_all(taken.values())  # back, unless newer ones came meanwhile
+            except NoSubscribers:
+                if not self._unheard:
+                    log.info("nodes heard wait for a subscriber to %s", self._topic)
+                    self._unheard = True
+                self.observe_all(taken.values())
             await trio.sleep(self._interval)

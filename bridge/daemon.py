@@ -3,8 +3,8 @@
 Supervision policy:
 - Start order: the SQLite store (and its lock), the radio actor (it reconnects by itself), the
   bridge id (given, kept in the store, or else the radio's node id once it answers), the
-  restore of an earlier run's flights, the MQTT actor (persistent session, manual acks, an
-  ``offline`` will), then the tasks. Each part is built in that order inside the daemon's
+  restore of an earlier run's flights, the MQTT actor (MQTT 5, persistent session, manual
+  acks, an ``offline`` will), then the tasks. Each part is built in that order inside the daemon's
   nursery, each from the ones before it, and the ``Bridge`` that joins them is made only once
   all exist. ``started(bridge)`` once the broker accepted the subscription and the radio is
   connected. A shutdown before that abandons the start (kosmo/supervise.py).
@@ -17,7 +17,11 @@ Supervision policy:
   the session from an earlier configuration: logged and acknowledged).
 - Outbox: status reports and received texts are published in order, QoS 1, each deleted only
   after its PUBACK; a lost connection leaves them for the next one (a report may then go out
-  twice: the gateway takes reports and replies idempotently).
+  twice: the gateway takes reports and replies idempotently). A PUBACK saying no subscription
+  matched (MQTT 5 reason code 16: no gateway subscribed, e.g. a broker that restarted without
+  the gateways' shared subscriptions) leaves the item and all after it in the outbox; the
+  outbox tries it again after a backoff (``NO_SUBSCRIBERS_BACKOFF``), one log line when it
+  starts waiting and one when it resumes.
 - State: ``{root}/bridge/{id}/state`` is published retained on every (re)connect, at once
   when what the bridge holds changes, on any other change (radio link, pace, estimated wait)
   at most once a second (bridge/state.py).
@@ -40,7 +44,7 @@ from typing import Any
 
 import trio
 
-from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable
+from actors.mqtt import MqttActor, MqttInbound, MqttUnavailable, NoSubscribers
 from bridge.config import BridgeSettings
 from bridge.coverage import CoverageReporter, node_db_heard
 from bridge.metrics import BridgeMetrics
@@ -63,6 +67,7 @@ OUTBOX_BATCH = 64
 EVENTS_BUFFER = 256
 STOP_SENDING_WITHIN = 1.5
 OFFLINE_WITHIN = 1.0
+NO_SUBSCRIBERS_BACKOFF = (0.5, 5.0)  # real seconds: first retry, doubling up to the last
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,8 @@ class Bridge:
     # --- outbox: store -> broker ------------------------------------------------------------
 
     async def run_outbox(self, db: AsyncStore) -> None:
+        unheard: str | None = None  # the topic nobody subscribed to, while waiting
+        backoff = NO_SUBSCRIBERS_BACKOFF[0]
         while True:
             items = await db.call(db.store.outbox_head, OUTBOX_BATCH)
             if not items:
@@ -179,10 +186,22 @@ class Bridge:
                 for item_id, topic, payload in items:
                     await self.mqtt.publish(topic, payload, qos=1)
                     done.append(item_id)
+                    if unheard is not None:
+                        log.info("outbox resumes: %s has a subscriber", topic)
+                        unheard, backoff = None, NO_SUBSCRIBERS_BACKOFF[0]
             except MqttUnavailable as exc:
                 log.info("outbox waits for the broker: %s", exc)
+            except NoSubscribers:
+                if unheard is None:
+                    log.warning("outbox waits for a subscriber to %s: the broker dropped what "
+                                "matched nobody; keeping it (outbox item %d) and what follows",
+                                topic, item_id)
+                    unheard = topic
             if done:
                 await db.call(db.store.outbox_done, done)
+            if unheard is not None:
+                await trio.sleep(backoff)
+                backoff = min(NO_SUBSCRIBERS_BACKOFF[1], backoff * 2)
 
     # --- retained state ---------------------------------------------------------------------
 
@@ -228,7 +247,8 @@ async def _serve(settings: BridgeSettings, shutdown: trio.Event,
                 s.mqtt_url, client_id=f"kosmo-bridge-{bridge_id}",
                 subscriptions=[(wire.outbound_filter(s.mqtt_topic_root, bridge_id), 1)],
                 inbound=received_send,
-                will=(state_topic, wire.state_payload("offline"), 1, True))
+                will=(state_topic, wire.state_payload("offline"), 1, True),
+                protocol=s.mqtt_protocol)
             coverage = CoverageReporter(mqtt, wire.heard_topic(s.mqtt_topic_root, bridge_id))
             bridge = Bridge(s, bridge_id, radio=radio, sender=sender, mqtt=mqtt, report=report,
                             wake=wake, coverage=coverage, state_topic=state_topic)

@@ -144,7 +144,8 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
                     bridges = [BridgeSettings(
                         device=Device.parse(f"tcp:127.0.0.1:{port}"), bridge_id=r.node_id,
                         mqtt_url=settings.mqtt_url, mqtt_topic_root=settings.mqtt_topic_root,
-                        state_dir=data / ("bridge" if r.number == 1 else f"bridge-{r.number}"))
+                        state_dir=data / ("bridge" if r.number == 1 else f"bridge-{r.number}"),
+                        mqtt_protocol="3.1.1" if broker.implementation == "amqtt" else "5")
                         for r, port in zip(radios, ports, strict=True)]
                     async with trio.open_nursery() as serving:
                         async with trio.open_nursery() as starting:  # side by side

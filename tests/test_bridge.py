@@ -128,11 +128,12 @@ class Observer:
     """A plain paho client on its own thread (persistent session) collecting what the bridge
     publishes: status reports, replies and bridge states."""
 
-    def __init__(self, url: str, topics: list[str]) -> None:
+    def __init__(self, url: str, topics: list[str], *, client_id: str | None = None) -> None:
         endpoint = MqttEndpoint.from_url(url)
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                   client_id=f"obs-{uuid.uuid4().hex[:8]}", clean_session=False)
+                                   client_id=client_id or f"obs-{uuid.uuid4().hex[:8]}",
+                                   clean_session=False)
         self._client.reconnect_delay_set(0.05, 0.5)
         self.subscribed = trio.Event()
         token = trio.lowlevel.current_trio_token()
