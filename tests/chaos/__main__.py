@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-down", type=float,
                         help="seconds a killed gateway stays down (default 0 with one gateway: "
                              "started again at once; 20 with two: longer than the lease (3 s) "
-                             "and the grace before its MQTT session is drained (10 s), so the "
+                             "and the grace before its MQTT session is drained (3 s), so the "
                              "other takes over)")
     parser.add_argument("--users", type=int, default=defaults.users,
                         help="sending users, the last with a tight quota "

@@ -33,7 +33,7 @@ async def test_two_gateways_one_killed_in_turn():
     """kill -9 of one of two gateways under load, each in turn, beside the other faults:
     nothing lost, quota exact, and the other carries the flow before the killed one is back:
     it adopts the killed one's nodes, publishes what it had claimed, and (once the killed
-    one's MQTT session is drained, after the lease and a grace of 10 s) every node has texts
+    one's MQTT session is drained, after the lease and a grace of 3 s) every node has texts
     on air again."""
     config = ChaosConfig(rounds=1, quiet=8.0, gateways=2, faults=TWO_GATEWAY_FAULTS,
                          gateway_down=20.0)
