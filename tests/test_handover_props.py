@@ -62,6 +62,7 @@ class Process:
 
     db: Database
     hand: Callable[[Membership], Callable[[list[NewMessage]], Awaitable[None]]]
+    client_id: str  # its own, as each gateway process has; a restart keeps it
     ledger: Ledger | None = None
     dispatcher: Dispatcher | None = None
     membership: Membership | None = None
@@ -71,7 +72,7 @@ class Process:
     async def start(self, nursery: trio.Nursery, states: dict[str, bool]) -> None:
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
-        self.membership = Membership(self.db, client_id="p")
+        self.membership = Membership(self.db, client_id=self.client_id)
         # Rarely a read of its own: what one process learns, the other often does not know
         # yet, as when a shared subscription gives each report to one process only.
         self.dispatcher = Dispatcher(self.db, hand=self.hand(self.membership), message_ttl=3600,
@@ -156,7 +157,7 @@ async def scenario(url: str, script: list[Op]) -> None:
                     " updated_at) VALUES ('b1', %s, now(), 0, now()), ('b2', %s, now(), 1,"
                     " now()), ('b2', %s, now(), 0, now())", (NODES[0], NODES[0], NODES[1]))
         async with trio.open_nursery() as nursery:
-            procs = [Process(db, hand), Process(db, hand)]
+            procs = [Process(db, hand, "p0"), Process(db, hand, "p1")]
             for p in procs:
                 await p.start(nursery, states)
 
@@ -201,7 +202,7 @@ async def scenario(url: str, script: list[Op]) -> None:
                         await told.settled()
                 else:
                     await stop(procs[op[1]])
-                    procs[op[1]] = Process(db, hand)
+                    procs[op[1]] = Process(db, hand, f"p{op[1]}")
                     await procs[op[1]].start(nursery, states)
                 await settle()
                 check()
