@@ -31,6 +31,12 @@ Rules:
   neither.
 - Admission (``admit``): where a new message would go, its place in the fair order and its
   estimated transmit time; ``retry_after`` when that is beyond its expiry. Before any debit.
+- Two tasks, one state: the desk takes the inbox (accepted, canceled, bridge states, reads
+  asked for) into memory and answers admissions at once; the hand-over task reads the queue,
+  adopts, claims and writes estimates, one round at a time. So an admission never waits for a
+  hand-over transaction, and a send accepted meanwhile is in the queue the next admission
+  sees. The state is changed only between awaits, and whole at each of them; a read of the
+  queue keeps what the desk took while it ran. ``synced`` waits for a round.
 - A database outage skips a round (logged); the next one catches up. The actor failing brings
   the gateway down (its state is rebuilt from the database at the next start).
 """
@@ -108,7 +114,12 @@ class _Admit:
     reply: Reply[Admission] = field(compare=False)
 
 
-Inbox = _Accepted | _BridgeState | _Reload | _Canceled | _Admit
+@dataclass(frozen=True)
+class _Sync:
+    reply: Reply[None] = field(compare=False)
+
+
+Inbox = _Accepted | _BridgeState | _Reload | _Canceled | _Admit | _Sync
 
 
 class Dispatcher:
@@ -133,6 +144,11 @@ class Dispatcher:
         self._written: dict[UUID, Estimate] = {}
         self._unrouted: set[UUID] = set()  # waiting messages not yet put in a queue
         self._laid_out = -math.inf
+        self._kick = trio.Event()  # the desk took something for the hand-over task
+        self._want_reload = False
+        self._want_coverage = False
+        self._syncs: list[Reply[None]] = []
+        self._taken_while_reading: set[UUID] | None = None  # waited during a read of the queue
         self.handed = 0
         self.rounds = 0
         self.adopted = 0  # messages handed again after their publisher died
@@ -172,6 +188,12 @@ class Dispatcher:
                                      reply))
         return await reply.wait()
 
+    async def synced(self) -> None:
+        """Returns once a hand-over round has run over everything sent to it before."""
+        reply: Reply[None] = Reply()
+        await self._send.send(_Sync(reply))
+        await reply.wait()
+
     def online(self) -> list[str]:
         """The bridges it knows to be online."""
         return sorted(b for b, r in self._radios.items() if r.online)
@@ -192,11 +214,11 @@ class Dispatcher:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticks)
+            nursery.start_soon(self._hand_over)
             task_status.started()
             async with self._receive:
                 async for first in self._receive:
-                    items = take_waiting(self._receive, [first], INBOX)
-                    await self._handle(items)
+                    self._take(take_waiting(self._receive, [first], INBOX))
             nursery.cancel_scope.cancel()
 
     async def _ticks(self) -> None:
@@ -206,8 +228,9 @@ class Dispatcher:
                 await self._woken.wait()
             self._woken = trio.Event()
 
-    async def _handle(self, items: list[Inbox]) -> None:
-        reload = coverage = False
+    def _take(self, items: list[Inbox]) -> None:
+        """The desk: apply what the inbox brought to the in-memory state and answer the
+        admissions at once, never waiting for the database; the hand-over task does the rest."""
         for item in items:
             if isinstance(item, _Accepted):
                 for message in item.messages:
@@ -218,22 +241,44 @@ class Dispatcher:
                 for message_id in item.ids:
                     self._unwait(message_id)
             elif isinstance(item, _BridgeState):
-                reload = self._bridge(item) or reload
+                self._want_reload = self._bridge(item) or self._want_reload
             elif isinstance(item, _Reload):
-                reload, coverage = True, coverage or item.coverage
-        if reload:
-            await self._reload(coverage=coverage)
-            await self._adopt()
-        self._route(list(self._waiting) if reload else list(self._unrouted))
-        self._lay_out(force=reload)
-        for item in items:
-            if isinstance(item, _Admit):
-                item.reply.set(self._admission(item))
-        handed = await self._hand_out()
-        if handed:
-            self._lay_out(force=True)
-        if reload or handed:  # every place behind a hand-over moved up
-            await self._write_estimates()
+                self._want_reload = True
+                self._want_coverage = self._want_coverage or item.coverage
+            elif isinstance(item, _Sync):
+                self._syncs.append(item.reply)
+        self._route(list(self._unrouted))
+        admits = [item for item in items if isinstance(item, _Admit)]
+        if admits:
+            self._lay_out(force=False)
+            for admit in admits:
+                admit.reply.set(self._admission(admit))
+        if len(admits) < len(items):
+            self._kick.set()
+
+    async def _hand_over(self) -> None:
+        """The hand-over task: reads of the queue, adoption, claims and estimates, one round at
+        a time, whenever the desk took something that may change them. The desk keeps taking
+        sends and answering admissions meanwhile: between two of this task's awaits the state
+        is whole, and what changed during a read is kept (``_taken_while_reading``)."""
+        while True:
+            await self._kick.wait()
+            self._kick = trio.Event()
+            syncs, self._syncs = self._syncs, []
+            reload, coverage = self._want_reload, self._want_coverage
+            self._want_reload = self._want_coverage = False
+            if reload:
+                await self._reload(coverage=coverage)
+                await self._adopt()
+            self._route(list(self._unrouted))
+            self._lay_out(force=reload)
+            handed = await self._hand_out()
+            if handed:
+                self._lay_out(force=True)
+            if reload or handed:  # every place behind a hand-over moved up
+                await self._write_estimates()
+            for reply in syncs:
+                reply.set(None)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -270,6 +315,8 @@ class Dispatcher:
         self._waiting[message_id] = waiting
         self._where[message_id] = None
         self._unrouted.add(message_id)
+        if self._taken_while_reading is not None:
+            self._taken_while_reading.add(message_id)
 
     def _unwait(self, message_id: UUID) -> None:
         self._waiting.pop(message_id, None)
@@ -282,6 +329,7 @@ class Dispatcher:
         self._written.pop(message_id, None)
 
     async def _reload(self, *, coverage: bool = False) -> None:
+        self._taken_while_reading = set()
         try:
             queue = await self._db.run(load_queue, MAX_WAITING)
             if coverage or trio.current_time() - self._hearings_read >= COVERAGE_EVERY:
@@ -294,9 +342,11 @@ class Dispatcher:
         except DatabaseUnavailable as exc:
             log.warning("dispatch round skipped, database unavailable: %s", exc)
             return
+        finally:
+            taken, self._taken_while_reading = self._taken_while_reading, None
         self.rounds += 1
         fresh = {w.message.message_id: w for w in queue.waiting}
-        for message_id in [m for m in self._waiting if m not in fresh]:
+        for message_id in [m for m in self._waiting if m not in fresh and m not in taken]:
             self._unwait(message_id)  # handed, canceled, expired (here or elsewhere)
         for waiting in fresh.values():
             # A weight read here that differs (the plan changed) applies to the user's next
@@ -311,6 +361,7 @@ class Dispatcher:
                                                          online=False)
             self._radios[held.bridge_id].held.append(held)
         self._routes = {(h.user_id, h.node_id): h.bridge_id for h in queue.held}
+        self._route(list(self._waiting))  # before any await: the desk routes by these routes
 
     def _route(self, ids: list[UUID]) -> None:
         """Put each of these waiting messages in the queue of the bridge its (user, node) goes
@@ -384,11 +435,14 @@ class Dispatcher:
         place = radio.queue.place(item.user_id, weight, cost)
         at = radio.start(len(radio.held) + place, cost)
         eta = datetime.fromtimestamp(at, self._clock().tzinfo)
+        # The heads the bridge has credit for are handed at the next claim, which may not have
+        # run yet (the hand-over task may be busy): the place is counted after it.
+        position = max(place - max(radio.pace.credit - len(radio.held), 0), 0) + 1
         deadline = self._clock() + timedelta(seconds=self._ttl)
         if eta > deadline:
-            return Admission(target, place + 1, eta,
+            return Admission(target, position, eta,
                              retry_after=max(1.0, (eta - deadline).total_seconds()))
-        return Admission(target, place + 1, eta)
+        return Admission(target, position, eta)
 
     # --- hand-over --------------------------------------------------------------------------
 
@@ -491,4 +545,5 @@ class Dispatcher:
             log.warning("estimates not written, database unavailable: %s", exc)
             return
         for message_id, position, at in rows:
-            self._written[message_id] = (position, at)
+            if message_id in self._waiting:  # not canceled or claimed meanwhile
+                self._written[message_id] = (position, at)

@@ -106,7 +106,7 @@ class Process:
     async def barrier(self) -> None:
         """Returns once the dispatcher has handled everything sent to it before."""
         assert self.dispatcher is not None
-        await self.dispatcher.admit(WANDERER, NODES[0], "x")
+        await self.dispatcher.synced()
 
     async def stop(self) -> None:
         """Stop it, then leave (as the gateway does): the other process adopts its nodes."""
