@@ -148,7 +148,6 @@ class Dispatcher:
         self._want_reload = False
         self._want_coverage = False
         self._syncs: list[Reply[None]] = []
-        self._taken_while_reading: set[UUID] | None = None  # waited during a read of the queue
         self.handed = 0
         self.rounds = 0
         self.adopted = 0  # messages handed again after their publisher died
@@ -260,7 +259,7 @@ class Dispatcher:
         """The hand-over task: reads of the queue, adoption, claims and estimates, one round at
         a time, whenever the desk took something that may change them. The desk keeps taking
         sends and answering admissions meanwhile: between two of this task's awaits the state
-        is whole, and what changed during a read is kept (``_taken_while_reading``)."""
+        is whole, and what the desk took during a read of the queue is kept (``_reload``)."""
         while True:
             await self._kick.wait()
             self._kick = trio.Event()
@@ -270,7 +269,6 @@ class Dispatcher:
             if reload:
                 await self._reload(coverage=coverage)
                 await self._adopt()
-            self._route(list(self._unrouted))
             self._lay_out(force=reload)
             handed = await self._hand_out()
             if handed:
@@ -315,8 +313,6 @@ class Dispatcher:
         self._waiting[message_id] = waiting
         self._where[message_id] = None
         self._unrouted.add(message_id)
-        if self._taken_while_reading is not None:
-            self._taken_while_reading.add(message_id)
 
     def _unwait(self, message_id: UUID) -> None:
         self._waiting.pop(message_id, None)
@@ -329,7 +325,7 @@ class Dispatcher:
         self._written.pop(message_id, None)
 
     async def _reload(self, *, coverage: bool = False) -> None:
-        self._taken_while_reading = set()
+        known = set(self._waiting)  # what the desk takes during the read is newer than it
         try:
             queue = await self._db.run(load_queue, MAX_WAITING)
             if coverage or trio.current_time() - self._hearings_read >= COVERAGE_EVERY:
@@ -342,11 +338,9 @@ class Dispatcher:
         except DatabaseUnavailable as exc:
             log.warning("dispatch round skipped, database unavailable: %s", exc)
             return
-        finally:
-            taken, self._taken_while_reading = self._taken_while_reading, None
         self.rounds += 1
         fresh = {w.message.message_id: w for w in queue.waiting}
-        for message_id in [m for m in self._waiting if m not in fresh and m not in taken]:
+        for message_id in [m for m in known if m in self._waiting and m not in fresh]:
             self._unwait(message_id)  # handed, canceled, expired (here or elsewhere)
         for waiting in fresh.values():
             # A weight read here that differs (the plan changed) applies to the user's next
