@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 MAX_TEXT_BYTES = 233  # meshtastic Constants.DATA_PAYLOAD_LEN
 HEADER_BYTES = 16  # MESHTASTIC_HEADER_LENGTH
@@ -154,6 +153,5 @@ def text_on_air_bytes(text_bytes: int) -> int:
     return HEADER_BYTES + data + PKI_OVERHEAD_BYTES
 
 
-@lru_cache(maxsize=4096)  # the dispatcher costs every held and waiting text at each layout
 def text_airtime(params: LoraParams, text_bytes: int) -> float:
     return packet_airtime(params, text_on_air_bytes(text_bytes))

@@ -67,9 +67,8 @@ class Radio:
 
     def lay_out(self, now: float) -> None:
         """Lay the held messages, then the queue, on the pace, from ``now`` (epoch s)."""
-        by_size: dict[int, float] = {}  # held texts are mostly of a few sizes
-        costs = [by_size[h.size] if h.size in by_size else by_size.setdefault(
-            h.size, self.cost(h.size)) for h in self.held]
+        by_size = {size: self.cost(size) for size in {h.size for h in self.held}}  # a few sizes
+        costs = [by_size[h.size] for h in self.held]
         costs += [e.cost for e in self.queue.order()]
         costs.append(self.cost(airtime.MAX_TEXT_BYTES))
         self.starts = transmit_times(self.radio_pace(), now, costs)
