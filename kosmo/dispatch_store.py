@@ -156,6 +156,9 @@ WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL AND m.expires_
       AND o.handed_at IS NULL AND o.status IN ('pending', 'queued')
       AND (o.created_at, o.id) < (m.created_at, m.id)
       AND o.expires_at > %(now)s AND o.id <> ALL(%(offered)s::uuid[]) OFFSET 0)
+  -- Held by another bridge is two ranges, not `<>` (no index range): the claiming bridge's own
+  -- held messages of the pair are never read (measured with 2,000 of them: 1.2-1.8 ms a claim
+  -- of 35 messages, 10 ms with `<>`).
   AND NOT EXISTS (  -- an older one is held by another bridge (messages_pair_held), before it
     SELECT 1 FROM messages o
     WHERE o.user_id = m.user_id AND o.node_id = m.node_id AND o.direction = 'outbound'
