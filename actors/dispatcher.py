@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,7 +59,6 @@ from kosmo.channels import put, take_waiting
 from kosmo.clock import utcnow
 from kosmo.db import Database, DatabaseUnavailable
 from kosmo.dispatch_store import (
-    Held,
     Waiting,
     adopt,
     claim,
@@ -206,7 +206,7 @@ class Dispatcher:
 
     def held(self) -> dict[str, int]:
         """Messages each online bridge holds (handed, not yet on air): its credit in use."""
-        return {b: len(r.held) for b, r in sorted(self._radios.items()) if r.online}
+        return {b: r.holding() for b, r in sorted(self._radios.items()) if r.online}
 
     # --- the actor --------------------------------------------------------------------------
 
@@ -348,12 +348,12 @@ class Dispatcher:
             self._weights[waiting.message.user_id] = waiting.weight
             self._wait(waiting)
         for radio in self._radios.values():
-            radio.held = []
+            radio.held = Counter()
         for held in queue.held:
             if held.bridge_id not in self._radios:  # not heard of since this process started
                 self._radios[held.bridge_id] = Radio.new(held.bridge_id, wire.Pace(),
                                                          online=False)
-            self._radios[held.bridge_id].held.append(held)
+            self._radios[held.bridge_id].held[held.size] += held.count
         self._routes = {(h.user_id, h.node_id): h.bridge_id for h in queue.held}
         self._route(list(self._waiting))  # before any await: the desk routes by these routes
 
@@ -427,11 +427,11 @@ class Dispatcher:
         weight = self._weights.setdefault(item.user_id, item.weight)
         cost = radio.cost(item.size)
         place = radio.queue.place(item.user_id, weight, cost)
-        at = radio.start(len(radio.held) + place, cost)
+        at = radio.start(place, cost)
         eta = datetime.fromtimestamp(at, self._clock().tzinfo)
         # The heads the bridge has credit for are handed at the next claim, which may not have
         # run yet (the hand-over task may be busy): the place is counted after it.
-        position = max(place - max(radio.pace.credit - len(radio.held), 0), 0) + 1
+        position = max(place - max(radio.pace.credit - radio.holding(), 0), 0) + 1
         deadline = self._clock() + timedelta(seconds=self._ttl)
         if eta > deadline:
             return Admission(target, position, eta,
@@ -446,10 +446,10 @@ class Dispatcher:
         handed = False
         tz = self._clock().tzinfo
         for radio in list(self._radios.values()):
-            while radio.online and len(radio.held) < radio.pace.credit and len(radio.queue):
-                heads = radio.queue.order(min(radio.pace.credit - len(radio.held), CLAIM_BATCH))
+            while radio.online and radio.holding() < radio.pace.credit and len(radio.queue):
+                heads = radio.queue.order(min(radio.pace.credit - radio.holding(), CLAIM_BATCH))
                 offered = [(e.message_id, datetime.fromtimestamp(
-                    radio.start(len(radio.held) + i, e.cost), tz) if radio.starts
+                    radio.start(i, e.cost), tz) if radio.starts
                     else None) for i, e in enumerate(heads)]
                 try:
                     found = await self._db.run(claim, offered, radio.bridge_id,
@@ -475,7 +475,7 @@ class Dispatcher:
                 if found.handed:
                     handed = True
                     await self._hand(found.handed)
-                if found.held >= radio.pace.credit and len(radio.held) < found.held:
+                if found.held >= radio.pace.credit and radio.holding() < found.held:
                     break  # it holds more than this process knew of: the next read shows them
                 if not found.handed and not found.gone and not found.others:
                     break
@@ -516,9 +516,7 @@ class Dispatcher:
             self._waiting.pop(message.message_id, None)
             self._where.pop(message.message_id, None)
             self._written.pop(message.message_id, None)
-            radio.held.append(Held(message.message_id, radio.bridge_id, message.user_id,
-                                   message.node_id, message.created_at,
-                                   len(message.text.encode("utf-8"))))
+            radio.held[len(message.text.encode("utf-8"))] += 1
             self._routes[(message.user_id, message.node_id)] = radio.bridge_id
             self.handed += 1
         radio.dirty = True

@@ -58,10 +58,14 @@ WHERE m.status = 'pending' AND m.handed_at IS NULL AND m.direction = 'outbound'
 ORDER BY m.created_at, m.id LIMIT %s
 """
 
+# What the bridges hold, in aggregate: one row per (bridge, user, node, text size), so a round
+# reads as many rows as there are conversations on air, not one per held message (a bridge
+# announcing a large credit may hold thousands). The newest hand-over last: it routes its pair.
 _HELD = """
-SELECT id, bridge_id, user_id, node_id, created_at, octet_length(text) FROM messages
+SELECT bridge_id, user_id, node_id, octet_length(text), count(*) FROM messages
 WHERE handed_at IS NOT NULL AND status IN ('pending', 'queued') AND direction = 'outbound'
-ORDER BY handed_at, created_at, id
+GROUP BY bridge_id, user_id, node_id, octet_length(text)
+ORDER BY max(handed_at), bridge_id, user_id, node_id
 """
 
 _ESTIMATES = """
@@ -82,14 +86,14 @@ class Waiting:
 
 @dataclass(frozen=True)
 class Held:
-    """A message handed to ``bridge_id`` and not yet on air nor ended."""
+    """``count`` messages of ``size`` bytes from one user to one node, handed to ``bridge_id``
+    and not yet on air nor ended."""
 
-    message_id: UUID
     bridge_id: str
     user_id: UUID
     node_id: str
-    created_at: datetime
     size: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ class Queue:
 
 
 def load_queue(conn: psycopg.Connection[Any], limit: int) -> Queue:
-    """The waiting messages (oldest first, at most ``limit``) and the held ones."""
+    """The waiting messages (oldest first, at most ``limit``) and the held ones, in aggregate
+    (the newest hand-over last)."""
     waiting = [Waiting(NewMessage(*row[:6]), row[6], row[7])
                for row in conn.execute(_WAITING, (limit,)).fetchall()]
     held = [Held(*row) for row in conn.execute(_HELD).fetchall()]

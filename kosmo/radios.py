@@ -2,12 +2,15 @@
 
 Rules:
 - A radio has the pace its bridge last said (``kosmo.wire.Pace``), whether it is online, its
-  fair queue of waiting messages (``kosmo.fair_queue``) and the messages its bridge holds.
+  fair queue of waiting messages (``kosmo.fair_queue``) and how many messages of each text
+  size its bridge holds (``held``; ``holding`` in all).
 - A text's cost is its airtime on this radio's LoRa settings (``kosmo.airtime``, radio seconds)
   divided by the bridge's time scale: real seconds, like the rest of the pace.
-- Its schedule (``lay_out``) lays the held messages, then the queue in fair order, then one more
-  text of the largest size, on its pace (``kosmo.schedule``). Past the laid-out schedule
-  (messages that arrived since), ``start`` extrapolates at the radio's sustained pace.
+- Its schedule (``lay_out``) lays the queue in fair order, then one more text of the largest
+  size, on its pace (``kosmo.schedule``), after the held messages (which only move where the
+  queue starts: they are passed over by size, smallest first, not one by one). ``start(i)``
+  is when the i-th of the queue (0: its head) starts; past the laid-out schedule (messages
+  that arrived since), it extrapolates at the radio's sustained pace.
 - The fair queue's quantum is the largest text's cost, fixed when the radio is first seen.
 - Estimates (``estimates``): each waiting message's place in its online radio's fair order
   (1 = next) and its start on that radio's schedule; none for a message no online radio has.
@@ -17,15 +20,15 @@ Rules:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from uuid import UUID
 
 from kosmo import airtime, wire
-from kosmo.dispatch_store import Held
 from kosmo.fair_queue import FairQueue
-from kosmo.schedule import RadioPace, transmit_times
+from kosmo.schedule import RadioPace, lane_at, lay, pass_over
 
 WRITE_SLACK = 0.5  # seconds
 Estimate = tuple[int | None, datetime | None]  # queue position, estimated transmit time
@@ -46,9 +49,9 @@ class Radio:
     pace: wire.Pace
     online: bool
     queue: FairQueue
-    held: list[Held] = field(default_factory=list)
+    held: Counter[int] = field(default_factory=Counter)  # text size -> messages its bridge holds
     params: airtime.LoraParams = field(default_factory=lambda: airtime.preset_params("LONG_FAST"))
-    starts: list[float] = field(default_factory=list)  # held + queue + one more, epoch s
+    starts: list[float] = field(default_factory=list)  # queue + one more, epoch s
     dirty: bool = True  # its queue or held changed since ``starts`` was laid out
 
     @classmethod
@@ -61,22 +64,28 @@ class Radio:
         """Real seconds of airtime of a text of ``size`` bytes on this radio."""
         return airtime.text_airtime(self.params, size) / self.pace.time_scale
 
+    def holding(self) -> int:
+        """Messages its bridge holds: its credit in use."""
+        return self.held.total()
+
     def radio_pace(self) -> RadioPace:
         p = self.pace
         return RadioPace(p.min_gap_s, p.duty_cycle, p.window_s, p.airtime_used_s)
 
     def lay_out(self, now: float) -> None:
-        """Lay the held messages, then the queue, on the pace, from ``now`` (epoch s)."""
-        by_size = {size: self.cost(size) for size in {h.size for h in self.held}}  # a few sizes
-        costs = [by_size[h.size] for h in self.held]
-        costs += [e.cost for e in self.queue.order()]
+        """Lay the queue on the pace after the held messages, from ``now`` (epoch s)."""
+        pace = self.radio_pace()
+        lane = lane_at(pace, now)
+        for size, count in sorted(self.held.items()):
+            lane = pass_over(pace, lane, self.cost(size), count)
+        costs = [e.cost for e in self.queue.order()]
         costs.append(self.cost(airtime.MAX_TEXT_BYTES))
-        self.starts = transmit_times(self.radio_pace(), now, costs)
+        self.starts = lay(pace, lane, costs)[0]
         self.dirty = False
 
     def start(self, index: int, cost: float) -> float:
-        """When the text at ``index`` (held first, then the queue) starts, epoch seconds; past
-        the layout, the radio's sustained pace for texts of ``cost``."""
+        """When the text at ``index`` of the queue (0: its head) starts, epoch seconds; past the
+        layout, the radio's sustained pace for texts of ``cost``."""
         if index < len(self.starts):
             return self.starts[index]
         pace = self.pace
@@ -95,7 +104,7 @@ def estimates(radios: Iterable[Radio], waiting: Iterable[UUID], tz: tzinfo | Non
     for radio in radios:
         if radio.online:
             for i, entry in enumerate(radio.queue.order()):
-                start = radio.start(len(radio.held) + i, entry.cost)
+                start = radio.start(i, entry.cost)
                 found[entry.message_id] = (i + 1, datetime.fromtimestamp(start, tz))
     return {m: found.get(m, (None, None)) for m in waiting}
 

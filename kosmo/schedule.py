@@ -16,13 +16,16 @@ A radio sends the texts given to it one after the other, in order:
 The bucket forgets *when* the window's airtime was spent, so it may let a text go somewhat
 sooner or later than the rolling window would; over a long run both allow ``duty_cycle`` of
 the time on air, so a radio with a backlog sends ``duty_cycle * 3600 / cost`` texts an hour.
-``transmit_times`` is O(len(costs)).
+``transmit_times`` is O(len(costs)). A radio's texts already handed to its bridge only move
+where its queue starts (a ``Lane``): ``pass_over`` skips a count of them of one cost in O(1)
+without a duty cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from itertools import repeat
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,29 @@ class RadioPace:
         return None if self.duty_cycle is None else self.duty_cycle * self.window_s
 
 
-def transmit_times(pace: RadioPace, now: float, costs: Sequence[float]) -> list[float]:
-    """Epoch seconds at which each text (in order) is expected to start on air."""
-    duty, capacity = pace.duty_cycle, pace.capacity
+@dataclass(frozen=True)
+class Lane:
+    """Where a radio's schedule stands: its next text starts no sooner than ``earliest``, and
+    its bucket held ``level`` seconds of airtime at ``level_at``."""
+
+    earliest: float
+    level: float
+    level_at: float
+
+
+def lane_at(pace: RadioPace, now: float) -> Lane:
+    """The schedule of a radio given nothing yet: its first text may start at ``now``."""
+    capacity = pace.capacity
     level = 0.0 if capacity is None else min(capacity, max(0.0, capacity - pace.airtime_used_s))
-    level_at = now  # the time at which the bucket held ``level``
+    return Lane(now, level, now)
+
+
+def lay(pace: RadioPace, lane: Lane, costs: Iterable[float]) -> tuple[list[float], Lane]:
+    """Epoch seconds at which each text (in order) is expected to start on air after ``lane``,
+    and the lane after them."""
+    duty, capacity = pace.duty_cycle, pace.capacity
+    earliest, level, level_at = lane.earliest, lane.level, lane.level_at
     starts: list[float] = []
-    earliest = now
     for cost in costs:
         start = earliest
         if duty is not None and capacity is not None:
@@ -65,7 +84,22 @@ def transmit_times(pace: RadioPace, now: float, costs: Sequence[float]) -> list[
             level_at = start
         starts.append(start)
         earliest = start + max(pace.min_gap_s, cost)
-    return starts
+    return starts, Lane(earliest, level, level_at)
+
+
+def pass_over(pace: RadioPace, lane: Lane, cost: float, count: int) -> Lane:
+    """The lane after ``count`` texts of one ``cost``, whose own starts are not needed: O(1)
+    without a duty cycle, O(count) with one."""
+    if count <= 0:
+        return lane
+    if pace.duty_cycle is None:
+        return replace(lane, earliest=lane.earliest + count * max(pace.min_gap_s, cost))
+    return lay(pace, lane, repeat(cost, count))[1]
+
+
+def transmit_times(pace: RadioPace, now: float, costs: Sequence[float]) -> list[float]:
+    """Epoch seconds at which each text (in order) is expected to start on air."""
+    return lay(pace, lane_at(pace, now), costs)[0]
 
 
 def rate_per_hour(pace: RadioPace, cost: float) -> float:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kosmo.airtime import duty_cycle, preset_params, text_airtime
-from kosmo.schedule import RadioPace, rate_per_hour, transmit_times
+from kosmo.schedule import RadioPace, lane_at, lay, pass_over, rate_per_hour, transmit_times
 
 NOW = 1_750_000_000.0
 LONG_FAST = preset_params("LONG_FAST")
@@ -119,3 +119,15 @@ def test_any_schedule_keeps_the_pace(pace: RadioPace, costs: list[float]) -> Non
         for j in range(i + 1):
             spent = sum(charged[j:i + 1])
             assert spent <= capacity + duty * (start - starts[j]) + 1e-6 * (1 + spent)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pace=paces, cost=st.floats(0.01, 20.0), count=st.integers(0, 40),
+       after=st.lists(st.floats(0.01, 20.0), max_size=10))
+def test_passing_over_texts_lays_the_next_ones_as_laying_them_would(
+        pace: RadioPace, cost: float, count: int, after: list[float]) -> None:
+    # Held texts are passed over by count (O(1) without a duty cycle): the texts after them
+    # start exactly where laying every held text one by one would put them.
+    laid = transmit_times(pace, NOW, [cost] * count + after)[count:]
+    passed = lay(pace, pass_over(pace, lane_at(pace, NOW), cost, count), after)[0]
+    assert passed == pytest.approx(laid, rel=1e-12, abs=1e-6)
