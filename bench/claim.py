@@ -33,8 +33,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 import psycopg  # noqa: E402
 from common import percentile, say, source_version  # noqa: E402
 
-from kosmo import migrate  # noqa: E402
-from kosmo.dispatch_store import CLAIM_LOCK, claim  # noqa: E402
+from kosmo import locks, migrate  # noqa: E402
+from kosmo.dispatch_store import claim  # noqa: E402
 
 SANCTUARY = uuid.UUID("33333333-3333-3333-3333-333333333333")
 BRIDGE = "!b0000001"
@@ -57,7 +57,7 @@ RETURNING m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at
 
 def claim_before(conn: psycopg.Connection[Any], offered: list[tuple[uuid.UUID, None]],
                  bridge_id: str, credit: int, now: datetime) -> int:
-    locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,)).fetchone()
+    locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (locks.HAND_OVER,)).fetchone()
     if not (locked and locked[0]):
         return 0
     counted = conn.execute(

@@ -38,10 +38,10 @@ from uuid import UUID
 
 import psycopg
 
+from kosmo import locks
 from kosmo.messages import NewMessage
 from kosmo.routing import Hearing
 
-CLAIM_LOCK = 0x6B6F736D6F_01  # pg advisory lock key of the hand-over (any process)
 DISPATCH_CHANNEL = "kosmo_dispatch"  # notifications: a process id to wake, or '' for every one
 
 # A waiting message, its size and its sender's plan weight (the current subscription's plan).
@@ -200,7 +200,7 @@ WHERE p.process_id <> %(me)s AND m.status = 'pending' AND m.handed_at IS NULL
 
 def _lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the hand-over lock for this transaction, if no other process holds it."""
-    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,)).fetchone()
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (locks.HAND_OVER,)).fetchone()
     return bool(row and row[0])
 
 
@@ -209,7 +209,7 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
     """Hand ``bridge_id`` the first of ``offered`` (id, estimated transmit time), in order, as
     far as its credit allows, those of nodes ``process_id`` publishes; one transaction."""
     with conn.pipeline():  # one round trip: the count is only used once the lock is held
-        trying = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+        trying = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (locks.HAND_OVER,))
         # A statement after the lock's: its snapshot sees every claim committed before.
         counting = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s),"

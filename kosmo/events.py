@@ -29,11 +29,11 @@ from uuid import UUID
 
 import psycopg
 
+from kosmo import locks
 from kosmo.delivery import Status
 from kosmo.views import Direction, MessageView
 
 CHANNEL = "kosmo_events"  # NOTIFY channel: payload = the largest history id a commit wrote
-_EVENTS_LOCK = 0x6B6F736D6F_01  # advisory lock key: history ids in commit order
 _ID_WIDTH = 20
 
 
@@ -74,7 +74,7 @@ def make_event(history_id: int, user_id: UUID, message: MessageView) -> Event:
 
 def lock_event_order(conn: psycopg.Connection[Any]) -> None:
     """Call in a transaction just before inserting history rows: ids follow commit order."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (locks.EVENT_ORDER,))
 
 
 # After the history id, the columns of ``kosmo.views.COLUMNS`` as they were at that row.

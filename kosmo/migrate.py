@@ -19,8 +19,9 @@ from importlib import resources
 
 import psycopg
 
+from kosmo import locks
+
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_LOCK_KEY = 0x6B6F736D6F  # "kosmo"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def migrate(url: str, *, up_to: int | None = None) -> list[str]:
     """Apply pending migrations (up to version ``up_to``); return the names applied."""
     applied_now: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATION,))
         try:
             conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
                 version integer PRIMARY KEY, name text NOT NULL,
@@ -62,7 +63,7 @@ def migrate(url: str, *, up_to: int | None = None) -> list[str]:
                                  (migration.version, migration.name))
                 applied_now.append(migration.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (locks.MIGRATION,))
     return applied_now
 
 

@@ -29,7 +29,8 @@ from uuid import UUID
 
 import psycopg
 
-from kosmo.dispatch_store import CLAIM_LOCK, DISPATCH_CHANNEL
+from kosmo import locks
+from kosmo.dispatch_store import DISPATCH_CHANNEL
 
 
 class Fenced(Exception):
@@ -115,7 +116,7 @@ DELETE FROM node_publishers p WHERE p.process_id = %(me)s AND NOT EXISTS (
 
 def leave(conn: psycopg.Connection[Any], process_id: UUID) -> None:
     """This process stops: its row goes, and with it the nodes it has nothing owed to."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (locks.HAND_OVER,))
     conn.execute(_LEAVE, {"me": process_id})
     gone = conn.execute("DELETE FROM gateway_processes WHERE id = %s RETURNING client_id",
                         (process_id,)).fetchone()

@@ -11,7 +11,9 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
+from kosmo import locks
 from kosmo.dispatch_store import claim
+from kosmo.events import lock_event_order
 from kosmo.process_store import register
 from tests.conftest import SANCTUARY, WANDERER
 
@@ -81,3 +83,15 @@ def test_a_finished_history_does_not_hold_anything_back(
         message(sql, WANDERER, age, status, bridge="z9" if status != "canceled" else None)
     waiting = message(sql, WANDERER, 10)
     assert handed(sql, [waiting], "m5", me) == [waiting]
+
+
+def test_a_claim_goes_ahead_while_another_transaction_writes_history(
+        sql: psycopg.Connection[Any], me: UUID, database_url: str) -> None:
+    # Writers of history hold the event-order lock to their commit; a hand-over has a lock of
+    # its own (kosmo/locks.py), so it neither waits for them nor gives up its round.
+    waiting = message(sql, WANDERER, 10)
+    with psycopg.connect(database_url) as writer:
+        lock_event_order(writer)  # its transaction stays open, holding the lock
+        assert handed(sql, [waiting], "m5", me) == [waiting]
+        writer.rollback()
+    assert len(set(locks.KEYS.values())) == len(locks.KEYS)
