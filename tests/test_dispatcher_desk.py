@@ -13,13 +13,12 @@ import trio
 
 from actors.dispatcher import Dispatcher
 from actors.ledger import Ledger
-from actors.membership import Membership
 from kosmo import wire
 from kosmo.clock import utcnow
-from kosmo.db import Database
 from kosmo.ledger_store import Accepted
 from kosmo.messages import NewMessage
 from tests.conftest import WANDERER
+from tests.dispatching import Setup, dispatching
 
 NODE = "!a1b2c3d4"
 
@@ -37,15 +36,13 @@ async def _blocked_on_a_lock(sql: psycopg.Connection[Any]) -> None:
 
 async def test_an_admission_is_answered_while_a_hand_over_waits_for_the_database(
         database_url: str) -> None:
-    handed: list[NewMessage] = []
+    async with dispatching(database_url, "desk") as setup:
+        await _admissions_while_a_read_waits(setup, database_url)
 
-    async def hand(messages: list[NewMessage]) -> None:
-        handed.extend(messages)
 
-    db = Database(database_url, size=4)
-    await db.open()
-    membership = Membership(db, client_id="desk")
-    dispatcher = Dispatcher(db, hand=hand, message_ttl=3600, refresh=3600,
+async def _admissions_while_a_read_waits(setup: Setup, database_url: str) -> None:
+    db, membership, handed = setup.db, setup.membership, setup.handed
+    dispatcher = Dispatcher(db, hand=setup.hand, message_ttl=3600, refresh=3600,
                             process_id=membership.process_id)
     ledger = Ledger(db, dispatch=dispatcher.accepted, message_ttl=3600)
     with psycopg.connect(database_url, autocommit=True) as sql, \
@@ -96,5 +93,3 @@ async def test_an_admission_is_answered_while_a_hand_over_waits_for_the_database
             assert [m.text for m in handed] == ["first", "second"]
             assert dispatcher.waiting() == {}
             nursery.cancel_scope.cancel()
-    await membership.leave()
-    await db.close()

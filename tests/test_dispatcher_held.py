@@ -11,13 +11,11 @@ import trio
 
 from actors.dispatcher import Dispatcher
 from actors.ledger import Ledger
-from actors.membership import Membership
 from kosmo import wire
 from kosmo.clock import utcnow
-from kosmo.db import Database
 from kosmo.ledger_store import Accepted
-from kosmo.messages import NewMessage
 from tests.conftest import WANDERER
+from tests.dispatching import dispatching
 
 NODE = "!a1b2c3d4"
 CREDIT = 3
@@ -26,20 +24,12 @@ GAP = 2.0  # the pace's minimum gap, longer than a short text's airtime on LONG_
 
 async def test_a_fresh_dispatcher_counts_every_held_message_of_a_conversation(
         database_url: str) -> None:
-    handed: list[NewMessage] = []
-
-    async def hand(messages: list[NewMessage]) -> None:
-        handed.extend(messages)
-
-    db = Database(database_url, size=4)
-    await db.open()
-    membership = Membership(db, client_id="held")
     online = wire.BridgeState("b1", "online", {"credit": CREDIT, "min_gap_s": GAP})
-    first = Dispatcher(db, hand=hand, message_ttl=3600, refresh=3600,
-                       process_id=membership.process_id)
-    ledger = Ledger(db, dispatch=first.accepted, message_ttl=3600)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(membership.run)
+    async with dispatching(database_url, "held") as setup, trio.open_nursery() as nursery:
+        first = Dispatcher(setup.db, hand=setup.hand, message_ttl=3600, refresh=3600,
+                           process_id=setup.membership.process_id)
+        ledger = Ledger(setup.db, dispatch=first.accepted, message_ttl=3600)
+        await nursery.start(setup.membership.run)
         async with trio.open_nursery() as before:
             await before.start(first.run)
             await before.start(ledger.run)
@@ -47,16 +37,16 @@ async def test_a_fresh_dispatcher_counts_every_held_message_of_a_conversation(
             for _ in range(5):  # one user, one node, one text size: one aggregate row
                 assert isinstance(await ledger.send(WANDERER, NODE, "same size"), Accepted)
             await first.synced()
-            assert len(handed) == CREDIT
+            assert len(setup.handed) == CREDIT
             assert (first.held(), first.waiting()) == ({"b1": CREDIT}, {"b1": 2})
             before.cancel_scope.cancel()
 
-        fresh = Dispatcher(db, hand=hand, message_ttl=3600, refresh=3600,
-                           process_id=membership.process_id)
+        fresh = Dispatcher(setup.db, hand=setup.hand, message_ttl=3600, refresh=3600,
+                           process_id=setup.membership.process_id)
         await nursery.start(fresh.run)
         await fresh.bridge_state("b1", online)
         await fresh.synced()
-        assert len(handed) == CREDIT  # nothing more: the credit is spent
+        assert len(setup.handed) == CREDIT  # nothing more: the credit is spent
         assert (fresh.held(), fresh.waiting()) == ({"b1": CREDIT}, {"b1": 2})
         now = utcnow()
         admission = await fresh.admit(WANDERER, NODE, "same size")
@@ -66,5 +56,3 @@ async def test_a_fresh_dispatcher_counts_every_held_message_of_a_conversation(
         assert admission.estimated_transmit_at - now == pytest.approx(
             timedelta(seconds=5 * GAP), abs=timedelta(seconds=1))
         nursery.cancel_scope.cancel()
-    await membership.leave()
-    await db.close()
