@@ -25,10 +25,10 @@ Rules:
   weighted by plan). While the bridge holds fewer than its credit, the head of its queue is
   claimed (one transaction per hand-over, under the database's hand-over lock) and given to the
   conversations actor, which publishes it on that bridge's topic. A claimed message never moves.
-- Estimates: a bridge's held messages, then its queue in fair order, are laid on its radio's
-  pace (kosmo/schedule.py); position and time are written to the waiting rows when the place
-  changed or the time moved enough (kosmo/radios.py). A message no online bridge can take has
-  neither.
+- Estimates: a bridge's queue in fair order is laid on its radio's pace (kosmo/schedule.py)
+  after its held messages (counted by text size, as they are read); position and time are
+  written to the waiting rows when the place changed or the time moved enough
+  (kosmo/radios.py). A message no online bridge can take has neither.
 - Admission (``admit``): where a new message would go, its place in the fair order and its
   estimated transmit time; ``retry_after`` when that is beyond its expiry. Before any debit.
 - Two tasks, one state: the desk takes the inbox (accepted, canceled, bridge states, reads

@@ -8,7 +8,8 @@ Rules:
   divided by the bridge's time scale: real seconds, like the rest of the pace.
 - Its schedule (``lay_out``) lays the queue in fair order, then one more text of the largest
   size, on its pace (``kosmo.schedule``), after the held messages (which only move where the
-  queue starts: they are passed over by size, smallest first, not one by one). ``start(i)``
+  queue starts: they are passed over by size, smallest first, in constant time per size
+  without a duty cycle). ``start(i)``
   is when the i-th of the queue (0: its head) starts; past the laid-out schedule (messages
   that arrived since), it extrapolates at the radio's sustained pace.
 - The fair queue's quantum is the largest text's cost, fixed when the radio is first seen.
