@@ -9,9 +9,9 @@ Rules:
 - Its schedule (``lay_out``) lays the queue in fair order, then one more text of the largest
   size, on its pace (``kosmo.schedule``), after the held messages (which only move where the
   queue starts: they are passed over by size, smallest first, in constant time per size
-  without a duty cycle). ``start(i)``
-  is when the i-th of the queue (0: its head) starts; past the laid-out schedule (messages
-  that arrived since), it extrapolates at the radio's sustained pace.
+  without a duty cycle). ``start(i)`` is when the i-th of the queue (0: its head) starts;
+  past the laid-out schedule (messages that arrived since), it extrapolates at the radio's
+  sustained pace.
 - The fair queue's quantum is the largest text's cost, fixed when the radio is first seen.
 - Estimates (``estimates``): each waiting message's place in its online radio's fair order
   (1 = next) and its start on that radio's schedule; none for a message no online radio has.

@@ -3,7 +3,7 @@ messages handed so far (what the dispatcher gave the conversations actor)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,11 +18,9 @@ class Setup:
     membership: Membership
     handed: list[NewMessage] = field(default_factory=list)
 
-    @property
-    def hand(self) -> Callable[[list[NewMessage]], Awaitable[None]]:
-        async def hand(messages: list[NewMessage]) -> None:
-            self.handed.extend(messages)
-        return hand
+    async def hand(self, messages: list[NewMessage]) -> None:
+        """What the dispatcher calls with the messages it handed."""
+        self.handed.extend(messages)
 
 
 @asynccontextmanager
