@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from kosmo import config, logs, migrate
+from kosmo import config, heap, logs, migrate
 from kosmo.config import ConfigError, Settings
 from kosmo.db import DatabaseUnavailable
 from kosmo.process_store import Fenced
@@ -174,6 +174,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 async def _serve(settings: Settings, shutdown: trio.Event) -> None:
     from actors.gateway import run_gateway
 
+    heap.settle()
     await run_gateway(settings, shutdown)
 
 

@@ -24,7 +24,7 @@ from functools import partial
 
 import trio
 
-from kosmo import config, migrate
+from kosmo import config, heap, migrate
 from kosmo.embedded import start_broker, start_postgres
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ async def run_up(args: argparse.Namespace, environ: Mapping[str, str],
     from bridge.radio import Device
     from bridge.sim.server import serve_sim_radio
 
+    heap.settle()
     data = args.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", data / "postgres")
