@@ -70,7 +70,7 @@ ORDER BY max(handed_at), bridge_id, user_id, node_id
 
 _ESTIMATES = """
 UPDATE messages AS m SET queue_position = x.p, estimated_transmit_at = x.e
-FROM unnest(%s::uuid[], %s::integer[], %s::timestamptz[]) AS x (i, p, e)
+FROM unnest(%b::uuid[], %b::integer[], %b::timestamptz[]) AS x (i, p, e)
 WHERE m.id = x.i AND m.status = 'pending' AND m.handed_at IS NULL
 """
 

@@ -51,7 +51,7 @@ SELECT COALESCE(
     (SELECT m.user_id FROM messages m
      WHERE m.direction = 'outbound' AND m.node_id = p.node AND m.created_at >= %s
      ORDER BY m.created_at DESC LIMIT 1))
-FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS p (node, reply_to, ord)
+FROM unnest(%b::text[], %b::bigint[]) WITH ORDINALITY AS p (node, reply_to, ord)
 ORDER BY p.ord
 """
 
@@ -60,8 +60,8 @@ _INSERT_REPLIES = """
 INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at, updated_at,
                       packet_id, bridge_id, reply_to_packet_id, rx_time)
 SELECT i, 'inbound', u, n, t, 'received', c, c, p, b, r, x
-FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[],
-            %s::text[], %s::bigint[], %s::timestamptz[]) WITH ORDINALITY
+FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::timestamptz[], %b::bigint[],
+            %b::text[], %b::bigint[], %b::timestamptz[]) WITH ORDINALITY
      AS v (i, u, n, t, c, p, b, r, x, ord)
 ORDER BY ord
 ON CONFLICT (node_id, packet_id) WHERE direction = 'inbound' DO NOTHING

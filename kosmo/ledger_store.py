@@ -117,7 +117,7 @@ FROM subs LEFT JOIN locked USING (user_id)
 
 _SET_USAGE = """
 UPDATE quota_usage AS q SET used = t.used
-FROM unnest(%s::uuid[], %s::timestamptz[], %s::integer[]) AS t (u, s, used)
+FROM unnest(%b::uuid[], %b::timestamptz[], %b::integer[]) AS t (u, s, used)
 WHERE q.user_id = t.u AND q.period_start = t.s
 """
 
@@ -126,8 +126,8 @@ INSERT INTO messages (id, direction, user_id, node_id, text, status, created_at,
                       expires_at, debit_period_start, charged, queue_position,
                       estimated_transmit_at)
 SELECT i, 'outbound', u, n, t, 'pending', c, c, e, p, true, q, w
-FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[],
-            %s::timestamptz[], %s::timestamptz[], %s::integer[], %s::timestamptz[])
+FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::timestamptz[],
+            %b::timestamptz[], %b::timestamptz[], %b::integer[], %b::timestamptz[])
      AS x (i, u, n, t, c, e, p, q, w)
 """
 
@@ -135,8 +135,8 @@ _INSERT_HISTORY = """
 INSERT INTO message_status_history (message_id, user_id, status, reason, note, at, bridge_id,
                                     queue_position, estimated_transmit_at)
 SELECT m, u, s, r, n, a, b, q, e
-FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::boolean[], %s::timestamptz[],
-            %s::text[], %s::integer[], %s::timestamptz[])
+FROM unnest(%b::uuid[], %b::uuid[], %b::text[], %b::text[], %b::boolean[], %b::timestamptz[],
+            %b::text[], %b::integer[], %b::timestamptz[])
      WITH ORDINALITY AS x (m, u, s, r, n, a, b, q, e, ord)
 ORDER BY ord
 RETURNING id
@@ -173,7 +173,7 @@ _UPDATE_STATUS = """
 UPDATE messages AS m SET status = x.s, reason = x.r, updated_at = x.a,
        packet_id = COALESCE(x.p, m.packet_id), bridge_id = COALESCE(x.b, m.bridge_id),
        queue_position = CASE WHEN x.s = 'pending' THEN m.queue_position END
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::text[])
+FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::timestamptz[], %b::bigint[], %b::text[])
      AS x (i, s, r, a, p, b)
 WHERE m.id = x.i
 """
