@@ -198,9 +198,12 @@ WHERE p.process_id <> %(me)s AND m.status = 'pending' AND m.handed_at IS NULL
 """
 
 
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+
+
 def _lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the hand-over lock for this transaction, if no other process holds it."""
-    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (locks.HAND_OVER,)).fetchone()
+    row = conn.execute(_TRY_LOCK, (locks.HAND_OVER,)).fetchone()
     return bool(row and row[0])
 
 
@@ -209,7 +212,7 @@ def claim(conn: psycopg.Connection[Any], offered: list[tuple[UUID, datetime | No
     """Hand ``bridge_id`` the first of ``offered`` (id, estimated transmit time), in order, as
     far as its credit allows, those of nodes ``process_id`` publishes; one transaction."""
     with conn.pipeline():  # one round trip: the count is only used once the lock is held
-        trying = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (locks.HAND_OVER,))
+        trying = conn.execute(_TRY_LOCK, (locks.HAND_OVER,))  # as _lock, pipelined
         # A statement after the lock's: its snapshot sees every claim committed before.
         counting = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM gateway_processes WHERE id = %s),"
