@@ -5,11 +5,12 @@ Rules:
   ``await db.run(fn, *args)`` calls ``fn(conn, *args)`` in a thread with a pooled connection,
   inside one transaction that commits when ``fn`` returns and rolls back when it raises. The
   thread starts without a pass of the Trio loop first (``kosmo.threads``).
-- Every pooled connection runs its prepared statements (psycopg prepares a query after 5 runs)
-  with generic plans: ``plan_cache_mode = force_generic_plan``, set once per connection. The
-  gateway's statements are keyed by ids and arrays of ids, so a plan does not depend on the
-  values; left to choose, PostgreSQL kept planning the batch statements again at each run
-  (0.3 ms for the ledger's subscription check alone).
+- A statement that PostgreSQL would plan again at every run, and whose plan cannot depend on
+  the values or on a table's growth, runs between ``generic_plans(conn)`` and
+  ``default_plans(conn)``: its generic plan is made once per connection (psycopg prepares a
+  query after 5 runs). Only such statements: a generic plan made while a table was small is
+  kept until the table is analyzed again, so a lookup in a fast-growing table (messages,
+  history, idempotency keys) keeps choosing its plan at each run.
 - A ``trio.CapacityLimiter`` as large as the pool bounds the threads, so no thread ever waits
   for a connection while holding a limiter slot that another task needs.
 - Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
@@ -52,10 +53,15 @@ def _ping(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT 1")
 
 
-def _generic_plans(conn: psycopg.Connection[Any]) -> None:
-    """Each new connection plans a prepared statement once, not at every run (see Rules)."""
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-    conn.commit()
+def generic_plans(conn: psycopg.Connection[Any]) -> None:
+    """Until ``default_plans`` or the transaction's end, prepared statements run their generic
+    plan, made once (see Rules)."""
+    conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
+
+def default_plans(conn: psycopg.Connection[Any]) -> None:
+    """Back to the connection's own plan choice for the rest of the transaction."""
+    conn.execute("SET LOCAL plan_cache_mode = DEFAULT")
 
 
 class DatabaseUnavailable(Exception):
@@ -67,8 +73,8 @@ class Database:
                  probe_interval: float = 0.5, name: str = "kosmo") -> None:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=size, open=False, timeout=connect_timeout, name=name,
-            configure=_generic_plans,
-            kwargs={"connect_timeout": max(1, int(connect_timeout)), "application_name": name})
+            kwargs={"connect_timeout": max(1, int(connect_timeout)),
+                    "application_name": name})
         self._limiter = trio.CapacityLimiter(size)
         self._probe_interval = probe_interval
         self._down: str | None = None  # why the last call failed, while the database is down

@@ -35,6 +35,7 @@ from uuid import UUID
 import psycopg
 
 from kosmo import delivery, idempotency
+from kosmo.db import default_plans, generic_plans
 from kosmo.delivery import Status
 from kosmo.domain import Quota, Refusal, Scope, Subscription, check_scope
 from kosmo.events import CHANNEL, Event, lock_event_order, make_event
@@ -230,6 +231,9 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
         return [], []
     keyed = [c for c in claims if c is not None]
     held = idempotency.hold(conn, keyed) if keyed else set()
+    # The check and the usage update look rows up by user only: planned once (kosmo.db).
+    # Left to choose, PostgreSQL planned them again at every run (0.3 and 0.15 ms).
+    generic_plans(conn)
     rows = conn.execute(_CHECK_AND_LOCK, {
         "users": list({s.user_id for s in sends}), "nodes": list({s.node_id for s in sends}),
         "now": now}).fetchall()
@@ -271,6 +275,7 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
     with conn.pipeline():
         conn.execute(_SET_USAGE, (changed, [subs[u].period_start for u in changed],
                                   [debited[u] for u in changed]))
+        default_plans(conn)
         conn.execute(_INSERT_MESSAGES, (
             [m.message_id for m in stored], [m.user_id for m in stored],
             [m.node_id for m in stored], [m.text for m in stored],

@@ -1,0 +1,57 @@
+"""Generic plans where they cannot go wrong: the ledger's subscription check and usage update
+are planned once per connection; every other statement keeps PostgreSQL's own choice."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from kosmo.db import default_plans, generic_plans
+from kosmo.ledger_store import Accepted, accept_sends
+from kosmo.messages import NewMessage
+from tests.conftest import WANDERER
+
+RUNS = 12  # psycopg prepares a query at its 5th run
+
+
+def _setting(conn: psycopg.Connection) -> str:
+    return conn.execute("SHOW plan_cache_mode").fetchone()[0]
+
+
+def test_the_setting_lasts_until_set_back_or_the_transaction_ends(database_url: str):
+    with psycopg.connect(database_url) as conn:
+        before = _setting(conn)
+        generic_plans(conn)
+        assert _setting(conn) == "force_generic_plan"
+        default_plans(conn)
+        assert _setting(conn) == before
+        generic_plans(conn)
+        conn.commit()
+        assert _setting(conn) == before
+
+
+def test_the_check_is_planned_once_and_the_writes_as_postgresql_chooses(database_url: str):
+    with psycopg.connect(database_url) as conn:
+        for n in range(RUNS):
+            now = datetime.now(UTC)
+            send = NewMessage(uuid.uuid4(), WANDERER, "!a1b2c3d4", f"hello {n}", now,
+                              now + timedelta(hours=1))
+            [result], _ = accept_sends(conn, [send], now, commit=True)
+            assert isinstance(result, Accepted)
+        plans = {statement: (generic, custom) for statement, generic, custom in conn.execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        ).fetchall()}
+
+    def plans_of(fragment: str) -> tuple[int, int]:
+        [found] = [counts for statement, counts in plans.items() if fragment in statement]
+        return found
+
+    # Prepared at the 5th run, then run with its generic plan every time: never planned again.
+    for fragment in ("INSERT INTO quota_usage", "UPDATE quota_usage"):
+        generic, custom = plans_of(fragment)
+        assert generic >= RUNS - 5 and custom == 0, (fragment, generic, custom)
+    # The message insert after them is planned as PostgreSQL chooses: custom plans first.
+    generic, custom = plans_of("INSERT INTO messages")
+    assert custom > 0, (generic, custom)
