@@ -56,3 +56,14 @@ def test_the_check_is_planned_once_and_the_writes_as_postgresql_chooses(database
     # The message insert after them is planned as PostgreSQL chooses: custom plans first.
     generic, custom = plans_of("INSERT INTO messages")
     assert custom > 0, (generic, custom)
+
+
+def test_a_batch_all_refused_leaves_the_plan_choice_as_it_found_it(database_url: str):
+    with psycopg.connect(database_url) as conn:
+        before = _setting(conn)
+        now = datetime.now(UTC)
+        stranger = NewMessage(uuid.uuid4(), uuid.uuid4(), "!a1b2c3d4", "hello", now,
+                              now + timedelta(hours=1))
+        [result], _ = accept_sends(conn, [stranger], now)
+        assert not isinstance(result, Accepted)
+        assert _setting(conn) == before
