@@ -6,11 +6,12 @@ Rules:
   inside one transaction that commits when ``fn`` returns and rolls back when it raises. The
   thread starts without a pass of the Trio loop first (``kosmo.threads``).
 - A statement that PostgreSQL would plan again at every run, and whose plan cannot depend on
-  the values or on a table's growth, runs between ``generic_plans(conn)`` and
-  ``default_plans(conn)``: its generic plan is made once per connection (psycopg prepares a
-  query after 5 runs). Only such statements: a generic plan made while a table was small is
-  kept until the table is analyzed again, so a lookup in a fast-growing table (messages,
-  history, idempotency keys) keeps choosing its plan at each run.
+  the values or on a table's growth, runs after ``generic_plans(conn)`` and before
+  ``default_plans(conn)`` or the transaction's end: its generic plan is made once per
+  connection (psycopg prepares a query after 5 runs). Only such statements: a generic plan
+  made while a table was small is kept until the table is analyzed again, so a lookup in a
+  fast-growing table (messages, history, idempotency keys) keeps choosing its plan at each
+  run.
 - A ``trio.CapacityLimiter`` as large as the pool bounds the threads, so no thread ever waits
   for a connection while holding a limiter slot that another task needs.
 - Thread calls are not abandoned on cancellation: a transaction always finishes (commit or
