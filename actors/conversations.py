@@ -10,10 +10,14 @@ Rules:
 - The database is the queue; node channels are only a fast path. The router never waits for a
   node: once ``NODE_QUEUE`` messages wait in a node's channel it adds a catch-up mark and
   queues nothing more for the node (*behind*). The actor that takes the mark tells the router
-  (``_Took``), then reads its node's pending messages from the database, oldest first, after
-  the last one it handed out. A message the router left out was stored before that notice
-  reached the router, so before the read: order holds, and a broker outage or a burst never
-  blocks senders nor grows memory.
+  (``_Took``), then reads every message of its node handed to a bridge and not yet queued
+  from the database, oldest first, and hands out those it has not handed out recently. Not
+  only those created after the last one it handed out: messages are handed over in another
+  order than they were created (the fair queue takes users in turn; another gateway process
+  may have accepted older ones that this one, the node's publisher, claims later). A
+  message the router left out was stored before that notice reached the router, so before
+  the read: order holds, and a broker outage or a burst never blocks senders nor grows
+  memory.
 - A node actor hands its node's messages to the MQTT actor in creation order, a window of up
   to ``WINDOW`` in flight at once (one connection keeps their order), and reports each
   ``queued`` to the ledger at its PUBACK. While the broker is unreachable it waits for the
@@ -68,7 +72,9 @@ class Publication(Protocol):
 
     async def wait(self) -> None: ...
 
-LoadPending = Callable[[str, datetime, int], Awaitable[list[NewMessage]]]
+# A node's messages handed to a bridge and not yet queued, in creation order, after the key
+# (created_at, message_id) given (from the first when None), at most the count given.
+LoadPending = Callable[[str, tuple[datetime, UUID] | None, int], Awaitable[list[NewMessage]]]
 
 
 @dataclass(frozen=True)
@@ -241,11 +247,9 @@ class Conversations:
 
     async def _node_actor(self, actor: Actor, receive: trio.MemoryReceiveChannel[Item]) -> None:
         recent: OrderedDict[UUID, None] = OrderedDict()
-        cursor = datetime.min.replace(tzinfo=self._clock().tzinfo)
         taken = reported = 0  # items taken from the channel; in the last _Took
 
         async def hand_out(messages: list[NewMessage]) -> None:
-            nonlocal cursor
             fresh = [m for m in messages if m.message_id not in recent]
             if fresh:
                 await self._deliver(fresh)
@@ -253,7 +257,6 @@ class Conversations:
                 recent[message.message_id] = None
                 if len(recent) > RECENT:
                     recent.popitem(last=False)
-            cursor = max([cursor, *(m.created_at for m in messages)])
 
         async with receive:
             try:
@@ -272,7 +275,7 @@ class Conversations:
                     await hand_out(messages)
                     if len(messages) < len(window):  # it ended with the catch-up mark
                         await self._send.send(_Took(actor, taken))  # before reading: see rules
-                        cursor = await self._catch_up(actor.node_id, cursor, hand_out)
+                        await self._catch_up(actor.node_id, hand_out)
                     drained = receive.statistics().current_buffer_used == 0
                     if drained or taken - reported >= NODE_QUEUE:
                         reported = taken
@@ -283,22 +286,23 @@ class Conversations:
                 async for _ in receive:
                     pass  # until the router closes it: it never puts into a closed channel
 
-    async def _catch_up(self, node_id: str, cursor: datetime,
-                        hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> datetime:
-        """Hand out the node's pending messages stored after ``cursor``, oldest first."""
+    async def _catch_up(self, node_id: str,
+                        hand_out: Callable[[list[NewMessage]], Awaitable[None]]) -> None:
+        """Hand out the node's messages handed to a bridge and not yet queued, oldest first,
+        a page at a time (``hand_out`` skips those handed out recently)."""
+        after: tuple[datetime, UUID] | None = None
         while True:
             try:
-                pending = await self._load_pending(node_id, cursor, NODE_QUEUE)
+                pending = await self._load_pending(node_id, after, NODE_QUEUE)
             except DatabaseUnavailable as exc:
                 log.warning("node %s cannot catch up yet: %s", node_id, exc)
                 await trio.sleep(1 + random.random())
                 continue
             for start in range(0, len(pending), WINDOW):
                 await hand_out(pending[start:start + WINDOW])
-            if pending:
-                cursor = max(cursor, pending[-1].created_at)
             if len(pending) < NODE_QUEUE:
-                return cursor
+                return
+            after = (pending[-1].created_at, pending[-1].message_id)
 
     async def _deliver(self, messages: list[NewMessage]) -> None:
         """Publish a window of one node's messages, all in flight at once, in order; report

@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from uuid import UUID
 
 import trio
 
@@ -143,7 +144,7 @@ async def _serve(settings: Settings, shutdown: trio.Event,
             async def report(item: StatusReport) -> object:
                 return await ledger.report(item)
 
-            async def load_pending(node_id: str, after: datetime,
+            async def load_pending(node_id: str, after: tuple[datetime, UUID] | None,
                                    limit: int) -> list[NewMessage]:
                 return await db.run(pending_for_node, node_id, after, limit, me)
 

@@ -427,15 +427,27 @@ def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000)
     return [row[0] for row in rows]
 
 
-def pending_for_node(conn: psycopg.Connection, node_id: str, after: datetime, limit: int,
+_UNACKED_OF_NODE = """
+SELECT m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at, m.bridge_id
+FROM messages m JOIN node_publishers p ON p.node_id = m.node_id
+WHERE p.node_id = %(node)s AND p.process_id = %(me)s
+  AND m.status = 'pending' AND m.handed_at IS NOT NULL AND m.direction = 'outbound' {after}
+ORDER BY m.created_at, m.id LIMIT %(limit)s
+"""
+_UNACKED_FIRST = _UNACKED_OF_NODE.format(after="")
+_UNACKED_AFTER = _UNACKED_OF_NODE.format(after="AND (m.created_at, m.id) > (%(created)s, %(id)s)")
+
+
+def pending_for_node(conn: psycopg.Connection, node_id: str,
+                     after: tuple[datetime, UUID] | None, limit: int,
                      process_id: UUID) -> list[NewMessage]:
-    """A node's messages handed to a bridge and still ``pending``, created after ``after``,
-    oldest first; none unless ``process_id`` publishes the node."""
-    rows = conn.execute(
-        "SELECT m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at, m.bridge_id"
-        " FROM messages m JOIN node_publishers p ON p.node_id = m.node_id"
-        " WHERE p.node_id = %s AND p.process_id = %s"
-        " AND m.status = 'pending' AND m.handed_at IS NOT NULL AND m.direction = 'outbound'"
-        " AND m.created_at > %s ORDER BY m.created_at, m.id LIMIT %s",
-        (node_id, process_id, after, limit)).fetchall()
+    """A node's messages handed to a bridge and still ``pending``, in creation order, after
+    the key (created_at, id) ``after`` (from the first when None); none unless ``process_id``
+    publishes the node. Read through ``messages_pending``, whose entries are the messages
+    still ``pending`` (waiting for a bridge, or handed and not yet acknowledged), never a
+    node's history."""
+    params: dict[str, object] = {"node": node_id, "me": process_id, "limit": limit}
+    if after is not None:
+        params["created"], params["id"] = after
+    rows = conn.execute(_UNACKED_FIRST if after is None else _UNACKED_AFTER, params).fetchall()
     return [NewMessage(*row) for row in rows]

@@ -62,10 +62,15 @@ class Store:
     async def report(self, item: StatusReport) -> None:
         self.reports.append(item)
 
-    async def load_pending(self, node: str, after: datetime, limit: int) -> list[NewMessage]:
+    async def load_pending(self, node: str, after: tuple[datetime, uuid.UUID] | None,
+                           limit: int) -> list[NewMessage]:
+        """As ``kosmo.ledger_store.pending_for_node``: the node's messages not yet queued,
+        in creation order, after the key ``after`` (from the first when None)."""
         done = {r.message_id for r in self.reports}
-        return [m for m in self.stored if m.node_id == node and m.created_at > after
-                and m.message_id not in done][:limit]
+        return sorted((m for m in self.stored if m.node_id == node
+                       and (after is None or (m.created_at, m.message_id) > after)
+                       and m.message_id not in done),
+                      key=lambda m: (m.created_at, m.message_id))[:limit]
 
 
 class Bounded(Conversations):
@@ -180,6 +185,28 @@ async def test_a_burst_beyond_the_node_queue_waits_in_the_database_in_order(
     broker.up.set()
     await trio.sleep(60)
     assert published_ids(broker, "!a1b2c3d4") == [str(m.message_id) for m in burst]
+
+
+async def test_a_node_behind_reads_every_message_handed_out_of_creation_order(
+        nursery, autojump_clock):
+    """Handed over in another order than they were created (another gateway process accepted
+    the older ones and this one, their node's publisher, claimed them later; or the fair
+    queue took another user's turn first): a node actor that fell behind still finds every
+    one in the database, with no outbox pass, each only once and each sender's in order."""
+    broker, reports, store = Publisher(), [], Store()
+    broker.up = trio.Event()  # the broker is away while they arrive: the node falls behind
+    conversations = await start(nursery, broker, reports, store=store)
+    older = [message("!a1b2c3d4", f"b{i}") for i in range(100)]
+    newer = [message("!a1b2c3d4", f"a{i}") for i in range(100)]
+    with trio.fail_after(5):
+        for m in newer + older:  # the newer first
+            await stored(conversations, store, m)
+    broker.up.set()
+    await trio.sleep(20)  # less than an outbox interval; no outbox runs here anyway
+    published = published_ids(broker, "!a1b2c3d4")
+    assert sorted(published) == sorted(ids(older + newer))  # every one, once
+    for group in (older, newer):
+        assert [i for i in published if i in set(ids(group))] == ids(group)
 
 
 # The bound on node actors (max_nodes): eviction of quiescent ones, refusal into the database.
