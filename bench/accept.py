@@ -129,9 +129,31 @@ def start_gateway(stack: contextlib.ExitStack, args: argparse.Namespace, gateway
         count = (os.cpu_count() or 1) if args.workers == "auto" else int(args.workers)
         for k in range(1, count + 1):
             stack.callback(forget_mqtt_session, args.mqtt_url, f"{client_id}-w{k}")
+    add_users(gateway.db_url, args.users)
     announce_bridge(args.mqtt_url, gateway.topic_root)
     gateway.log = logs / f"{gateway.name}.log"
     gateway.proc = stack.enter_context(server(gateway.name, gateway.cmd, env, gateway.log))
+
+
+def add_users(db_url: str, users: int) -> None:
+    """Users 1 .. ``users`` - 1 of ``accept_load.user_id``, each with the demo Sanctuary user's
+    plan (no quota limit) for the current month; user 0 is that demo user."""
+    if users < 2:
+        return
+    with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            "WITH u AS (INSERT INTO users (id, email, display_name)"
+            " SELECT format('33333333-3333-3333-3333-%%s', lpad(to_hex(k), 12, '0'))::uuid,"
+            "  format('bench%%s@example.org', k), format('Bench %%s', k)"
+            " FROM generate_series(1, %s) AS k RETURNING id)"
+            " INSERT INTO subscriptions (id, user_id, plan_code, status, current_period_start,"
+            "  current_period_end)"
+            " SELECT gen_random_uuid(), u.id, s.plan_code, s.status, s.current_period_start,"
+            "  s.current_period_end FROM u, subscriptions s"
+            " WHERE s.user_id = '33333333-3333-3333-3333-333333333333'",
+            (users - 1,))
+        conn.execute("ANALYZE users")
+        conn.execute("ANALYZE subscriptions")
 
 
 def wait_workers(gateway: Gateway, args: argparse.Namespace) -> None:
@@ -207,7 +229,7 @@ async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
         count = connections == 1 and get is None
         before = await transactions(g) if count else 0
         run = await run_wrk(g.name, g.url + (get or PATH), seconds, connections, g.meter,
-                            get=get)
+                            get=get, users=args.users)
         await drained(g)
         if not count or not run.requests:
             return run
@@ -249,7 +271,7 @@ async def measure(args: argparse.Namespace, hello: subprocess.Popen[bytes],
                         results.latency.append(await accept_to_publish(
                             g.name, args.mqtt_url, g.port, g.topic_root, rate=args.rate,
                             seconds=args.rate_seconds, connections=args.rate_connections,
-                            nodes=nodes, drained=partial(drained, g)))
+                            nodes=nodes, drained=partial(drained, g), users=args.users))
             if args.profile:
                 results.profile = await profile(args, [
                     ("hello", args.hello_url, hello_meter)] + [
@@ -358,6 +380,9 @@ def main() -> None:
     parser.add_argument("--workers", type=workers_arg, default="1",
                         help="gateway processes: N or auto, passed as `kosmo gateway "
                              "--workers` (default 1)")
+    parser.add_argument("--users", type=int, default=1,
+                        help="sends go out as this many users in turn, each of the demo "
+                             "Sanctuary plan (default 1: the demo user alone)")
     parser.add_argument("--pg-url", default=os.environ.get(
         "KOSMO_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="PostgreSQL server (a role that may CREATE DATABASE) [env KOSMO_BENCH_PG_URL]")

@@ -28,6 +28,12 @@ PATH = "/api/v1/messages"
 BRIDGE = "bench"
 
 
+def user_id(index: int) -> str:
+    """The ``index``-th sending user (``--users``): the demo Sanctuary user first, then users of
+    the same plan that the bench adds (``accept.add_users``)."""
+    return SANCTUARY if index == 0 else f"33333333-3333-3333-3333-{index:012x}"
+
+
 def node_id(index: int) -> str:
     """The ``index``-th node of the open-loop runs (``!a1b2c3d4`` is the first)."""
     return f"!{0xA1B2C3D4 + index:08x}"
@@ -92,12 +98,12 @@ class Throughput:
 
 
 async def run_wrk(target: str, url: str, seconds: float, connections: int, meter: CpuMeter,
-                  *, get: str | None = None) -> Throughput:
-    """``connections`` keep-alive clients in a closed loop for ``seconds``: sends, or GETs of
-    the path ``get``."""
+                  *, get: str | None = None, users: int = 1) -> Throughput:
+    """``connections`` keep-alive clients in a closed loop for ``seconds``: sends (as
+    ``users`` users in turn), or GETs of the path ``get``."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
            "-s", str(HERE / "post.lua"), url]
-    env = {"BENCH_GET": get} if get else {}
+    env = {"BENCH_GET": get} if get else {"BENCH_USERS": str(users)}
     meter.start()
     with trio.fail_after(seconds + 30):
         done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False,
@@ -117,7 +123,7 @@ async def run_wrk(target: str, url: str, seconds: float, connections: int, meter
 def _environ() -> dict[str, str]:
     import os
 
-    return {k: v for k, v in os.environ.items() if k != "BENCH_GET"}
+    return {k: v for k, v in os.environ.items() if k not in ("BENCH_GET", "BENCH_USERS")}
 
 
 # --- open loop: sends at a fixed rate, and the MQTT subscriber ------------------------------
@@ -131,10 +137,10 @@ class HttpConnection:
         self._h11 = h11.Connection(h11.CLIENT)
         self._host = host
 
-    async def post(self, data: bytes) -> tuple[int, bytes]:
+    async def post(self, data: bytes, user: str = SANCTUARY) -> tuple[int, bytes]:
         conn = self._h11
         headers = [("Host", self._host), ("Content-Type", "application/json"),
-                   ("X-User-ID", SANCTUARY), ("Content-Length", str(len(data)))]
+                   ("X-User-ID", user), ("Content-Length", str(len(data)))]
         await self._stream.send_all(
             conn.send(h11.Request(method="POST", target=PATH, headers=headers))
             + conn.send(h11.Data(data=data)) + conn.send(h11.EndOfMessage()))
@@ -165,19 +171,20 @@ class Sample:
 
 
 async def open_loop(host: str, port: int, rate: float, seconds: float, connections: int,
-                    nodes: int) -> list[Sample]:
+                    nodes: int, users: int = 1) -> list[Sample]:
     """Offer ``rate`` sends/s for ``seconds``, request i due at start + i / rate, to node
-    i mod ``nodes``."""
+    i mod ``nodes``, as user i mod ``users``."""
     total = int(rate * seconds)
     bodies = [body(node_id(n)) for n in range(nodes)]
+    senders = [user_id(u) for u in range(users)]
     samples: list[Sample] = []
 
     async def worker(conn: HttpConnection,
-                     jobs: trio.MemoryReceiveChannel[tuple[float, bytes]]) -> None:
+                     jobs: trio.MemoryReceiveChannel[tuple[float, bytes, str]]) -> None:
         async with jobs:
-            async for scheduled, data in jobs:
+            async for scheduled, data, user in jobs:
                 sent = time.monotonic()
-                status, answer = await conn.post(data)
+                status, answer = await conn.post(data, user)
                 answered = time.monotonic()
                 message_id = json.loads(answer).get("message_id") if status == 201 else None
                 samples.append(Sample(scheduled, sent, answered, status, message_id))
@@ -188,7 +195,7 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, connectio
             stream = await stack.enter_async_context(await trio.open_tcp_stream(host, port))
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conns.append(HttpConnection(stream, f"{host}:{port}"))
-        send, receive = trio.open_memory_channel[tuple[float, bytes]](total)  # bounded
+        send, receive = trio.open_memory_channel[tuple[float, bytes, str]](total)  # bounded
         # An overloaded server may not answer everything in time: what is still unanswered
         # then is reported as such (``unanswered``), and the run goes on.
         with trio.move_on_after(seconds + 30):
@@ -200,7 +207,8 @@ async def open_loop(host: str, port: int, rate: float, seconds: float, connectio
                     start, mono = trio.current_time(), time.monotonic()
                     for i in range(total):
                         await trio.sleep_until(start + i / rate)
-                        send.send_nowait((mono + i / rate, bodies[i % nodes]))
+                        send.send_nowait((mono + i / rate, bodies[i % nodes],
+                                          senders[i % users]))
     return samples
 
 
@@ -237,7 +245,7 @@ class Latency:
 
 async def accept_to_publish(target: str, mqtt_url: str, port: int, topic_root: str, *,
                             rate: float, seconds: float, connections: int, nodes: int,
-                            drained: Callable[[], Awaitable[None]]) -> Latency:
+                            drained: Callable[[], Awaitable[None]], users: int = 1) -> Latency:
     cmd = [sys.executable, str(HERE / "subscriber.py"), "--mqtt-url", mqtt_url,
            "--topic", f"{topic_root}/bridge/{BRIDGE}/outbound/+", "--max-seconds",
            str(seconds + 120)]
@@ -248,7 +256,7 @@ async def accept_to_publish(target: str, mqtt_url: str, port: int, topic_root: s
         with trio.fail_after(10):
             while await lines.readline() != b"subscribed":
                 pass
-        samples = await open_loop("127.0.0.1", port, rate, seconds, connections, nodes)
+        samples = await open_loop("127.0.0.1", port, rate, seconds, connections, nodes, users)
         await drained()
         await trio.sleep(0.5)  # the last publishes reach the subscriber before `queued` commits
         await proc.stdin.aclose()

@@ -56,7 +56,7 @@ def report(results: Results) -> str:
     w(f"KosmoConnect accept benchmark, {datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
       f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end, "
       f"Python {sys.version.split()[0]}, code {args.code}")
-    w(f"gateway: {args.gateway_cmd} (workers: {args.workers})"
+    w(f"gateway: {args.gateway_cmd} (workers: {args.workers}, sending users: {args.users})"
       + (f"; baseline: {args.baseline_cmd}" if args.baseline_cmd else ""))
     w(f"{args.rounds} round(s), servers alternating within each; {len(results.closed)} "
       f"closed-loop runs of {args.seconds:g} s; measured for {results.seconds:.0f} s")
