@@ -13,8 +13,9 @@ Rules:
   (``_Took``), then reads every message of its node handed to a bridge and not yet queued
   from the database, oldest first, and hands out those it has not handed out recently. Not
   only those created after the last one it handed out: messages are handed over in another
-  order than they were created (the fair queue takes users in turn; another gateway process
-  may have accepted older ones that this one, the node's publisher, claims later). A
+  order than they were created (another gateway process may have accepted older ones that
+  this one, the node's publisher, claims later; the fair queue may give a user of a heavier
+  plan a later message's turn first). A
   message the router left out was stored before that notice reached the router, so before
   the read: order holds, and a broker outage or a burst never blocks senders nor grows
   memory.
