@@ -24,9 +24,14 @@ Rules:
   ``queued`` to the ledger at its PUBACK. While the broker is unreachable it waits for the
   connection and publishes again from the first message not acknowledged, so order holds
   across reconnects. A message past its deadline is reported ``expired`` instead.
-- A message id a node actor holds (in its channel, or taken and not yet reported handed out)
-  or handed out recently is not handed out again; one published twice anyway (two processes,
-  a crash) is fine: consumers dedupe by ``message_id``.
+- A message id a node actor holds (in its channel, or taken and not yet reported handed out),
+  handed out recently, or handed out by its last two catch-ups is not handed out again; one
+  published twice anyway (two processes, a crash) is fine: consumers dedupe by
+  ``message_id``. Why the catch-ups' ids, however many: the router queues a node's messages
+  in its channel again from the notice on, while the catch-up that follows the notice may
+  read the same messages, and hand out far more than the recent ids remember before the
+  actor gets back to its channel; and the next catch-up may read again what this one handed
+  out while their ``queued`` marks are not yet committed.
 - When a window leaves its channel empty (and at least every ``NODE_QUEUE`` items) a node
   actor tells the router how many items it took in all (``_Took``). When that is all the
   router put in and it is not behind, it is *quiescent* (its channel is empty, it waits on
@@ -47,6 +52,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 from uuid import UUID
 
@@ -248,16 +254,21 @@ class Conversations:
 
     async def _node_actor(self, actor: Actor, receive: trio.MemoryReceiveChannel[Item]) -> None:
         recent: OrderedDict[UUID, None] = OrderedDict()
+        caught_up: set[UUID] = set()  # handed out by the current or last catch-up
+        earlier: set[UUID] = set()  # by the one before it (see rules)
         taken = reported = 0  # items taken from the channel; in the last _Took
 
-        async def hand_out(messages: list[NewMessage]) -> None:
-            fresh = [m for m in messages if m.message_id not in recent]
+        async def hand_out(messages: list[NewMessage], *, catching_up: bool = False) -> None:
+            fresh = [m for m in messages if m.message_id not in recent
+                     and m.message_id not in caught_up and m.message_id not in earlier]
             if fresh:
                 await self._deliver(fresh)
             for message in fresh:
                 recent[message.message_id] = None
                 if len(recent) > RECENT:
                     recent.popitem(last=False)
+            if catching_up:
+                caught_up.update(m.message_id for m in fresh)
 
         async with receive:
             try:
@@ -276,7 +287,10 @@ class Conversations:
                     await hand_out(messages)
                     if len(messages) < len(window):  # it ended with the catch-up mark
                         await self._send.send(_Took(actor, taken))  # before reading: see rules
-                        await self._catch_up(actor.node_id, hand_out)
+                        earlier.clear()
+                        earlier.update(caught_up)
+                        caught_up.clear()
+                        await self._catch_up(actor.node_id, partial(hand_out, catching_up=True))
                     drained = receive.statistics().current_buffer_used == 0
                     if drained or taken - reported >= NODE_QUEUE:
                         reported = taken

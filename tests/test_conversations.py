@@ -209,6 +209,27 @@ async def test_a_node_behind_reads_every_message_handed_out_of_creation_order(
         assert [i for i in published if i in set(ids(group))] == ids(group)
 
 
+async def test_what_a_catch_up_handed_out_is_not_published_again_from_the_channel(
+        nursery, autojump_clock):
+    """The router queues a node's messages in its channel again as soon as the catch-up
+    starts, and that read finds them too (they were stored before it): a long catch-up hands
+    out far more than the recent ids remembered, yet none goes out twice."""
+    broker, reports, store = Publisher(), [], Store()
+    conversations = await start(nursery, broker, reports, store=store)
+    first = [message("!a1b2c3d4", f"a{i}") for i in range(400)]
+    await stored(conversations, store, *first)  # 64 in the channel, the rest in the database
+    while len(broker.published) < 80:  # its actor is reading the database now
+        await trio.sleep(0.001)
+    second = [message("!a1b2c3d4", f"b{i}") for i in range(64)]
+    await stored(conversations, store, *second)  # into the channel again, and read too
+    third = [message("!a1b2c3d4", f"c{i}") for i in range(400)]
+    await stored(conversations, store, *third)  # the channel is full: the database only
+    await trio.sleep(60)
+    published = published_ids(broker, "!a1b2c3d4")
+    assert len(published) - len(set(published)) == 0  # none twice
+    assert published == ids(first + second + third)  # in order
+
+
 # The bound on node actors (max_nodes): eviction of quiescent ones, refusal into the database.
 
 
