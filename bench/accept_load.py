@@ -241,6 +241,7 @@ class Latency:
     http_p99_ms: float
     lag_p99_ms: float  # how late the client sent, against the schedule
     missing: int  # accepted but never seen by the subscriber
+    twice: int = 0  # publishes of a message the subscriber had already seen
 
 
 async def accept_to_publish(target: str, mqtt_url: str, port: int, topic_root: str, *,
@@ -261,9 +262,11 @@ async def accept_to_publish(target: str, mqtt_url: str, port: int, topic_root: s
         await trio.sleep(0.5)  # the last publishes reach the subscriber before `queued` commits
         await proc.stdin.aclose()
         seen: dict[str, float] = {}
+        copies = 0  # arrivals of a message already seen
         with trio.fail_after(30):
             while (line := await lines.readline()) != b"end":
                 message_id, at = line.decode().split()
+                copies += message_id in seen
                 seen.setdefault(message_id, float(at))
     accepted = [s for s in samples if s.status == 201 and s.message_id]
     published = [1000 * (seen[s.message_id] - s.scheduled) for s in accepted
@@ -274,7 +277,7 @@ async def accept_to_publish(target: str, mqtt_url: str, port: int, topic_root: s
                    len(accepted), percentile(published, 50),
                    percentile(published, 99), max(published, default=math.nan),
                    percentile(http, 50), percentile(http, 99), percentile(lag, 99),
-                   len(accepted) - len(published))
+                   len(accepted) - len(published), copies)
 
 
 def announce_bridge(mqtt_url: str, topic_root: str) -> None:

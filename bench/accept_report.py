@@ -118,12 +118,12 @@ def report(results: Results) -> str:
     w(f"Accept -> MQTT publish: open loop at {args.rate:g} sends/s for {args.rate_seconds:g} s "
       f"({args.rate_connections} connections), latency from the scheduled send time (ms); "
       "lag = how late the client sent")
-    w(f"{'server':<10}{'nodes':>6}{'round':>7}{'offered':>8}{'201':>6}{'missing':>8}"
+    w(f"{'server':<10}{'nodes':>6}{'round':>7}{'offered':>8}{'201':>6}{'missing':>8}{'twice':>6}"
       f"{'pub p50':>9}{'pub p99':>9}{'pub max':>9}{'http p50':>9}{'http p99':>9}{'lag p99':>8}")
 
     def lat_row(label: str, r: Latency) -> str:
         return (f"{r.target:<10}{r.nodes:>6}{label:>7}{r.offered:>8}{r.accepted:>6}"
-                f"{r.missing:>8}{r.published_p50_ms:>9.1f}{r.published_p99_ms:>9.1f}"
+                f"{r.missing:>8}{r.twice:>6}{r.published_p50_ms:>9.1f}{r.published_p99_ms:>9.1f}"
                 f"{r.published_max_ms:>9.1f}{r.http_p50_ms:>9.1f}{r.http_p99_ms:>9.1f}"
                 f"{r.lag_p99_ms:>8.2f}")
 
@@ -143,7 +143,7 @@ def report(results: Results) -> str:
                     w(f"{name:<10}{nodes:>6}  {unanswered} sends unanswered within the runs' "
                       "deadlines (overloaded): not in the figures")
                 w(f"{name:<10}{nodes:>6}{'median':>7}{'':>8}{'':>6}"
-                  f"{sum(r.missing for r in mine):>8}"
+                  f"{sum(r.missing for r in mine):>8}{sum(r.twice for r in mine):>6}"
                   f"{_med([r.published_p50_ms for r in mine]):>9.1f}"
                   f"{lat_med[(name, nodes)]:>9.1f}"
                   f"{_med([r.published_max_ms for r in mine]):>9.1f}"
