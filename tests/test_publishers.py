@@ -137,6 +137,54 @@ async def test_each_node_has_one_publisher_and_its_messages_go_once_in_order(
         assert a.running.dispatcher.adopted == b.running.dispatcher.adopted == 0
 
 
+def add_users(sql: psycopg.Connection[Any], count: int) -> list[uuid.UUID]:
+    """``count`` users of the demo Sanctuary user's plan (no quota limit)."""
+    users = [uuid.uuid4() for _ in range(count)]
+    for user in users:
+        sql.execute("INSERT INTO users (id, email, display_name) VALUES (%s, %s, 'u')",
+                    (user, f"{user}@example.org"))
+        sql.execute(
+            "INSERT INTO subscriptions (id, user_id, plan_code, status, current_period_start,"
+            " current_period_end) SELECT gen_random_uuid(), %s, plan_code, status,"
+            " current_period_start, current_period_end FROM subscriptions WHERE user_id = %s",
+            (user, SANCTUARY))
+    return users
+
+
+@pytest.mark.usefixtures("online_bridge")
+async def test_a_burst_from_many_users_through_both_goes_out_once_each_without_the_outbox(
+        nursery, settings: Settings, subscriber: Subscriber, sql):
+    """More of one node's messages at once than its actor's channel holds (the bridge takes
+    every message at once), from many users, through both processes: its publisher claims
+    the other's older messages after its own newer ones, its node actor falls behind and reads
+    the rest from the database. Every message goes out once, each user's in order, with no
+    outbox pass to make up for one skipped."""
+    settings = dataclasses.replace(settings, outbox_interval=600.0)
+    users = add_users(sql, 12)
+    async with start_gateway(nursery, with_client(settings, "a")) as a, \
+            start_gateway(nursery, with_client(settings, "b")) as b:
+        sent: list[str] = []
+
+        async def send(gateway: Gateway, user: uuid.UUID, i: int) -> None:
+            response = await gateway.send(user, NODES[0], f"m{i}")
+            assert response.status_code == 201, response.text
+            sent.append(response.json()["message_id"])
+
+        async with trio.open_nursery() as burst:
+            for i in range(600):
+                burst.start_soon(send, a if i % 2 else b, users[i % len(users)], i)
+        await subscriber.wait_for(len(sent), timeout=30)
+        await wait_until(lambda: queued(sql, sent))
+        counts = publishes(subscriber)
+        assert sorted(counts) == sorted(sent)
+        assert [m for m, n in counts.items() if n > 1] == [], "published twice"
+        by_user = {str(r[0]): r[1] for r in sql.execute("SELECT id, user_id FROM messages")}
+        wire = first_copies(subscriber)
+        for user in users:
+            assert [m for m in wire if by_user[m] == user] == \
+                [m for m in creation_order(sql, NODES[0]) if by_user[m] == user]
+
+
 # --- a real process, killed ---------------------------------------------------------------
 
 class Lines:
