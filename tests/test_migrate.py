@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -95,8 +96,14 @@ def test_status_history_is_append_only(empty_db: str):
 
 
 def test_migrate_runs_from_a_built_wheel(empty_db: str, tmp_path: Path):
+    # Built from a copy of the checkout without its venv and build folders: a ``build/`` left by an
+    # earlier build would otherwise ship files since removed (setuptools reuses it).
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".kosmo", ".hypothesis", ".schemathesis", "build", "dist", "*.egg-info",
+        "__pycache__", ".*_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     [wheel] = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"kosmo/sql/{m.name}" for m in migrate.migrations()} <= set(names)
