@@ -15,10 +15,9 @@ Rules:
   only those created after the last one it handed out: messages are handed over in another
   order than they were created (another gateway process may have accepted older ones that
   this one, the node's publisher, claims later; the fair queue may give a user of a heavier
-  plan a later message's turn first). A
-  message the router left out was stored before that notice reached the router, so before
-  the read: order holds, and a broker outage or a burst never blocks senders nor grows
-  memory.
+  plan a later message's turn first). A message the router left out was stored before that
+  notice reached the router, so before the read: order holds, and a broker outage or a burst
+  never blocks senders nor grows memory.
 - A node actor hands its node's messages to the MQTT actor in creation order, a window of up
   to ``WINDOW`` in flight at once (one connection keeps their order), and reports each
   ``queued`` to the ledger at its PUBACK. While the broker is unreachable it waits for the
