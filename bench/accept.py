@@ -351,6 +351,12 @@ def connection_list(text: str) -> list[int]:
     return counts
 
 
+def users_arg(text: str) -> int:
+    if not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError("a count >= 1")
+    return int(text)
+
+
 def workers_arg(text: str) -> str:
     if text != "auto" and not (text.isdigit() and int(text) >= 1):
         raise argparse.ArgumentTypeError("a count >= 1 or auto")
@@ -380,7 +386,7 @@ def main() -> None:
     parser.add_argument("--workers", type=workers_arg, default="1",
                         help="gateway processes: N or auto, passed as `kosmo gateway "
                              "--workers` (default 1)")
-    parser.add_argument("--users", type=int, default=1,
+    parser.add_argument("--users", type=users_arg, default=1,
                         help="sends go out as this many users in turn, each of the demo "
                              "Sanctuary plan (default 1: the demo user alone)")
     parser.add_argument("--pg-url", default=os.environ.get(
