@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import psycopg
@@ -430,12 +430,12 @@ def expired_messages(conn: psycopg.Connection, now: datetime, limit: int = 1000)
 _UNACKED_OF_NODE = """
 SELECT m.id, m.user_id, m.node_id, m.text, m.created_at, m.expires_at, m.bridge_id
 FROM messages m JOIN node_publishers p ON p.node_id = m.node_id
-WHERE p.node_id = %(node)s AND p.process_id = %(me)s
-  AND m.status = 'pending' AND m.handed_at IS NOT NULL AND m.direction = 'outbound' {after}
-ORDER BY m.created_at, m.id LIMIT %(limit)s
+WHERE p.node_id = %s AND p.process_id = %s
+  AND m.status = 'pending' AND m.handed_at IS NOT NULL AND m.direction = 'outbound'
+  AND (m.created_at, m.id) > (%s, %s)
+ORDER BY m.created_at, m.id LIMIT %s
 """
-_UNACKED_FIRST = _UNACKED_OF_NODE.format(after="")
-_UNACKED_AFTER = _UNACKED_OF_NODE.format(after="AND (m.created_at, m.id) > (%(created)s, %(id)s)")
+_FIRST_KEY = (datetime.min.replace(tzinfo=UTC), UUID(int=0))  # before every message
 
 
 def pending_for_node(conn: psycopg.Connection, node_id: str,
@@ -446,8 +446,7 @@ def pending_for_node(conn: psycopg.Connection, node_id: str,
     publishes the node. Read through ``messages_pending``, whose entries are the messages
     still ``pending`` (waiting for a bridge, or handed and not yet acknowledged), never a
     node's history."""
-    params: dict[str, object] = {"node": node_id, "me": process_id, "limit": limit}
-    if after is not None:
-        params["created"], params["id"] = after
-    rows = conn.execute(_UNACKED_FIRST if after is None else _UNACKED_AFTER, params).fetchall()
+    created, message_id = after or _FIRST_KEY
+    rows = conn.execute(_UNACKED_OF_NODE,
+                        (node_id, process_id, created, message_id, limit)).fetchall()
     return [NewMessage(*row) for row in rows]
