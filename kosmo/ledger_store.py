@@ -273,7 +273,8 @@ def accept_sends(conn: psycopg.Connection, sends: list[NewMessage], now: datetim
         if claim is not None:
             answers.append((claim, idempotency.created_answer(send, quota), send.message_id))
     if not stored:
-        default_plans(conn)  # the caller's transaction may go on
+        if not commit:
+            default_plans(conn)  # the caller's transaction goes on
         return results, []
     changed = [u for u in debited if debited[u] != used[u]]
     with conn.pipeline():
