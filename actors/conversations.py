@@ -286,9 +286,7 @@ class Conversations:
                     await hand_out(messages)
                     if len(messages) < len(window):  # it ended with the catch-up mark
                         await self._send.send(_Took(actor, taken))  # before reading: see rules
-                        earlier.clear()
-                        earlier.update(caught_up)
-                        caught_up.clear()
+                        earlier, caught_up = caught_up, set()
                         await self._catch_up(actor.node_id, partial(hand_out, catching_up=True))
                     drained = receive.statistics().current_buffer_used == 0
                     if drained or taken - reported >= NODE_QUEUE:
