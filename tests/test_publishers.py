@@ -48,6 +48,7 @@ from tests.conftest import (
 )
 from tests.mesh import FakeBridgeLink
 from tests.test_db_outage import own_postgres  # noqa: F401  (a fixture)
+from tests.users import add_users
 
 KOSMO = [sys.executable, "-m", "kosmo"]
 NODES = ["!a1b2c3d4", "!cafe0001", "!cafe0002"]
@@ -135,20 +136,6 @@ async def test_each_node_has_one_publisher_and_its_messages_go_once_in_order(
         mine = {a.running.membership.process_id: on_a, b.running.membership.process_id: on_b}
         assert {n: p for p, ns in mine.items() for n in ns} == publishers
         assert a.running.dispatcher.adopted == b.running.dispatcher.adopted == 0
-
-
-def add_users(sql: psycopg.Connection[Any], count: int) -> list[uuid.UUID]:
-    """``count`` users of the demo Sanctuary user's plan (no quota limit)."""
-    users = [uuid.uuid4() for _ in range(count)]
-    for user in users:
-        sql.execute("INSERT INTO users (id, email, display_name) VALUES (%s, %s, 'u')",
-                    (user, f"{user}@example.org"))
-        sql.execute(
-            "INSERT INTO subscriptions (id, user_id, plan_code, status, current_period_start,"
-            " current_period_end) SELECT gen_random_uuid(), %s, plan_code, status,"
-            " current_period_start, current_period_end FROM subscriptions WHERE user_id = %s",
-            (user, SANCTUARY))
-    return users
 
 
 @pytest.mark.usefixtures("online_bridge")

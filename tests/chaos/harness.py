@@ -89,6 +89,7 @@ from kosmo.embedded import Broker, EmbeddedPostgres, free_port, start_broker, st
 from tests.chaos.owners import owned_by_pid, still_published_by, stranded
 from tests.chaos.publishes import PublishWatch
 from tests.chaos.report import ChaosResult, Fault, Send, bad_5xx
+from tests.users import add_users
 
 log = logging.getLogger(__name__)
 
@@ -203,17 +204,8 @@ def _kosmo(*args: str) -> list[str]:
 
 def _add_users(database_url: str, count: int) -> list[uuid.UUID]:
     """``count`` users on the sanctuary plan (any node); the last one with a tight quota."""
-    users = [uuid.uuid4() for _ in range(count)]
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        for i, user in enumerate(users):
-            conn.execute("INSERT INTO users (id, email) VALUES (%s, %s)",
-                         (user, f"chaos{i}@example.org"))
-            conn.execute(
-                "INSERT INTO subscriptions (id, user_id, plan_code, status, current_period_start,"
-                " current_period_end, quota_override) VALUES (%s, %s, 'sanctuary', 'active',"
-                " date_trunc('month', now()), date_trunc('month', now()) + interval '1 month',"
-                " %s)", (uuid.uuid4(), user, TIGHT_QUOTA if i == count - 1 else 1_000_000))
-    return users
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return add_users(conn, count, quota=1_000_000, last_quota=TIGHT_QUOTA)
 
 
 def _gateway_names(count: int) -> list[str]:
