@@ -47,12 +47,14 @@ import psycopg
 import trio
 from accept_load import (  # bench/ is on sys.path when run as a script
     PATH,
+    SANCTUARY,
     CpuMeter,
     Latency,
     Throughput,
     accept_to_publish,
     announce_bridge,
     run_wrk,
+    user_id,
 )
 from accept_report import Results, report
 from common import (
@@ -142,16 +144,13 @@ def add_users(db_url: str, users: int) -> None:
         return
     with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(
-            "WITH u AS (INSERT INTO users (id, email, display_name)"
-            " SELECT format('33333333-3333-3333-3333-%%s', lpad(to_hex(k), 12, '0'))::uuid,"
-            "  format('bench%%s@example.org', k), format('Bench %%s', k)"
-            " FROM generate_series(1, %s) AS k RETURNING id)"
+            "WITH u AS (INSERT INTO users (id, email)"
+            " SELECT id, id || '@example.org' FROM unnest(%s::uuid[]) AS x (id) RETURNING id)"
             " INSERT INTO subscriptions (id, user_id, plan_code, status, current_period_start,"
             "  current_period_end)"
             " SELECT gen_random_uuid(), u.id, s.plan_code, s.status, s.current_period_start,"
-            "  s.current_period_end FROM u, subscriptions s"
-            " WHERE s.user_id = '33333333-3333-3333-3333-333333333333'",
-            (users - 1,))
+            "  s.current_period_end FROM u, subscriptions s WHERE s.user_id = %s",
+            ([user_id(k) for k in range(1, users)], SANCTUARY))
         conn.execute("ANALYZE users")
         conn.execute("ANALYZE subscriptions")
 
