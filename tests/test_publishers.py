@@ -138,28 +138,34 @@ async def test_each_node_has_one_publisher_and_its_messages_go_once_in_order(
         assert a.running.dispatcher.adopted == b.running.dispatcher.adopted == 0
 
 
-@pytest.mark.usefixtures("online_bridge")
 async def test_a_burst_from_many_users_through_both_goes_out_once_each_without_the_outbox(
-        nursery, settings: Settings, subscriber: Subscriber, sql):
-    """More of one node's messages at once than its actor's channel holds (the bridge takes
-    every message at once), from many users, through both processes: its publisher claims
-    the other's older messages after its own newer ones, its node actor falls behind and reads
-    the rest from the database. Every message goes out once, each user's in order, with no
-    outbox pass to make up for one skipped."""
+        nursery, settings: Settings, online_bridge: FakeBridgeLink, subscriber: Subscriber,
+        sql):
+    """More of one node's messages at once than its actor's channel holds, from many users,
+    through both processes: they wait while the bridge is offline, then its publisher claims
+    hundreds at once (the bridge takes every message at once), and the other's older
+    messages after its own newer ones; its node actor falls behind and reads the rest from
+    the database. Every message goes out once, each user's in order, with no outbox pass to
+    make up for one skipped. Each user sends one message at a time, so its order is the
+    order sent."""
     settings = dataclasses.replace(settings, outbox_interval=600.0)
     users = add_users(sql, 12)
+    online_bridge.state("offline")
     async with start_gateway(nursery, with_client(settings, "a")) as a, \
             start_gateway(nursery, with_client(settings, "b")) as b:
         sent: list[str] = []
 
-        async def send(gateway: Gateway, user: uuid.UUID, i: int) -> None:
-            response = await gateway.send(user, NODES[0], f"m{i}")
-            assert response.status_code == 201, response.text
-            sent.append(response.json()["message_id"])
+        async def conversation(user: uuid.UUID) -> None:
+            for i in range(50):
+                response = await (a if i % 2 else b).send(user, NODES[0], f"m{i}")
+                assert response.status_code == 201, response.text
+                sent.append(response.json()["message_id"])
 
-        async with trio.open_nursery() as burst:
-            for i in range(600):
-                burst.start_soon(send, a if i % 2 else b, users[i % len(users)], i)
+        async with trio.open_nursery() as users_at_once:
+            for user in users:
+                users_at_once.start_soon(conversation, user)
+        assert subscriber.messages == []  # all wait for the bridge
+        online_bridge.state("online", ONLINE)
         await subscriber.wait_for(len(sent), timeout=30)
         await wait_until(lambda: queued(sql, sent))
         counts = publishes(subscriber)
